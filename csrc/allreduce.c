@@ -1,0 +1,66 @@
+/* The allreduce and reduce-scatter entry points: prescale, pick the algorithm by message size,
+ * then average / postscale. Average is reduced as a Sum and divided afterwards: in floating
+ * point by multiplying with postscale / p, for integers by exact division (truncating toward
+ * zero, like C and torch's rounding_mode="trunc"), then postscale. */
+#include <string.h>
+#include "ringtrain.h"
+
+static int is_integer(rt_dtype dtype) {
+    return dtype == RT_INT8 || dtype == RT_INT16 || dtype == RT_INT32 || dtype == RT_INT64 || dtype == RT_UINT8;
+}
+
+void rt_finish_reduction(void *buf, size_t count, rt_dtype dtype, rt_op op, double postscale, int size) {
+    if (count == 0) return;
+    if (op == RT_AVERAGE && is_integer(dtype)) {
+        rt_divide_integers(buf, count, dtype, size);
+        if (postscale != 1.0) rt_scale(buf, buf, count, dtype, postscale);
+    } else if (op == RT_AVERAGE) {
+        rt_scale(buf, buf, count, dtype, postscale / size);
+    } else if (postscale != 1.0) {
+        rt_scale(buf, buf, count, dtype, postscale);
+    }
+}
+
+int rt_allreduce(const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,
+                 double prescale, double postscale, const rt_tuning *tuning, MPI_Comm comm,
+                 rt_algorithm *used) {
+    int size, err = RT_OK;
+    MPI_Comm_size(comm, &size);
+    const size_t bytes = count * rt_dtype_size(dtype);
+    *used = RT_ALGO_NONE;
+    if (prescale != 1.0) { /* scale into the output, then reduce it in place: the input stays untouched */
+        rt_scale(dst, src, count, dtype, prescale);
+        src = dst;
+    }
+    if (size == 1 || count == 0) {
+        if (src != dst && bytes) memcpy(dst, src, bytes);
+    } else if (bytes <= tuning->small_message_bytes && bytes <= RT_MAX_MESSAGE_BYTES) {
+        *used = RT_ALGO_RECURSIVE_DOUBLING;
+        err = rt_recursive_doubling_allreduce(src, dst, count, dtype, op, comm);
+    } else {
+        *used = RT_ALGO_RING;
+        err = rt_ring_allreduce(src, dst, count, dtype, op, tuning->segment_bytes, comm);
+    }
+    if (!err) rt_finish_reduction(dst, count, dtype, op, postscale, size);
+    return err;
+}
+
+int rt_reduce_scatter(const void *src, void *dst, const size_t *counts, rt_dtype dtype, rt_op op,
+                      double prescale, double postscale, size_t segment_bytes, MPI_Comm comm) {
+    int rank, size, err;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    const size_t esize = rt_dtype_size(dtype);
+    size_t total = 0;
+    size_t displs[size > 0 ? size : 1];
+    for (int b = 0; b < size; b++) { displs[b] = total; total += counts[b]; }
+    if (prescale != 1.0 && total) {
+        void *scaled = rt_scratch(2, total * esize);
+        if (!scaled) return MPI_ERR_NO_MEM;
+        rt_scale(scaled, src, total, dtype, prescale);
+        src = scaled;
+    }
+    err = rt_ring_reduce_scatter(src, dst, counts, displs, dtype, op, segment_bytes, comm);
+    if (!err) rt_finish_reduction(dst, counts[rank], dtype, op, postscale, size);
+    return err;
+}

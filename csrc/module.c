@@ -1,0 +1,287 @@
+/* ringtrain._core: the thin Python binding over the C collectives.
+ *
+ * Arguments arrive already validated by ringtrain/collectives.py (dtype codes, contiguity,
+ * sizes); this layer only re-checks what would be memory-unsafe, takes the data pointers,
+ * releases the GIL for the whole collective and turns an MPI error code into an exception.
+ * Communicators are passed as Fortran handles (mpi4py's Comm.py2f()), which works for every
+ * MPI ABI without compiling against mpi4py. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_22_API_VERSION
+#include <numpy/arrayobject.h>
+#include <stdlib.h>
+#include "ringtrain.h"
+
+static PyObject *MPIError;
+
+static int raise_mpi_error(const char *collective, int err) {
+    char text[MPI_MAX_ERROR_STRING + 1];
+    int len = 0;
+    if (err == MPI_ERR_NO_MEM) snprintf(text, sizeof text, "out of memory");
+    else if (MPI_Error_string(err, text, &len) != MPI_SUCCESS) snprintf(text, sizeof text, "MPI error code %d", err);
+    PyErr_Format(MPIError, "%s failed in MPI: %s", collective, text);
+    return -1;
+}
+
+/* A C-contiguous numpy array, writable if asked: anything else is a bug in the Python layer. */
+static int get_array(PyObject *obj, const char *what, int writable, char **data, size_t *nbytes) {
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy array", what);
+        return -1;
+    }
+    PyArrayObject *arr = (PyArrayObject *)obj;
+    if (!PyArray_IS_C_CONTIGUOUS(arr)) {
+        PyErr_Format(PyExc_ValueError, "%s must be C-contiguous", what);
+        return -1;
+    }
+    if (writable && !PyArray_ISWRITEABLE(arr)) {
+        PyErr_Format(PyExc_ValueError, "%s must be writable", what);
+        return -1;
+    }
+    *data = PyArray_BYTES(arr);
+    *nbytes = (size_t)PyArray_NBYTES(arr);
+    return 0;
+}
+
+/* A per-rank table of sizes (an int64 numpy array of length `size`). */
+static size_t *get_table(PyObject *obj, const char *what, int size, size_t scale) {
+    char *data;
+    size_t nbytes;
+    if (get_array(obj, what, 0, &data, &nbytes) < 0) return NULL;
+    if (PyArray_TYPE((PyArrayObject *)obj) != NPY_INT64 || nbytes != (size_t)size * sizeof(int64_t)) {
+        PyErr_Format(PyExc_ValueError, "%s must be an int64 array with one entry per rank", what);
+        return NULL;
+    }
+    size_t *table = malloc((size_t)size * sizeof(size_t));
+    if (!table) { PyErr_NoMemory(); return NULL; }
+    for (int i = 0; i < size; i++) table[i] = (size_t)((int64_t *)data)[i] * scale;
+    return table;
+}
+
+static int check_dtype(int dtype) {
+    if (dtype < 0 || dtype >= RT_NUM_DTYPES) { PyErr_Format(PyExc_ValueError, "bad dtype code %d", dtype); return -1; }
+    return 0;
+}
+
+static int check_op(int op) {
+    if (op < 0 || op >= RT_NUM_OPS) { PyErr_Format(PyExc_ValueError, "bad op code %d", op); return -1; }
+    return 0;
+}
+
+static int comm_size(MPI_Comm comm) { int size = 0; MPI_Comm_size(comm, &size); return size; }
+
+static PyObject *py_allreduce(PyObject *self, PyObject *args) {
+    int comm_f, dtype, op;
+    PyObject *src_obj, *dst_obj;
+    double prescale, postscale;
+    Py_ssize_t small_bytes, segment_bytes;
+    if (!PyArg_ParseTuple(args, "iOOiiddnn", &comm_f, &src_obj, &dst_obj, &dtype, &op, &prescale, &postscale,
+                          &small_bytes, &segment_bytes))
+        return NULL;
+    char *src, *dst;
+    size_t src_bytes, dst_bytes;
+    if (check_dtype(dtype) || check_op(op) || get_array(src_obj, "tensor", 0, &src, &src_bytes) ||
+        get_array(dst_obj, "output", 1, &dst, &dst_bytes))
+        return NULL;
+    if (src_bytes != dst_bytes) return PyErr_Format(PyExc_ValueError, "output has %zu bytes, tensor %zu", dst_bytes, src_bytes);
+    const size_t count = src_bytes / rt_dtype_size(dtype);
+    rt_tuning tuning = {(size_t)small_bytes, (size_t)(segment_bytes > 0 ? segment_bytes : 1)};
+    rt_algorithm used;
+    int err;
+    MPI_Comm comm = MPI_Comm_f2c(comm_f);
+    Py_BEGIN_ALLOW_THREADS
+    rt_lock();
+    err = rt_allreduce(src, dst, count, (rt_dtype)dtype, (rt_op)op, prescale, postscale, &tuning, comm, &used);
+    rt_unlock();
+    Py_END_ALLOW_THREADS
+    if (err && raise_mpi_error("allreduce", err)) return NULL;
+    return PyLong_FromLong(used);
+}
+
+static PyObject *py_reduce_scatter(PyObject *self, PyObject *args) {
+    int comm_f, dtype, op;
+    PyObject *src_obj, *dst_obj, *counts_obj;
+    double prescale, postscale;
+    Py_ssize_t segment_bytes;
+    if (!PyArg_ParseTuple(args, "iOOOiiddn", &comm_f, &src_obj, &dst_obj, &counts_obj, &dtype, &op, &prescale,
+                          &postscale, &segment_bytes))
+        return NULL;
+    MPI_Comm comm = MPI_Comm_f2c(comm_f);
+    int size = comm_size(comm), rank = 0;
+    MPI_Comm_rank(comm, &rank);
+    char *src, *dst;
+    size_t src_bytes, dst_bytes;
+    if (check_dtype(dtype) || check_op(op) || get_array(src_obj, "tensor", 0, &src, &src_bytes) ||
+        get_array(dst_obj, "output", 1, &dst, &dst_bytes))
+        return NULL;
+    size_t *counts = get_table(counts_obj, "counts", size, 1);
+    if (!counts) return NULL;
+    const size_t esize = rt_dtype_size(dtype);
+    size_t total = 0;
+    for (int b = 0; b < size; b++) total += counts[b];
+    if (total * esize != src_bytes || counts[rank] * esize != dst_bytes) {
+        free(counts);
+        return PyErr_Format(PyExc_ValueError, "counts do not match the tensor and output sizes");
+    }
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    rt_lock();
+    err = rt_reduce_scatter(src, dst, counts, (rt_dtype)dtype, (rt_op)op, prescale, postscale,
+                            (size_t)(segment_bytes > 0 ? segment_bytes : 1), comm);
+    rt_unlock();
+    Py_END_ALLOW_THREADS
+    free(counts);
+    if (err && raise_mpi_error("reducescatter", err)) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* allgatherv(comm, buf, bytes_per_rank, segment_bytes): blocks are laid out in rank order. */
+static PyObject *py_allgatherv(PyObject *self, PyObject *args) {
+    int comm_f;
+    PyObject *buf_obj, *bytes_obj;
+    Py_ssize_t segment_bytes;
+    if (!PyArg_ParseTuple(args, "iOOn", &comm_f, &buf_obj, &bytes_obj, &segment_bytes)) return NULL;
+    MPI_Comm comm = MPI_Comm_f2c(comm_f);
+    int size = comm_size(comm);
+    char *buf;
+    size_t nbytes;
+    if (get_array(buf_obj, "output", 1, &buf, &nbytes)) return NULL;
+    size_t *bytes = get_table(bytes_obj, "bytes", size, 1);
+    if (!bytes) return NULL;
+    size_t *displs = malloc((size_t)size * sizeof(size_t)), total = 0;
+    if (!displs) { free(bytes); return PyErr_NoMemory(); }
+    for (int b = 0; b < size; b++) { displs[b] = total; total += bytes[b]; }
+    if (total != nbytes) {
+        free(bytes); free(displs);
+        return PyErr_Format(PyExc_ValueError, "output has %zu bytes, the blocks add up to %zu", nbytes, total);
+    }
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    rt_lock();
+    err = rt_ring_allgatherv(buf, bytes, displs, (size_t)(segment_bytes > 0 ? segment_bytes : 1), comm);
+    rt_unlock();
+    Py_END_ALLOW_THREADS
+    free(bytes);
+    free(displs);
+    if (err && raise_mpi_error("allgather", err)) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_broadcast(PyObject *self, PyObject *args) {
+    int comm_f, root;
+    PyObject *buf_obj;
+    Py_ssize_t segment_bytes;
+    if (!PyArg_ParseTuple(args, "iOin", &comm_f, &buf_obj, &root, &segment_bytes)) return NULL;
+    MPI_Comm comm = MPI_Comm_f2c(comm_f);
+    char *buf;
+    size_t nbytes;
+    if (get_array(buf_obj, "tensor", 1, &buf, &nbytes)) return NULL;
+    if (root < 0 || root >= comm_size(comm)) return PyErr_Format(PyExc_ValueError, "root_rank %d out of range", root);
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    rt_lock();
+    err = rt_tree_broadcast(buf, nbytes, root, (size_t)(segment_bytes > 0 ? segment_bytes : 1), comm);
+    rt_unlock();
+    Py_END_ALLOW_THREADS
+    if (err && raise_mpi_error("broadcast", err)) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* alltoallv(comm, sendbuf, send_bytes, recvbuf, recv_bytes): slices laid out in rank order. */
+static PyObject *py_alltoallv(PyObject *self, PyObject *args) {
+    int comm_f;
+    PyObject *send_obj, *send_bytes_obj, *recv_obj, *recv_bytes_obj;
+    if (!PyArg_ParseTuple(args, "iOOOO", &comm_f, &send_obj, &send_bytes_obj, &recv_obj, &recv_bytes_obj)) return NULL;
+    MPI_Comm comm = MPI_Comm_f2c(comm_f);
+    int size = comm_size(comm);
+    char *sendbuf, *recvbuf;
+    size_t send_total, recv_total;
+    if (get_array(send_obj, "tensor", 0, &sendbuf, &send_total) || get_array(recv_obj, "output", 1, &recvbuf, &recv_total))
+        return NULL;
+    size_t *send_bytes = get_table(send_bytes_obj, "send_bytes", size, 1);
+    size_t *recv_bytes = send_bytes ? get_table(recv_bytes_obj, "recv_bytes", size, 1) : NULL;
+    size_t *displs = malloc(2 * (size_t)size * sizeof(size_t));
+    if (!send_bytes || !recv_bytes || !displs) {
+        free(send_bytes); free(recv_bytes); free(displs);
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
+    size_t *send_displs = displs, *recv_displs = displs + size, s_total = 0, r_total = 0;
+    for (int b = 0; b < size; b++) {
+        send_displs[b] = s_total; s_total += send_bytes[b];
+        recv_displs[b] = r_total; r_total += recv_bytes[b];
+    }
+    int err = 0;
+    if (s_total != send_total || r_total != recv_total) {
+        PyErr_Format(PyExc_ValueError, "alltoall slices do not add up to the buffer sizes");
+        err = -1;
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        rt_lock();
+        err = rt_pairwise_alltoallv(sendbuf, send_bytes, send_displs, recvbuf, recv_bytes, recv_displs, comm);
+        rt_unlock();
+        Py_END_ALLOW_THREADS
+        if (err) raise_mpi_error("alltoall", err);
+    }
+    free(send_bytes); free(recv_bytes); free(displs);
+    if (err) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* reduce(inout, in, dtype, op): the local kernel, exposed for benchmarks and tests. */
+static PyObject *py_reduce(PyObject *self, PyObject *args) {
+    PyObject *inout_obj, *in_obj;
+    int dtype, op;
+    if (!PyArg_ParseTuple(args, "OOii", &inout_obj, &in_obj, &dtype, &op)) return NULL;
+    char *inout, *in;
+    size_t a_bytes, b_bytes;
+    if (check_dtype(dtype) || check_op(op) || get_array(inout_obj, "inout", 1, &inout, &a_bytes) ||
+        get_array(in_obj, "in", 0, &in, &b_bytes))
+        return NULL;
+    if (a_bytes != b_bytes) return PyErr_Format(PyExc_ValueError, "inout and in differ in size");
+    Py_BEGIN_ALLOW_THREADS
+    rt_reduce_inplace(inout, in, a_bytes / rt_dtype_size(dtype), (rt_dtype)dtype, (rt_op)op);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_barrier(PyObject *self, PyObject *args) {
+    int comm_f, err;
+    if (!PyArg_ParseTuple(args, "i", &comm_f)) return NULL;
+    MPI_Comm comm = MPI_Comm_f2c(comm_f);
+    Py_BEGIN_ALLOW_THREADS
+    rt_lock();
+    err = MPI_Barrier(comm);
+    rt_unlock();
+    Py_END_ALLOW_THREADS
+    if (err && raise_mpi_error("barrier", err)) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"allreduce", py_allreduce, METH_VARARGS,
+     "allreduce(comm_f, src, dst, dtype, op, prescale, postscale, small_bytes, segment_bytes) -> algorithm code"},
+    {"reduce_scatter", py_reduce_scatter, METH_VARARGS,
+     "reduce_scatter(comm_f, src, dst, counts, dtype, op, prescale, postscale, segment_bytes)"},
+    {"allgatherv", py_allgatherv, METH_VARARGS, "allgatherv(comm_f, buf, bytes_per_rank, segment_bytes)"},
+    {"broadcast", py_broadcast, METH_VARARGS, "broadcast(comm_f, buf, root, segment_bytes)"},
+    {"alltoallv", py_alltoallv, METH_VARARGS, "alltoallv(comm_f, sendbuf, send_bytes, recvbuf, recv_bytes)"},
+    {"reduce", py_reduce, METH_VARARGS, "reduce(inout, in, dtype, op): inout = inout op in"},
+    {"barrier", py_barrier, METH_VARARGS, "barrier(comm_f)"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_core", "ringtrain's C collectives over MPI", -1, methods};
+
+PyMODINIT_FUNC PyInit__core(void) {
+    import_array();
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    MPIError = PyErr_NewException("ringtrain._core.MPIError", PyExc_RuntimeError, NULL);
+    Py_INCREF(MPIError);
+    PyModule_AddObject(m, "MPIError", MPIError);
+    PyModule_AddObject(m, "ALGORITHMS", Py_BuildValue("(sss)", "none", "recursive_doubling", "ring"));
+    char version[MPI_MAX_LIBRARY_VERSION_STRING];
+    int len = 0;
+    MPI_Get_library_version(version, &len);
+    PyModule_AddObject(m, "MPI_LIBRARY_VERSION", PyUnicode_FromStringAndSize(version, len));
+    return m;
+}

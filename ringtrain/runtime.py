@@ -1,0 +1,113 @@
+"""Process layout: init(), shutdown() and who-am-I queries.
+
+ringtrain works on its own duplicate of the communicator it is given (COMM_WORLD by default), so
+its messages never match a user's own MPI traffic. MPI is started lazily, at init(), so that
+importing ringtrain (say on a Spark driver) does not start an MPI singleton."""
+import dataclasses
+
+from .config import Config
+from .errors import NotInitializedError
+
+
+@dataclasses.dataclass
+class Runtime:
+    comm: object          # mpi4py Comm: ringtrain's private duplicate
+    handle: int           # its Fortran handle, what the C core takes
+    rank: int
+    size: int
+    local_comm: object    # ranks on this host
+    cross_comm: object    # ranks with the same local rank, one per host
+    config: Config
+    core: object          # the C extension module, ringtrain._core
+
+
+_runtime = None
+
+
+def _mpi():
+    import mpi4py
+
+    # The background engine (next milestone) drives MPI from its own thread.
+    mpi4py.rc.thread_level = "multiple"
+    from mpi4py import MPI
+
+    return MPI
+
+
+def init(comm=None, **settings):
+    """Start ringtrain on `comm` (an mpi4py communicator; default COMM_WORLD).
+
+    Keyword arguments are settings (see ringtrain.config.Config); they override RINGTRAIN_*
+    environment variables. Calling init() again after shutdown() starts afresh; calling it
+    while initialised is a no-op, as in Horovod."""
+    global _runtime
+    config = Config.from_sources(settings)  # validate before touching MPI
+    if _runtime is not None:
+        return
+    MPI = _mpi()
+    from . import _core  # after mpi4py: its libmpi.so.12 is the one the extension links to
+    base = MPI.COMM_WORLD if comm is None else comm
+    mine = base.Dup()
+    mine.Set_errhandler(MPI.ERRORS_RETURN)
+    local = mine.Split_type(MPI.COMM_TYPE_SHARED, key=mine.Get_rank())
+    cross = mine.Split(color=local.Get_rank(), key=mine.Get_rank())
+    _runtime = Runtime(
+        comm=mine,
+        handle=mine.py2f(),
+        rank=mine.Get_rank(),
+        size=mine.Get_size(),
+        local_comm=local,
+        cross_comm=cross,
+        config=config,
+        core=_core,
+    )
+
+
+def shutdown():
+    """Release ringtrain's communicators. MPI itself stays up (mpi4py finalises it at exit)."""
+    global _runtime
+    if _runtime is None:
+        return
+    for c in (_runtime.cross_comm, _runtime.local_comm, _runtime.comm):
+        c.Free()
+    _runtime = None
+
+
+def is_initialized():
+    return _runtime is not None
+
+
+def current(caller):
+    """The live runtime, or NotInitializedError naming the function that needed it."""
+    if _runtime is None:
+        raise NotInitializedError(f"ringtrain.{caller}() was called before ringtrain.init()")
+    return _runtime
+
+
+def rank():
+    return current("rank").rank
+
+
+def size():
+    return current("size").size
+
+
+def local_rank():
+    return current("local_rank").local_comm.Get_rank()
+
+
+def local_size():
+    return current("local_size").local_comm.Get_size()
+
+
+def cross_rank():
+    return current("cross_rank").cross_comm.Get_rank()
+
+
+def cross_size():
+    return current("cross_size").cross_comm.Get_size()
+
+
+def mpi_comm():
+    """ringtrain's private communicator (an mpi4py Comm), for code that needs raw MPI."""
+    return current("mpi_comm").comm
