@@ -3,7 +3,9 @@
 ringtrain works on its own duplicate of the communicator it is given (COMM_WORLD by default), so
 its messages never match a user's own MPI traffic. MPI is started lazily, at init(), so that
 importing ringtrain (say on a Spark driver) does not start an MPI singleton."""
+import atexit
 import dataclasses
+import sys
 
 from .config import Config
 from .errors import NotInitializedError
@@ -22,6 +24,7 @@ class Runtime:
 
 
 _runtime = None
+_dying_of_exception = False
 
 
 def _mpi():
@@ -32,6 +35,15 @@ def _mpi():
     from mpi4py import MPI
 
     return MPI
+
+
+def load_core():
+    """The C extension. mpi4py must load the MPI library first: the extension links libmpi by
+    soname and so resolves to the very library mpi4py chose (the mpich wheel's, or MPI4PY_LIBMPI)."""
+    _mpi()
+    from . import _core
+
+    return _core
 
 
 def init(comm=None, **settings):
@@ -45,7 +57,7 @@ def init(comm=None, **settings):
     if _runtime is not None:
         return
     MPI = _mpi()
-    from . import _core  # after mpi4py: its libmpi.so.12 is the one the extension links to
+    _core = load_core()
     base = MPI.COMM_WORLD if comm is None else comm
     mine = base.Dup()
     mine.Set_errhandler(MPI.ERRORS_RETURN)
@@ -61,16 +73,46 @@ def init(comm=None, **settings):
         config=config,
         core=_core,
     )
+    _install_exit_hooks()
 
 
 def shutdown():
-    """Release ringtrain's communicators. MPI itself stays up (mpi4py finalises it at exit)."""
+    """Leave the job: collective, like init(). MPI itself stays up (mpi4py finalises it at exit).
+
+    The closing barrier is not ceremony: a rank that received the last segment of a large
+    (rendezvous) message may still owe its sender the protocol's final acknowledgement, which is
+    only sent while the receiver is inside MPI. Without it the sender can wait forever while the
+    receiver has already gone on to exit."""
     global _runtime
     if _runtime is None:
         return
+    _runtime.core.barrier(_runtime.handle)
+    _release()
+
+
+def _release():
+    global _runtime
     for c in (_runtime.cross_comm, _runtime.local_comm, _runtime.comm):
         c.Free()
     _runtime = None
+_dying_of_exception = False
+
+
+def _install_exit_hooks():
+    """Leave cleanly at interpreter exit, unless an exception is killing this rank: then the
+    others may never reach the barrier, and exiting is what lets mpiexec end the job."""
+    if getattr(_install_exit_hooks, "done", False):
+        return
+    _install_exit_hooks.done = True
+    previous_hook = sys.excepthook
+
+    def note_exception(*exc_info):
+        global _dying_of_exception
+        _dying_of_exception = True
+        previous_hook(*exc_info)
+
+    sys.excepthook = note_exception
+    atexit.register(lambda: _runtime and (_release() if _dying_of_exception else shutdown()))
 
 
 def is_initialized():

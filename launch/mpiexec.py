@@ -1,0 +1,90 @@
+"""Find the right mpiexec and run a command under it, with a deadline and no orphans.
+
+The right mpiexec is the one of the MPI library mpi4py loads: for the `mpich` wheel that is the
+one installed next to this Python (in the venv's bin/). RINGTRAIN_MPIEXEC overrides the search.
+The job runs in its own session (process group); when it overruns its deadline or the caller is
+interrupted, the whole group (mpiexec, its hydra proxies and every rank) is killed."""
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+
+class MPIExecNotFound(RuntimeError):
+    pass
+
+
+def find_mpiexec():
+    override = os.environ.get("RINGTRAIN_MPIEXEC")
+    if override:
+        path = shutil.which(override)
+        if not path:
+            raise MPIExecNotFound(f"RINGTRAIN_MPIEXEC={override!r} is not an executable")
+        return path
+    looked = []
+    for directory in (os.path.dirname(sys.executable), os.path.join(sys.prefix, "bin")):
+        candidate = os.path.join(directory, "mpiexec")
+        looked.append(candidate)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("mpiexec")
+    if found:
+        return found
+    raise MPIExecNotFound(
+        "cannot find mpiexec: looked at " + ", ".join(looked) + " and on PATH. "
+        "Install MPI with `pip install mpich` (ringtrain's dependency), or set RINGTRAIN_MPIEXEC."
+    )
+
+
+@dataclasses.dataclass
+class MPIRun:
+    command: list
+    returncode: int          # mpiexec's exit status; None if it was killed at the deadline
+    output: str              # stdout and stderr of every rank, each line prefixed "[rank]"
+    seconds: float
+    timed_out: bool
+
+    @property
+    def ok(self):
+        return self.returncode == 0 and not self.timed_out
+
+
+def _kill_group(process):
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run_mpiexec(np, argv, timeout, env=None, mpi_args=(), cwd=None):
+    """Run `argv` on `np` local ranks; wait at most `timeout` seconds; return an MPIRun."""
+    command = [find_mpiexec(), "-n", str(np), "-prepend-rank", *mpi_args, *argv]
+    start = time.monotonic()
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
+        text=True,
+        errors="replace",
+        start_new_session=True,  # its own process group: one killpg reaches every rank
+    )
+    timed_out = False
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_group(process)
+        output, _ = process.communicate()
+    except BaseException:
+        _kill_group(process)
+        process.wait()
+        raise
+    finally:
+        _kill_group(process)  # ranks that outlived mpiexec must not linger either
+    return MPIRun(command, None if timed_out else process.returncode, output, time.monotonic() - start, timed_out)

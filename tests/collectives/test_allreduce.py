@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+
+import ringtrain as rt
+from harness import ALL_DTYPES, ALL_OPS, DTYPE_IDS, MODES, assert_matches, lengths, rank_input, reference_reduce, tuned
+
+
+# Every (dtype, op) pair but Average of bool, which is rejected (see test_bad_input.py).
+DTYPE_OPS = [
+    pytest.param(dtype, op, id=f"{name}-{op.name}")
+    for dtype, name in zip(ALL_DTYPES, DTYPE_IDS)
+    for op in ALL_OPS
+    if not (op == rt.Average and np.dtype(dtype) == np.bool_)
+]
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["out-of-place", "in-place"])
+@pytest.mark.parametrize("dtype,op", DTYPE_OPS)
+def test_allreduce_matches_numpy(dtype, op, in_place):
+    size, rank = rt.size(), rt.rank()
+    for mode, settings in MODES.items():
+        with tuned(**settings):
+            for n in lengths(size):
+                inputs = [rank_input(dtype, (n,), q) for q in range(size)]
+                expected = reference_reduce(op, inputs, dtype)
+                mine = inputs[rank].copy()
+                if in_place:
+                    returned = rt.allreduce_(mine, op=op)
+                    assert returned is mine
+                    result = mine
+                else:
+                    result = rt.allreduce(mine, op=op)
+                    np.testing.assert_array_equal(mine, inputs[rank], err_msg="input was modified")
+                assert_matches(result, expected, dtype, size, f"{mode} n={n}")
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (4, 3, 7), (0, 3), (2, 0, 5), ()])
+@pytest.mark.parametrize("dtype", [np.float32, np.int64, np.float16], ids=["float32", "int64", "float16"])
+def test_allreduce_keeps_shape(shape, dtype):
+    inputs = [rank_input(dtype, shape, q) for q in range(rt.size())]
+    result = rt.allreduce(inputs[rt.rank()], op=rt.Sum)
+    assert_matches(result, reference_reduce(rt.Sum, inputs, dtype), dtype, rt.size())
+
+
+@pytest.mark.parametrize("op", [rt.Sum, rt.Average, rt.Max], ids=lambda o: o.name)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, rt.bfloat16, np.int32],
+                         ids=["float32", "float64", "bfloat16", "int32"])
+@pytest.mark.parametrize("in_place", [False, True], ids=["out-of-place", "in-place"])
+def test_prescale_and_postscale(op, dtype, in_place):
+    size = rt.size()
+    for n in (0, size + 1, 50_001):
+        inputs = [rank_input(dtype, (n,), q, seed=7) for q in range(size)]
+        expected = reference_reduce(op, inputs, dtype, prescale=3.0, postscale=0.5)
+        mine = inputs[rt.rank()].copy()
+        result = (rt.allreduce_ if in_place else rt.allreduce)(mine, op=op, prescale_factor=3.0, postscale_factor=0.5)
+        assert_matches(np.asarray(result), expected, dtype, size, f"n={n}")
+
+
+def test_every_rank_gets_bitwise_identical_floats():
+    """Each block is reduced once and then copied, so no rank may see a differently rounded sum."""
+    x = np.random.default_rng(rt.rank()).standard_normal(123_457).astype(np.float32)
+    for settings in MODES.values():
+        with tuned(**settings):
+            result = rt.allreduce(x, op=rt.Sum)
+            everyone = rt.allgather(result[None, :])
+            assert (everyone == everyone[0]).all()
+
+
+def test_accepts_buffer_protocol_array_interface_and_dlpack():
+    size = rt.size()
+    base = np.arange(10, dtype=np.float64) + rt.rank()
+    expected = sum(np.arange(10, dtype=np.float64) + q for q in range(size))
+
+    class ArrayInterfaceOnly:
+        def __init__(self, a):
+            self.__array_interface__ = a.__array_interface__
+
+    class DLPackOnly:
+        def __init__(self, a):
+            self.a = a
+
+        def __dlpack__(self, **kwargs):
+            return self.a.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self):
+            return self.a.__dlpack_device__()
+
+    for wrap in (memoryview, ArrayInterfaceOnly, DLPackOnly):
+        buf = base.copy()
+        out = rt.allreduce(wrap(buf), op=rt.Sum)
+        np.testing.assert_array_equal(out, expected)
+        rt.allreduce_(wrap(buf), op=rt.Sum)  # in place, through the same memory: no copy
+        np.testing.assert_array_equal(buf, expected)
+    raw = bytearray(np.arange(5, dtype=np.uint8).tobytes())
+    rt.allreduce_(raw, op=rt.Max)
+    assert list(raw) == [0, 1, 2, 3, 4]
+
+
+def test_releases_the_gil_while_communicating():
+    """A Python thread keeps running while the main thread is inside a large allreduce."""
+    import threading
+
+    ticks = [0]
+    stop = threading.Event()
+
+    def count():
+        while not stop.is_set():
+            ticks[0] += 1
+
+    thread = threading.Thread(target=count)
+    data = np.ones(16 << 20, dtype=np.float32)  # 64 MB: long enough on any rank count
+    thread.start()
+    try:
+        rt.barrier()
+        before = ticks[0]
+        rt.allreduce(data, op=rt.Sum)
+        during = ticks[0] - before
+    finally:
+        stop.set()
+        thread.join()
+    assert during > 0, "the counting thread never ran during the allreduce: the GIL was held"

@@ -1,0 +1,133 @@
+"""Behaviour of one plain Python process (size 1): init/shutdown, calls before init,
+configuration errors, and the reduction kernels against numpy."""
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import ringtrain as rt
+from ringtrain.config import Config
+from ringtrain.errors import ConfigurationError
+
+
+def run_python(code, env=None, timeout=120):
+    import os
+
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def test_calls_before_init_name_the_function():
+    result = run_python("""
+        import numpy as np, ringtrain as rt
+        for name, call in [("allreduce", lambda: rt.allreduce(np.ones(2))), ("rank", rt.rank),
+                           ("broadcast", lambda: rt.broadcast(np.ones(2), 0)), ("local_size", rt.local_size),
+                           ("barrier", rt.barrier), ("allgather_object", lambda: rt.allgather_object(1))]:
+            try:
+                call()
+            except ValueError as exc:
+                assert str(exc) == f"ringtrain.{name}() was called before ringtrain.init()", exc
+            else:
+                raise SystemExit(f"{name} did not raise")
+        assert not rt.is_initialized()
+        print("ok")
+    """)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_plain_process_is_a_job_of_one_and_can_restart():
+    result = run_python("""
+        import numpy as np, ringtrain as rt
+        rt.init()
+        assert (rt.rank(), rt.size(), rt.local_rank(), rt.local_size(), rt.cross_rank(), rt.cross_size()) == (0, 1, 0, 1, 0, 1)
+        assert rt.allreduce(np.arange(3.0)).tolist() == [0.0, 1.0, 2.0]
+        rt.shutdown(); assert not rt.is_initialized()
+        rt.init(); rt.init()  # a second init() while initialised is a no-op
+        assert rt.allgather(np.ones((2, 2))).shape == (2, 2)
+        print("ok")
+    """)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_importing_does_not_start_mpi():
+    result = run_python("import sys, ringtrain; print('mpi4py.MPI' in sys.modules)")
+    assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.parametrize("variable,value", [("RINGTRAIN_SEGMENT_BYTES", "abc"), ("RINGTRAIN_SMALL_ALLREDUCE_THRESHOLD", "-5"),
+                                             ("RINGTRAIN_SEGMENT_BYTES", "12")])
+def test_invalid_environment_settings_fail_at_init(variable, value):
+    result = run_python("import ringtrain as rt; rt.init()", env={variable: value})
+    assert result.returncode != 0
+    assert "ConfigurationError" in result.stderr and repr(value) in result.stderr or f"={value}" in result.stderr
+
+
+def test_config_parsing():
+    assert Config.from_sources({}, environ={}) == Config()
+    cfg = Config.from_sources({"segment_bytes": "64K"}, environ={"RINGTRAIN_SEGMENT_BYTES": "1M",
+                                                                  "RINGTRAIN_SMALL_ALLREDUCE_THRESHOLD": "1024"})
+    assert cfg.segment_bytes == 65536 and cfg.small_allreduce_threshold == 1024
+    with pytest.raises(ConfigurationError, match=r"RINGTRAIN_SEGMENT_BYTES='abc' is not a valid segment bytes"):
+        Config.from_sources({}, environ={"RINGTRAIN_SEGMENT_BYTES": "abc"})
+    with pytest.raises(ConfigurationError, match=r"unknown init\(\) setting\(s\) \['fusion'\]"):
+        Config.from_sources({"fusion": 1}, environ={})
+
+
+KERNEL_OPS = {rt.Sum: np.add, rt.Min: np.minimum, rt.Max: np.maximum, rt.Product: np.multiply}
+
+
+@pytest.mark.parametrize("op", list(KERNEL_OPS), ids=lambda o: o.name)
+@pytest.mark.parametrize("dtype", [np.float16, rt.bfloat16, np.float32, np.float64, np.int8, np.int16, np.int32,
+                                   np.int64, np.uint8, np.bool_], ids=lambda d: np.dtype(d).name)
+def test_reduction_kernel_matches_numpy(dtype, op):
+    from ringtrain.dtypes import CODES
+
+    _core = rt.runtime.load_core()
+
+    rng = np.random.default_rng(0)
+    n = 10_001
+    if np.dtype(dtype) == np.bool_:
+        a, b = rng.random(n) < 0.5, rng.random(n) < 0.5
+        expected = (a | b) if op in (rt.Sum, rt.Max) else (a & b)
+    elif np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        a = rng.integers(info.min, info.max, n, endpoint=True).astype(dtype)
+        b = rng.integers(info.min, info.max, n, endpoint=True).astype(dtype)
+        with np.errstate(over="ignore"):
+            expected = KERNEL_OPS[op](a, b)  # wraps around, as the kernel does
+    else:
+        a = (rng.standard_normal(n) * 100).astype(dtype)
+        b = (rng.standard_normal(n) * 100).astype(dtype)
+        # 16-bit floats: one float32 operation, rounded once to the storage type
+        wide = np.float32 if np.dtype(dtype).itemsize == 2 else dtype
+        with np.errstate(over="ignore"):
+            expected = KERNEL_OPS[op](a.astype(wide), b.astype(wide)).astype(dtype)
+    out = a.copy()
+    _core.reduce(out, b, CODES[np.dtype(dtype)], int(op))
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_half_precision_special_values():
+    """Rounding to nearest even, subnormals, overflow to inf and NaN, as numpy/ml_dtypes convert."""
+    from ringtrain.dtypes import CODES
+
+    _core = rt.runtime.load_core()
+
+    for dtype in (np.float16, rt.bfloat16):
+        values = np.array([0.0, -0.0, 1e-8, 6e-8, -6.1e-5, 65504.0, 65520.0, 1e38, np.inf, -np.inf, np.nan,
+                           1.0009765625, 3.0e-39], dtype=np.float32)
+        with np.errstate(over="ignore"):
+            a = values.astype(dtype)
+        b = np.full_like(a, -0.0)  # the additive identity for every value, -0.0 included
+        out = a.copy()
+        _core.reduce(out, b, CODES[np.dtype(dtype)], int(rt.Sum))
+        np.testing.assert_array_equal(out.view(np.uint16)[~np.isnan(values)], a.view(np.uint16)[~np.isnan(values)])
+        assert np.isnan(out.astype(np.float32)[np.isnan(values)]).all()
+        # an exact tie between two float16 values rounds to the even one
+        big = np.array([2048.0], dtype=dtype)
+        one = np.array([1.0], dtype=dtype)
+        _core.reduce(big, one, CODES[np.dtype(dtype)], int(rt.Sum))
+        assert big.astype(np.float32)[0] == np.float32(np.array([2049.0], np.float32).astype(dtype)[0])
