@@ -1,5 +1,5 @@
-/* float16 / bfloat16 <-> float32 conversions, branch-light so the compiler can vectorise the
- * reduction loops that use them. float16 follows F. Giesen's public-domain method (exact
+/* float16 / bfloat16 <-> float32 conversions, written so the compiler can vectorise the
+ * reduction loops that use them. Without _Float16, float16 follows F. Giesen's public-domain method (exact
  * widening; narrowing rounds to nearest even, handles subnormals, inf and NaN). */
 #ifndef RINGTRAIN_HALF_FLOAT_H
 #define RINGTRAIN_HALF_FLOAT_H
@@ -8,6 +8,22 @@
 
 typedef union { uint32_t u; float f; } rt_f32_bits;
 
+#if defined(__FLT16_MANT_DIG__) && (defined(__x86_64__) || defined(__aarch64__))
+/* The compiler's _Float16: in the x86-64-v3 clone of the kernels (see reduce_kernels.c) these
+ * become F16C vcvtph2ps/vcvtps2ph and vectorise; elsewhere libgcc converts, still exactly. */
+static inline float rt_f16_to_f32(uint16_t h) {
+    _Float16 v;
+    memcpy(&v, &h, sizeof v);
+    return (float)v;
+}
+
+static inline uint16_t rt_f32_to_f16(float value) {
+    _Float16 v = (_Float16)value;
+    uint16_t h;
+    memcpy(&h, &v, sizeof h);
+    return h;
+}
+#else
 static inline float rt_f16_to_f32(uint16_t h) {
     const rt_f32_bits magic = {(254u - 15u) << 23};
     const rt_f32_bits was_inf_nan = {(127u + 16u) << 23};
@@ -42,6 +58,7 @@ static inline uint16_t rt_f32_to_f16(float value) {
     }
     return (uint16_t)(o | (sign >> 16));
 }
+#endif
 
 static inline float rt_bf16_to_f32(uint16_t h) {
     rt_f32_bits o;

@@ -1,7 +1,8 @@
 /* Element-wise reduction kernels shared by every collective algorithm.
  *
  * Each (dtype, op) pair is a plain loop over restrict-qualified pointers so GCC vectorises it;
- * on x86-64 the entry points are also compiled for AVX2 and picked at load time (target_clones),
+ * on x86-64 the entry points are also compiled for x86-64-v3 (AVX2, FMA, F16C) and picked at load
+ * time (target_clones),
  * so one wheel runs everywhere and still uses wide vectors where the CPU has them.
  * float16 and bfloat16 are widened to float32 for each operation and rounded once when stored:
  * the wire keeps carrying 16-bit values while every partial result is computed in float32.
@@ -10,7 +11,7 @@
 #include "half_float.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define RT_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#define RT_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define RT_MULTIVERSION
 #endif
@@ -104,13 +105,58 @@ size_t rt_dtype_size(rt_dtype dtype) {
     default: LOOP(T, WRAP_SUM(U, a, b)); return;               \
     }
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define RT_HAVE_F16C_PATH 1
+/* GCC does not vectorise _Float16 conversions, so float16 gets an explicit 8-wide F16C loop:
+ * widen, operate in float32, round to nearest even once. out may equal a (each vector is
+ * loaded before it is stored). Selected at run time on CPUs that have F16C and AVX2. */
+#define F16C_LOOP(EXPR)                                                                       \
+    for (; i + 8 <= count; i += 8) {                                                          \
+        __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i)));                \
+        __m256 y = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i)));                \
+        __m256 z = (EXPR);                                                                    \
+        _mm_storeu_si128((__m128i *)(out + i), _mm256_cvtps_ph(z, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)); \
+    }
+/* NaN-propagating min/max, as FLOAT_MIN/FLOAT_MAX: take x where x wins or x is NaN */
+#define F16C_PICK(CMP) _mm256_blendv_ps(y, x, _mm256_or_ps(_mm256_cmp_ps(x, y, CMP), _mm256_cmp_ps(x, x, _CMP_UNORD_Q)))
+
+__attribute__((target("avx2,f16c"))) static void float16_f16c(uint16_t *out, const uint16_t *a, const uint16_t *b,
+                                                              size_t count, rt_op op) {
+    size_t i = 0;
+    switch (op) {
+    case RT_MIN: F16C_LOOP(F16C_PICK(_CMP_LT_OQ)) break;
+    case RT_MAX: F16C_LOOP(F16C_PICK(_CMP_GT_OQ)) break;
+    case RT_PRODUCT: F16C_LOOP(_mm256_mul_ps(x, y)) break;
+    default: F16C_LOOP(_mm256_add_ps(x, y)) break;
+    }
+    for (; i < count; i++) {
+        float x = rt_f16_to_f32(a[i]), y = rt_f16_to_f32(b[i]);
+        float z = op == RT_MIN ? FLOAT_MIN(x, y) : op == RT_MAX ? FLOAT_MAX(x, y) : op == RT_PRODUCT ? x * y : x + y;
+        out[i] = rt_f32_to_f16(z);
+    }
+}
+
+static int have_f16c(void) {
+    static int known = -1;
+    if (known < 0) known = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2");
+    return known;
+}
+#endif
+
 RT_MULTIVERSION
 void rt_reduce_inplace(void *inout, const void *in, size_t count, rt_dtype dtype, rt_op op) {
+#ifdef RT_HAVE_F16C_PATH
+    if (dtype == RT_FLOAT16 && have_f16c()) { float16_f16c(inout, inout, in, count, op); return; }
+#endif
     DISPATCH(LOOP_INPLACE)
 }
 
 RT_MULTIVERSION
 void rt_reduce_into(void *out, const void *a_in, const void *b_in, size_t count, rt_dtype dtype, rt_op op) {
+#ifdef RT_HAVE_F16C_PATH
+    if (dtype == RT_FLOAT16 && have_f16c()) { float16_f16c(out, a_in, b_in, count, op); return; }
+#endif
     DISPATCH(LOOP_INTO)
 }
 

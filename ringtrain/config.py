@@ -23,10 +23,12 @@ def _parse_bytes(text):
 @dataclasses.dataclass(frozen=True)
 class Config:
     # Allreduces of at most this many bytes use recursive doubling, larger ones the ring.
-    # Default measured with bench/allreduce.py on 2 to 4 ranks of one host (see bench/RESULTS.md).
-    small_allreduce_threshold: int = 32 * 1024
-    # Pipeline segment of the ring algorithms and the broadcast tree.
-    segment_bytes: int = 256 * 1024
+    # Measured with bench/allreduce.py --sweep: the crossover is between 4 and 16 KB on 3 ranks,
+    # above 16 KB on 2 (bench/RESULTS.md).
+    small_allreduce_threshold: int = 8 * 1024
+    # Pipeline segment of the ring algorithms and the broadcast tree (1 MB beat 64 KB and
+    # 256 KB on 2 and 3 ranks from 1 MB to 64 MB, bench/RESULTS.md).
+    segment_bytes: int = 1024 * 1024
 
     ENV = {
         "small_allreduce_threshold": ("RINGTRAIN_SMALL_ALLREDUCE_THRESHOLD", _parse_bytes),

@@ -19,8 +19,7 @@ CODES = {
     np.dtype(np.bool_): 9,
 }
 SUPPORTED = tuple(CODES)
-FLOATING = frozenset(d for d in CODES if d.kind == "f" or d == bfloat16)
-BOOL = np.dtype(np.bool_)
+BOOL_CODE = CODES[np.dtype(np.bool_)]
 
 
 def dtype_code(dtype, arg="tensor"):
