@@ -244,6 +244,39 @@ static PyObject *py_reduce(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* pack(buffer, tensors) / unpack(buffer, tensors): tensors back to back from the buffer's start. */
+static PyObject *fusion_copy(PyObject *args, int packing) {
+    PyObject *buf_obj, *list;
+    if (!PyArg_ParseTuple(args, "OO!", &buf_obj, &PyList_Type, &list)) return NULL;
+    char *buffer;
+    size_t capacity, total = 0;
+    if (get_array(buf_obj, "buffer", 1, &buffer, &capacity)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    char **tensors = malloc((n ? n : 1) * sizeof(char *));
+    size_t *bytes = malloc((n ? n : 1) * sizeof(size_t));
+    if (!tensors || !bytes) { free(tensors); free(bytes); return PyErr_NoMemory(); }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (get_array(PyList_GET_ITEM(list, i), "fused tensor", !packing, &tensors[i], &bytes[i])) {
+            free(tensors); free(bytes);
+            return NULL;
+        }
+        total += bytes[i];
+    }
+    if (total > capacity) {
+        free(tensors); free(bytes);
+        return PyErr_Format(PyExc_ValueError, "fusion buffer holds %zu bytes, tensors need %zu", capacity, total);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (packing) rt_pack(buffer, tensors, bytes, (size_t)n);
+    else rt_unpack(buffer, tensors, bytes, (size_t)n);
+    Py_END_ALLOW_THREADS
+    free(tensors); free(bytes);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_pack(PyObject *self, PyObject *args) { return fusion_copy(args, 1); }
+static PyObject *py_unpack(PyObject *self, PyObject *args) { return fusion_copy(args, 0); }
+
 static PyObject *py_barrier(PyObject *self, PyObject *args) {
     int comm_f, err;
     if (!PyArg_ParseTuple(args, "i", &comm_f)) return NULL;
@@ -267,6 +300,8 @@ static PyMethodDef methods[] = {
     {"alltoallv", py_alltoallv, METH_VARARGS, "alltoallv(comm_f, sendbuf, send_bytes, recvbuf, recv_bytes)"},
     {"reduce", py_reduce, METH_VARARGS, "reduce(inout, in, dtype, op): inout = inout op in"},
     {"barrier", py_barrier, METH_VARARGS, "barrier(comm_f)"},
+    {"pack", py_pack, METH_VARARGS, "pack(buffer, tensors): copy tensors back to back into buffer"},
+    {"unpack", py_unpack, METH_VARARGS, "unpack(buffer, tensors): copy buffer back out into tensors"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_core", "ringtrain's C collectives over MPI", -1, methods};

@@ -85,6 +85,10 @@ int rt_tree_broadcast(void *buf, size_t bytes, int root, size_t segment_bytes, M
 int rt_pairwise_alltoallv(const void *sendbuf, const size_t *send_bytes, const size_t *send_displs,
                           void *recvbuf, const size_t *recv_bytes, const size_t *recv_displs, MPI_Comm comm);
 
+/* fusion_buffer.c: Tensor Fusion's pack / unpack copies (tensors laid out back to back). */
+void rt_pack(char *buffer, char *const *tensors, const size_t *bytes, size_t count);
+void rt_unpack(const char *buffer, char *const *tensors, const size_t *bytes, size_t count);
+
 /* allreduce.c: scaling, averaging and the choice of algorithm by message size. */
 typedef struct {
     size_t small_message_bytes;   /* at or below: recursive doubling; above: ring */

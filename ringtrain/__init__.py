@@ -6,15 +6,39 @@
 
 Run under `mpiexec -n N python train.py`. See README.md for the full API table."""
 from .collectives import (
+    add_process_set,
     allgather,
+    allgather_async,
     allreduce,
     allreduce_,
+    allreduce_async,
+    allreduce_async_,
     alltoall,
+    alltoall_async,
     barrier,
     broadcast,
     broadcast_,
+    broadcast_async,
+    broadcast_async_,
+    grouped_allgather,
+    grouped_allgather_async,
+    grouped_allreduce,
+    grouped_allreduce_,
+    grouped_allreduce_async,
+    grouped_allreduce_async_,
+    grouped_reducescatter,
+    grouped_reducescatter_async,
+    join,
+    poll,
     reducescatter,
+    reducescatter_async,
+    remove_process_set,
+    start_timeline,
+    stop_timeline,
+    synchronize,
 )
+from .process_sets import ProcessSet, global_process_set
+from .requests import Handle, StallError
 from .dtypes import bfloat16
 from .errors import ConfigurationError, NotInitializedError, RingtrainError
 from .objects import allgather_object, broadcast_object

@@ -1,20 +1,34 @@
-"""The collective operations on numpy-compatible tensors, with Horovod's names and semantics.
+"""The collective operations, with Horovod's names and semantics.
 
-Every function validates its arguments completely (type, dtype, layout, op, root, splits)
-before the first message is sent, so bad input raises on the rank that has it and leaves all
-buffers untouched. The communication itself is ringtrain's own C code (csrc/), which releases
-the GIL while it runs."""
+Each call validates its arguments completely (type, dtype, layout, op, root, splits) before
+anything is queued, so bad input raises on the rank that has it and leaves all buffers
+untouched. Then it becomes a Request for the background engine (engine.py); the *_async
+variants return its Handle, the plain calls wait for it. Names are optional: unnamed calls get
+deterministic names (the n-th unnamed allreduce is "allreduce.noname.n" on every rank)."""
+import collections
+import itertools
 import math
 
 import numpy as np
 
 from . import runtime
 from .dtypes import BOOL_CODE
-from .ops import Average, ReduceOp, Sum, as_op
+from .executor import split_rows
+from .ops import Average, ReduceOp, as_op
+from .process_sets import ProcessSet, global_process_set
+from .requests import Request
 from .tensors import as_array
 
-
 _PLAIN_NUMBERS = (int, float)
+_unnamed = collections.defaultdict(itertools.count)
+
+
+def _name(kind, name):
+    if name is None:
+        return f"{kind}.noname.{next(_unnamed[kind])}"
+    if not isinstance(name, str):
+        raise TypeError(f"name={name!r} must be a str")
+    return name
 
 
 def _check_reduction(op, code, prescale_factor, postscale_factor):
@@ -47,132 +61,212 @@ def _check_rows(array, arg, collective):
         raise ValueError(f"{arg} of {collective} must have at least one dimension (got a 0-d array)")
 
 
-def allreduce(tensor, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0):
-    """Reduce `tensor` over all ranks; returns a new array.
+def _set(process_set, caller):
+    """(engine, set state) for a process set this rank belongs to."""
+    rt = runtime.current(caller)
+    if not isinstance(process_set, ProcessSet):
+        raise TypeError(f"process_set={process_set!r} must be a ringtrain.ProcessSet")
+    return rt.engine, process_set._state(caller)
+
+
+def _tensors(tensors, writable, caller):
+    """Validated arrays and their dtype code: the grouped_* calls take a list, the others one tensor."""
+    if caller.startswith("grouped_"):
+        if not isinstance(tensors, (list, tuple)) or not tensors:
+            raise ValueError(f"{caller} needs at least one tensor")
+        arrays = [as_array(t, f"tensors[{i}]", writable) for i, t in enumerate(tensors)]
+        codes = {code for _, code in arrays}
+        if len(codes) > 1:
+            raise TypeError(f"{caller}: all tensors of a group must share one dtype, got "
+                            f"{sorted({str(a.dtype) for a, _ in arrays})}")
+        return [a for a, _ in arrays], arrays[0][1]
+    array, code = as_array(tensors, writable=writable)
+    return [array], code
+
+
+def _submit(engine, request, wait):
+    handle = engine.submit(request)
+    return engine.wait(handle) if wait else handle
+
+
+# --- allreduce ------------------------------------------------------------------------------
+def _allreduce(kind, tensors, op, name, prescale_factor, postscale_factor, process_set, in_place, wait):
+    engine, state = _set(process_set, kind)
+    arrays, code = _tensors(tensors, in_place, kind)
+    op, pre, post = _check_reduction(op, code, prescale_factor, postscale_factor)
+    outputs = arrays if in_place else [np.empty_like(a) for a in arrays]
+    request = Request("allreduce", _name(kind, name), state.id, arrays, outputs, code, int(op), -1, pre, post)
+    result = _submit(engine, request, wait)
+    if wait and in_place:
+        return tensors
+    return result
+
+
+def allreduce(tensor, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,
+              process_set=global_process_set):
+    """Reduce `tensor` over the ranks of the process set; returns a new array.
 
     The result is op(prescale_factor * tensor on each rank) * postscale_factor; Average divides
-    by the number of ranks (integers: exact division truncating toward zero). float16 and
-    bfloat16 compute every partial result in float32."""
-    rt = runtime.current("allreduce")
-    array, code = as_array(tensor)
-    op, pre, post = _check_reduction(op, code, prescale_factor, postscale_factor)
-    out = np.empty_like(array)
-    cfg = rt.config
-    rt.core.allreduce(rt.handle, array, out, code, op, pre, post, cfg.small_allreduce_threshold, cfg.segment_bytes)
-    return out
+    by the number of ranks in the set (integers: exact division truncating toward zero).
+    float16 and bfloat16 compute every partial result in float32."""
+    return _allreduce("allreduce", tensor, op, name, prescale_factor, postscale_factor, process_set, False, True)
 
 
-def allreduce_(tensor, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0):
+def allreduce_(tensor, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,
+               process_set=global_process_set):
     """In-place allreduce: `tensor` is overwritten with the result and returned."""
-    rt = runtime.current("allreduce_")
-    array, code = as_array(tensor, writable=True)
-    op, pre, post = _check_reduction(op, code, prescale_factor, postscale_factor)
-    cfg = rt.config
-    rt.core.allreduce(rt.handle, array, array, code, op, pre, post, cfg.small_allreduce_threshold, cfg.segment_bytes)
-    return tensor
+    return _allreduce("allreduce", tensor, op, name, prescale_factor, postscale_factor, process_set, True, True)
 
 
-def _allgather_metadata(rt, array, code):
-    """Every rank's (rows, dtype code, row elements, ndim), checked for consistency.
-
-    The trailing dimensions must agree for the blocks to form one array; since this exchange is
-    needed anyway to learn the row counts, disagreement is reported here on every rank."""
-    mine = np.array([array.shape[0], code, int(np.prod(array.shape[1:])), array.ndim], dtype=np.int64)
-    table = np.empty((rt.size, 4), dtype=np.int64)
-    table[rt.rank] = mine
-    rt.core.allgatherv(rt.handle, table, np.full(rt.size, mine.nbytes, dtype=np.int64), rt.config.segment_bytes)
-    for column, what in ((1, "dtypes"), (3, "numbers of dimensions"), (2, "row sizes (trailing dimensions)")):
-        values = table[:, column]
-        if (values != values[0]).any():
-            other = int(np.argmax(values != values[0]))
-            raise _mismatch("allgather", what, 0, values[0], other, values[other], column == 1)
-    return table[:, 0]
+def allreduce_async(tensor, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,
+                    process_set=global_process_set):
+    return _allreduce("allreduce", tensor, op, name, prescale_factor, postscale_factor, process_set, False, False)
 
 
-def _mismatch(collective, what, rank_a, value_a, rank_b, value_b, is_dtype=False):
-    from .dtypes import SUPPORTED
-    from .errors import RingtrainError
-
-    if is_dtype:
-        value_a, value_b = SUPPORTED[int(value_a)], SUPPORTED[int(value_b)]
-    return RingtrainError(
-        f"Mismatched {collective} {what}: rank {rank_a} has {value_a}, but rank {rank_b} has {value_b}"
-    )
+def allreduce_async_(tensor, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,
+                     process_set=global_process_set):
+    return _allreduce("allreduce", tensor, op, name, prescale_factor, postscale_factor, process_set, True, False)
 
 
-def allgather(tensor, name=None):
+def grouped_allreduce(tensors, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,
+                      process_set=global_process_set):
+    """Allreduce a list of tensors (one dtype) as one fused operation; returns a list."""
+    return _allreduce("grouped_allreduce", list(tensors), op, name, prescale_factor, postscale_factor,
+                      process_set, False, True)
+
+
+def grouped_allreduce_(tensors, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,
+                       process_set=global_process_set):
+    return _allreduce("grouped_allreduce", list(tensors), op, name, prescale_factor, postscale_factor,
+                      process_set, True, True)
+
+
+def grouped_allreduce_async(tensors, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,
+                            process_set=global_process_set):
+    return _allreduce("grouped_allreduce", list(tensors), op, name, prescale_factor, postscale_factor,
+                      process_set, False, False)
+
+
+def grouped_allreduce_async_(tensors, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,
+                             process_set=global_process_set):
+    return _allreduce("grouped_allreduce", list(tensors), op, name, prescale_factor, postscale_factor,
+                      process_set, True, False)
+
+
+# --- allgather ------------------------------------------------------------------------------
+def _allgather(kind, tensors, name, process_set, wait):
+    engine, state = _set(process_set, kind)
+    arrays, code = _tensors(tensors, False, kind)
+    for a in arrays:
+        _check_rows(a, "tensor", "allgather")
+    request = Request("allgather", _name(kind, name), state.id, arrays, [], code)
+    return _submit(engine, request, wait)
+
+
+def allgather(tensor, name=None, process_set=global_process_set):
     """Concatenate every rank's tensor along the first dimension, in rank order.
     The first dimension may differ between ranks; the others must match."""
-    rt = runtime.current("allgather")
-    array, code = as_array(tensor)
-    _check_rows(array, "tensor", "allgather")
-    rows = _allgather_metadata(rt, array, code)
-    row_bytes = array.itemsize * int(np.prod(array.shape[1:]))
-    out = np.empty((int(rows.sum()), *array.shape[1:]), dtype=array.dtype)
-    start = int(rows[: rt.rank].sum())
-    out[start : start + array.shape[0]] = array
-    rt.core.allgatherv(rt.handle, out, rows * row_bytes, rt.config.segment_bytes)
-    return out
+    return _allgather("allgather", tensor, name, process_set, True)
 
 
-def _check_root(rt, root_rank):
+def allgather_async(tensor, name=None, process_set=global_process_set):
+    return _allgather("allgather", tensor, name, process_set, False)
+
+
+def grouped_allgather(tensors, name=None, process_set=global_process_set):
+    """Allgather a list of tensors (one dtype) in one ring pass; returns a list."""
+    return _allgather("grouped_allgather", list(tensors), name, process_set, True)
+
+
+def grouped_allgather_async(tensors, name=None, process_set=global_process_set):
+    return _allgather("grouped_allgather", list(tensors), name, process_set, False)
+
+
+# --- broadcast ------------------------------------------------------------------------------
+def _check_root(size, root_rank):
     if isinstance(root_rank, bool) or not isinstance(root_rank, (int, np.integer)):
         raise TypeError(f"root_rank={root_rank!r} must be an int")
-    if not 0 <= root_rank < rt.size:
-        raise ValueError(f"root_rank={root_rank} is out of range: there are {rt.size} ranks (0..{rt.size - 1})")
+    if not 0 <= root_rank < size:
+        raise ValueError(f"root_rank={root_rank} is out of range: there are {size} ranks (0..{size - 1})")
     return int(root_rank)
 
 
-def broadcast(tensor, root_rank, name=None):
-    """Return root_rank's tensor on every rank (a new array)."""
-    rt = runtime.current("broadcast")
-    array, _ = as_array(tensor)
-    root = _check_root(rt, root_rank)
-    out = array.copy() if rt.rank == root else np.empty_like(array)
-    rt.core.broadcast(rt.handle, out, root, rt.config.segment_bytes)
-    return out
+def _broadcast(tensor, root_rank, name, process_set, in_place, wait):
+    engine, state = _set(process_set, "broadcast")
+    array, code = as_array(tensor, writable=in_place)
+    root = _check_root(state.size, root_rank)
+    out = array if in_place else np.empty_like(array)
+    request = Request("broadcast", _name("broadcast", name), state.id, [array], [out], code, 0, root)
+    result = _submit(engine, request, wait)
+    return tensor if (wait and in_place) else result
 
 
-def broadcast_(tensor, root_rank, name=None):
+def broadcast(tensor, root_rank, name=None, process_set=global_process_set):
+    """Return root_rank's tensor on every rank (a new array). root_rank counts within the set."""
+    return _broadcast(tensor, root_rank, name, process_set, False, True)
+
+
+def broadcast_(tensor, root_rank, name=None, process_set=global_process_set):
     """In-place broadcast: `tensor` is overwritten with root_rank's values and returned."""
-    rt = runtime.current("broadcast_")
-    array, _ = as_array(tensor, writable=True)
-    root = _check_root(rt, root_rank)
-    rt.core.broadcast(rt.handle, array, root, rt.config.segment_bytes)
-    return tensor
+    return _broadcast(tensor, root_rank, name, process_set, True, True)
 
 
-def split_rows(rows, parts):
-    """Horovod's rule: as even as possible, the first rows % parts parts take one extra row."""
-    base, extra = divmod(rows, parts)
-    return np.array([base + (i < extra) for i in range(parts)], dtype=np.int64)
+def broadcast_async(tensor, root_rank, name=None, process_set=global_process_set):
+    return _broadcast(tensor, root_rank, name, process_set, False, False)
 
 
-def reducescatter(tensor, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0):
-    """Reduce `tensor` over all ranks and return this rank's share of the first dimension
-    (split as evenly as possible; lower ranks take the extra rows)."""
-    rt = runtime.current("reducescatter")
-    array, code = as_array(tensor)
-    _check_rows(array, "tensor", "reducescatter")
+def broadcast_async_(tensor, root_rank, name=None, process_set=global_process_set):
+    return _broadcast(tensor, root_rank, name, process_set, True, False)
+
+
+# --- reducescatter --------------------------------------------------------------------------
+def _reducescatter(kind, tensors, op, name, prescale_factor, postscale_factor, process_set, wait):
+    engine, state = _set(process_set, kind)
+    arrays, code = _tensors(tensors, False, kind)
+    for a in arrays:
+        _check_rows(a, "tensor", "reducescatter")
     op, pre, post = _check_reduction(op, code, prescale_factor, postscale_factor)
-    rows = split_rows(array.shape[0], rt.size)
-    row_elements = int(np.prod(array.shape[1:]))
-    out = np.empty((int(rows[rt.rank]), *array.shape[1:]), dtype=array.dtype)
-    rt.core.reduce_scatter(rt.handle, array, out, rows * row_elements, code, op, pre, post, rt.config.segment_bytes)
-    return out
+    request = Request("reducescatter", _name(kind, name), state.id, arrays, [], code, int(op), -1, pre, post)
+    return _submit(engine, request, wait)
 
 
-def _check_splits(rt, splits, rows):
+def reducescatter(tensor, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,
+                  process_set=global_process_set):
+    """Reduce `tensor` over the ranks and return this rank's share of the first dimension
+    (split as evenly as possible; lower ranks take the extra rows)."""
+    return _reducescatter("reducescatter", tensor, op, name, prescale_factor, postscale_factor, process_set, True)
+
+
+def reducescatter_async(tensor, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,
+                        process_set=global_process_set):
+    return _reducescatter("reducescatter", tensor, op, name, prescale_factor, postscale_factor, process_set, False)
+
+
+def grouped_reducescatter(tensors, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,
+                          process_set=global_process_set):
+    """Reduce-scatter a list of tensors (one dtype) as one fused operation; returns a list."""
+    return _reducescatter("grouped_reducescatter", list(tensors), op, name, prescale_factor, postscale_factor,
+                          process_set, True)
+
+
+def grouped_reducescatter_async(tensors, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,
+                                process_set=global_process_set):
+    return _reducescatter("grouped_reducescatter", list(tensors), op, name, prescale_factor, postscale_factor,
+                          process_set, False)
+
+
+# --- alltoall -------------------------------------------------------------------------------
+def _check_splits(size, splits, rows):
     if splits is None:
-        return split_rows(rows, rt.size)
+        return split_rows(rows, size)
     try:
         values = np.asarray(splits)
     except Exception:
         values = None
     if values is None or values.ndim != 1 or values.dtype.kind not in "iu":
         raise TypeError(f"splits={splits!r} must be a 1-d sequence of ints, one per rank")
-    if len(values) != rt.size:
-        raise ValueError(f"splits={splits!r} has {len(values)} entries, but there are {rt.size} ranks")
+    if len(values) != size:
+        raise ValueError(f"splits={splits!r} has {len(values)} entries, but there are {size} ranks")
     if (values < 0).any():
         raise ValueError(f"splits={splits!r} has negative entries")
     if int(values.sum()) != rows:
@@ -180,25 +274,85 @@ def _check_splits(rt, splits, rows):
     return values.astype(np.int64)
 
 
-def alltoall(tensor, splits=None, name=None):
+def _alltoall(tensor, splits, name, process_set, wait):
+    engine, state = _set(process_set, "alltoall")
+    array, code = as_array(tensor)
+    _check_rows(array, "tensor", "alltoall")
+    request = Request("alltoall", _name("alltoall", name), state.id, [array], [], code,
+                      splits=_check_splits(state.size, splits, array.shape[0]))
+    return _submit(engine, request, wait)
+
+
+def alltoall(tensor, splits=None, name=None, process_set=global_process_set):
     """Send splits[i] rows of `tensor` (in order) to rank i; receive from every rank in rank order.
 
     Returns (output, received_splits). Without splits the first dimension is divided as in
     reducescatter."""
-    rt = runtime.current("alltoall")
-    array, _ = as_array(tensor)
-    _check_rows(array, "tensor", "alltoall")
-    send_rows = _check_splits(rt, splits, array.shape[0])
-    recv_rows = np.empty(rt.size, dtype=np.int64)
-    eight = np.full(rt.size, 8, dtype=np.int64)
-    rt.core.alltoallv(rt.handle, send_rows, eight, recv_rows, eight)
-    row_bytes = array.itemsize * int(np.prod(array.shape[1:]))
-    out = np.empty((int(recv_rows.sum()), *array.shape[1:]), dtype=array.dtype)
-    rt.core.alltoallv(rt.handle, array, send_rows * row_bytes, out, recv_rows * row_bytes)
-    return out, recv_rows
+    return _alltoall(tensor, splits, name, process_set, True)
 
 
-def barrier():
-    """Block until every rank has called barrier()."""
-    rt = runtime.current("barrier")
-    rt.core.barrier(rt.handle)
+def alltoall_async(tensor, splits=None, name=None, process_set=global_process_set):
+    return _alltoall(tensor, splits, name, process_set, False)
+
+
+# --- synchronisation ------------------------------------------------------------------------
+def barrier(process_set=global_process_set):
+    """Block until every rank of the set has called barrier()."""
+    engine, state = _set(process_set, "barrier")
+    _submit(engine, Request("barrier", _name("barrier", None), state.id), True)
+
+
+def join():
+    """Declare that this rank has no more data. Until every rank has joined, the others'
+    allreduces keep completing with this rank contributing zeros (Average still divides by
+    the full number of ranks, as in Horovod). Returns the rank that joined last."""
+    engine, state = _set(global_process_set, "join")
+    return _submit(engine, Request("join", "join", state.id), True)
+
+
+def poll(handle):
+    """True once the operation behind `handle` has finished (successfully or not)."""
+    return handle.done
+
+
+def synchronize(handle):
+    """Wait for `handle` and return its output (alltoall: (output, received_splits); grouped
+    ops: a list), or raise the operation's error."""
+    return runtime.current("synchronize").engine.wait(handle)
+
+
+# --- process sets ---------------------------------------------------------------------------
+def add_process_set(process_set):
+    """Register a ProcessSet (a list of ranks is accepted too). Collective: every rank calls it."""
+    if not isinstance(process_set, ProcessSet):
+        process_set = ProcessSet(process_set)
+    rt = runtime.current("add_process_set")
+    bad = [r for r in process_set.ranks if not 0 <= r < rt.size]
+    if not process_set.ranks or bad:
+        raise ValueError(f"process set ranks {process_set.ranks} must be a non-empty subset of 0..{rt.size - 1}")
+    request = Request("add_process_set", _name("add_process_set", None), 0, payload=tuple(process_set.ranks))
+    return process_set._register(_submit(rt.engine, request, True))
+
+
+def remove_process_set(process_set):
+    """Unregister a ProcessSet. Collective: every rank calls it."""
+    rt = runtime.current("remove_process_set")
+    if process_set.process_set_id in (None, 0):
+        raise ValueError(f"{process_set!r} cannot be removed")
+    request = Request("remove_process_set", _name("remove_process_set", None), 0,
+                      payload=(process_set.process_set_id,))
+    _submit(rt.engine, request, True)
+    process_set.process_set_id = None
+
+
+def start_timeline(path):
+    """Start writing a Chrome trace of every collective to `path` (rank 0 writes; call on all ranks)."""
+    engine = runtime.current("start_timeline").engine
+    with engine._round_lock:
+        engine.start_timeline(path)
+
+
+def stop_timeline():
+    engine = runtime.current("stop_timeline").engine
+    with engine._round_lock:
+        engine.stop_timeline()

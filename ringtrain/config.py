@@ -20,6 +20,28 @@ def _parse_bytes(text):
     return value
 
 
+def _parse_non_negative_float(text):
+    value = float(str(text).strip())
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("not a finite non-negative number")
+    return value
+
+
+def _parse_bool(text):
+    if isinstance(text, bool):
+        return text
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("not a boolean")
+
+
+def _parse_path(text):
+    return str(text)
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     # Allreduces of at most this many bytes use recursive doubling, larger ones the ring.
@@ -29,10 +51,38 @@ class Config:
     # Pipeline segment of the ring algorithms and the broadcast tree (1 MB beat 64 KB and
     # 256 KB on 2 and 3 ranks from 1 MB to 64 MB, bench/RESULTS.md).
     segment_bytes: int = 1024 * 1024
+    # Tensor Fusion: allreduces that become ready in one cycle are packed into buffers of up to
+    # this many bytes (0 disables fusion). Horovod's default.
+    fusion_threshold: int = 64 * 1024 * 1024
+    # Milliseconds the background thread waits between negotiation rounds; synchronous calls
+    # do not wait for it (they drive a round themselves).
+    cycle_time: float = 1.0
+    # Seconds before the stall inspector warns about a tensor some ranks submitted and others
+    # did not; and (if > 0) before such a stall becomes an error on every rank.
+    stall_check_time: float = 60.0
+    stall_shutdown_time: float = 0.0
+    # Chrome trace JSON written by rank 0 ("" = off).
+    timeline: str = ""
+    # Tune fusion_threshold, cycle_time and small_allreduce_threshold online.
+    autotune: bool = False
+    autotune_log: str = ""
 
     ENV = {
         "small_allreduce_threshold": ("RINGTRAIN_SMALL_ALLREDUCE_THRESHOLD", _parse_bytes),
         "segment_bytes": ("RINGTRAIN_SEGMENT_BYTES", _parse_bytes),
+        "fusion_threshold": ("RINGTRAIN_FUSION_THRESHOLD", _parse_bytes),
+        "cycle_time": ("RINGTRAIN_CYCLE_TIME", _parse_non_negative_float),
+        "stall_check_time": ("RINGTRAIN_STALL_CHECK_TIME", _parse_non_negative_float),
+        "stall_shutdown_time": ("RINGTRAIN_STALL_SHUTDOWN_TIME", _parse_non_negative_float),
+        "timeline": ("RINGTRAIN_TIMELINE", _parse_path),
+        "autotune": ("RINGTRAIN_AUTOTUNE", _parse_bool),
+        "autotune_log": ("RINGTRAIN_AUTOTUNE_LOG", _parse_path),
+    }
+    EXPECTED = {
+        _parse_bytes: "a non-negative number of bytes, e.g. 65536 or 64K",
+        _parse_non_negative_float: "a non-negative number",
+        _parse_bool: "a boolean (1/0, true/false)",
+        _parse_path: "a path",
     }
 
     @classmethod
@@ -56,8 +106,7 @@ class Config:
                 values[field] = parse(raw)
             except (TypeError, ValueError):
                 raise ConfigurationError(
-                    f"{source}={raw!r} is not a valid {field.replace('_', ' ')} "
-                    "(expected a non-negative number of bytes, e.g. 65536 or 64K)"
+                    f"{source}={raw!r} is not a valid {field.replace('_', ' ')} (expected {cls.EXPECTED[parse]})"
                 ) from None
         config = cls(**values)
         if config.segment_bytes < 64:

@@ -21,6 +21,7 @@ class Runtime:
     cross_comm: object    # ranks with the same local rank, one per host
     config: Config
     core: object          # the C extension module, ringtrain._core
+    engine: object = None # the background engine (engine.py)
 
 
 _runtime = None
@@ -46,12 +47,13 @@ def load_core():
     return _core
 
 
-def init(comm=None, **settings):
+def init(comm=None, process_sets=(), **settings):
     """Start ringtrain on `comm` (an mpi4py communicator; default COMM_WORLD).
 
-    Keyword arguments are settings (see ringtrain.config.Config); they override RINGTRAIN_*
-    environment variables. Calling init() again after shutdown() starts afresh; calling it
-    while initialised is a no-op, as in Horovod."""
+    process_sets: ProcessSet objects to register now (every rank passes the same list).
+    Other keyword arguments are settings (see ringtrain.config.Config); they override
+    RINGTRAIN_* environment variables. Calling init() again after shutdown() starts afresh;
+    calling it while initialised is a no-op, as in Horovod."""
     global _runtime
     config = Config.from_sources(settings)  # validate before touching MPI
     if _runtime is not None:
@@ -73,6 +75,9 @@ def init(comm=None, **settings):
         config=config,
         core=_core,
     )
+    from .engine import Engine
+
+    _runtime.engine = Engine(_runtime, config, process_sets)
     _install_exit_hooks()
 
 
@@ -86,12 +91,21 @@ def shutdown():
     global _runtime
     if _runtime is None:
         return
+    from .collectives import _name
+    from .requests import Request
+
+    engine = _runtime.engine
+    if engine.failure is None:
+        engine.wait(engine.submit(Request("shutdown", _name("shutdown", None), 0)))
+    engine.stop()
     _runtime.core.barrier(_runtime.handle)
     _release()
 
 
 def _release():
     global _runtime
+    if _runtime.engine is not None and not _runtime.engine._stop.is_set():
+        _runtime.engine._stop.set()  # dying: stop the thread, skip every collective
     for c in (_runtime.cross_comm, _runtime.local_comm, _runtime.comm):
         c.Free()
     _runtime = None

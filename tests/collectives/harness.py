@@ -84,14 +84,15 @@ def assert_matches(result, expected, dtype, size, what=""):
 
 @contextlib.contextmanager
 def tuned(**settings):
-    """Run with other algorithm settings (e.g. force the ring, tiny segments), then restore."""
-    live = runtime.current("tuned")
-    saved = live.config
-    live.config = dataclasses.replace(saved, **settings)
+    """Run with other algorithm settings (e.g. force the ring, tiny segments), then restore.
+    Every rank changes them between the same two collectives, so they agree."""
+    tuning = runtime.current("tuned").engine.tuning
+    saved = {field: getattr(tuning, field) for field in settings}
+    tuning.update(settings)
     try:
         yield
     finally:
-        live.config = saved
+        tuning.update(saved)
 
 
 # Algorithm settings every reduction test runs under.

@@ -1,0 +1,371 @@
+"""The background engine: negotiation rounds, then execution, for every process set.
+
+Design (after Horovod's operations.cc, in a smaller space):
+
+* A collective call builds a Request and queues it; the caller gets a Handle at once.
+* Rounds are lock-step per process set: every member takes part in every round, in the same
+  sequence (process sets in id order), so the control collectives below always match up.
+  A round is:
+    1. one bitwise-AND allreduce of a bit vector on the set's control communicator. Bit 0 says
+       "I need no slow path", bit 1 "I have joined", and one bit per response-cache entry says
+       "I have this cached tensor ready". Tensors whose bit survives the AND are ready
+       everywhere: repeated training steps negotiate with this single small allreduce.
+    2. only if someone cleared bit 0: the slow path. Every rank sends its new announcements
+       (name + signature), duplicate-name errors and join requests to the coordinator (rank 0
+       of the set) with a Gatherv; the coordinator checks them (negotiation.py) and broadcasts
+       the responses: ready tensors in order, errors, stall warnings, new cache bits.
+    3. execution (executor.py) of the cached-ready tensors, then the slow path's responses.
+* The background thread runs a round every cycle_time ms. A caller waiting on a handle runs
+  rounds itself under the same lock instead of waiting for the thread: a synchronous small
+  allreduce costs one round, with no thread hand-off. Either way all MPI traffic after init()
+  happens in rounds, one at a time.
+* A cached request whose bit does not survive the AND for a few rounds (ranks submitting at
+  different times, or one rank submitting a different signature under the same name) falls
+  back to the slow path, where the coordinator sees every rank's version: that is how
+  mismatches and stalls are found even for tensors that were cached.
+"""
+import collections
+import json
+import logging
+import threading
+import time
+
+import numpy as np
+
+from .errors import RingtrainError
+from .executor import Executor, Item
+from .negotiation import Coordinator, StallInspector
+from .requests import StallError
+from .response_cache import FIRST_TENSOR_BIT, JOINED_BIT, NO_SLOW_PATH_BIT, ResponseCache
+
+log = logging.getLogger("ringtrain")
+
+CONTROL_KINDS = frozenset({"shutdown", "add_process_set", "remove_process_set"})
+
+# Rounds a cached request may wait for its bit before it is announced to the coordinator.
+FALLBACK_ROUNDS = 3
+
+
+class SetState:
+    """One process set as this rank sees it."""
+
+    def __init__(self, set_id, ranks, data_comm, config):
+        self.id = set_id
+        self.ranks = ranks                    # global ranks, sorted
+        self.comm = data_comm                 # collectives on the data path
+        self.ctrl = data_comm.Dup()           # negotiation, so it never matches data messages
+        self.handle = data_comm.py2f()
+        self.rank = data_comm.Get_rank()
+        self.size = data_comm.Get_size()
+        self.queue = collections.deque()      # submitted, not yet taken into a round
+        self.pending = collections.OrderedDict()  # name -> Request
+        self.announced = set()                # names sent to the coordinator
+        self.waited = collections.Counter()   # name -> rounds waited on the cache path
+        self.cache = ResponseCache()
+        self.errors_to_report = []
+        self.join_request = None
+        self.join_announced = False
+        self.coordinator = (Coordinator(self.size, StallInspector(config.stall_check_time, config.stall_shutdown_time))
+                            if self.rank == 0 else None)
+
+    def free(self):
+        for c in (self.ctrl, self.comm):
+            c.Free()
+
+
+class Engine:
+    def __init__(self, runtime, config, process_sets=()):
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.runtime = runtime
+        self.tuning = Tuning(config)
+        self.timeline = None
+        self.executor = Executor(runtime.core, self.tuning, lambda: self.timeline)
+        self.sets = {0: SetState(0, list(range(runtime.size)), runtime.comm.Dup(), config)}
+        self.next_set_id = 1
+        self._round_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.failure = None
+        self.last_round = 0.0
+        if config.timeline:
+            self.start_timeline(config.timeline)
+        from .autotune import Autotuner
+
+        self.autotuner = Autotuner(self.tuning, config.autotune_log) if config.autotune and runtime.rank == 0 else None
+        for process_set in process_sets:  # before the thread starts: no round may interleave
+            process_set._register(self.create_set(process_set.ranks))
+        self._thread = threading.Thread(target=self._loop, name="ringtrain-engine", daemon=True)
+        self._thread.start()
+
+    # --- submission and waiting ----------------------------------------------------------
+    def submit(self, request):
+        state = self.sets.get(request.process_set)
+        if state is None:
+            raise ValueError(f"process_set id {request.process_set} is not registered on rank {self.runtime.rank}")
+        if self.failure is not None:
+            raise RingtrainError(f"the ringtrain engine has stopped: {self.failure}")
+        state.queue.append(request)
+        return request.handle
+
+    def wait(self, handle):
+        while not handle.done:
+            if self.failure is not None:
+                raise RingtrainError(f"the ringtrain engine has stopped: {self.failure}")
+            with self._round_lock:
+                if not handle.done and not self._stop.is_set():
+                    self._round_all()
+            if self._stop.is_set() and not handle.done:
+                raise RingtrainError("ringtrain was shut down before this operation completed")
+        if handle.error is not None:
+            raise handle.error
+        return handle.result
+
+    def _loop(self):
+        """A round every cycle_time, unless callers waiting on handles are already running them:
+        then an extra round from here would only pair up with the wrong round on another rank."""
+        while True:
+            pause = self.last_round + self.tuning.cycle_time / 1000.0 - time.perf_counter()
+            if self._stop.wait(max(pause, 0.0)):
+                break
+            if time.perf_counter() - self.last_round < self.tuning.cycle_time / 1000.0:
+                continue
+            with self._round_lock:
+                if self._stop.is_set():
+                    break
+                try:
+                    self._round_all()
+                except Exception as exc:  # noqa: BLE001 - reported through every handle
+                    self._fail_everything(exc)
+                    break
+
+    def _fail_everything(self, exc):
+        self.failure = exc
+        self._stop.set()
+        for state in self.sets.values():
+            for request in list(state.pending.values()) + list(state.queue):
+                request.handle.fail(RingtrainError(f"the ringtrain engine stopped: {exc}"))
+
+    # --- rounds ---------------------------------------------------------------------------
+    def _round_all(self):
+        self.last_round = time.perf_counter()
+        for set_id in sorted(self.sets):
+            state = self.sets.get(set_id)
+            if state is not None and not self._stop.is_set():
+                self._round(state)
+
+    def _intake(self, state):
+        while state.queue:
+            request = state.queue.popleft()
+            if request.kind == "join":
+                state.join_request = request
+                continue
+            if request.name in state.pending:
+                text = (f"'{request.name}' was submitted twice on rank {self.runtime.rank} "
+                        "(the first one has not completed yet)")
+                request.handle.fail(RingtrainError(text))
+                state.errors_to_report.append([request.name, text])
+                continue
+            state.pending[request.name] = request
+
+    def _round(self, state):
+        self._intake(state)
+        started = time.perf_counter()
+        announce, cached = [], []
+        for name, request in state.pending.items():
+            if name in state.announced:
+                continue
+            signature = request.signature()
+            bit, hit = state.cache.lookup(name, signature)
+            if hit and state.waited[name] < FALLBACK_ROUNDS:
+                cached.append(bit)
+            else:
+                announce.append([name, signature])
+        joined = state.join_request is not None
+        need_slow = bool(announce or state.errors_to_report or (joined and not state.join_announced))
+        if state.coordinator is not None and state.coordinator.needs_slow_round(started):
+            need_slow = True
+        if self.autotuner is not None and state.id == 0 and self.autotuner.has_news():
+            need_slow = True
+
+        flags = np.zeros(state.cache.words() * 64, dtype=np.uint8)
+        flags[cached] = 1
+        flags[NO_SLOW_PATH_BIT] = not need_slow
+        if joined:
+            flags[JOINED_BIT] = 1
+            flags[[bit for bit, (_, sig) in state.cache.entry.items() if sig[0] == "allreduce"]] = 1
+        words = np.packbits(flags, bitorder="little").view(np.uint64)
+        state.ctrl.Allreduce(self.MPI.IN_PLACE, words, op=self.MPI.BAND)
+        flags = np.unpackbits(words.view(np.uint8), bitorder="little")
+        agreed = np.flatnonzero(flags[FIRST_TENSOR_BIT:]) + FIRST_TENSOR_BIT
+        everyone_joined = bool(flags[JOINED_BIT])
+
+        ready_at = time.perf_counter()
+        items = []
+        if not everyone_joined:
+            for bit in agreed.tolist():
+                name, signature = state.cache.entry[bit]
+                items.append(Item(name, signature, state.pending.get(name), ready_at))
+
+        if not flags[NO_SLOW_PATH_BIT]:  # someone asked for the slow path
+            message = {"announce": announce, "errors": state.errors_to_report, "join": joined and not state.join_announced}
+            response = self._negotiate(state, message)
+            state.errors_to_report = []
+            state.announced.update(name for name, _ in announce)
+            if message["join"]:
+                state.join_announced = True
+            ready_at = time.perf_counter()
+            self._apply(state, response, items, ready_at)
+
+        for item in items:
+            if item.request is not None:
+                state.pending.pop(item.name, None)
+                state.announced.discard(item.name)
+                state.waited.pop(item.name, None)
+        for name in state.pending:
+            if name not in state.announced:
+                state.waited[name] += 1
+
+        self._execute(state, items)
+        if self.autotuner is not None and state.id == 0 and items:
+            self.autotuner.observe(self.executor.bytes_reduced, time.perf_counter())
+
+    def _execute(self, state, items):
+        """Data collectives go to the executor in runs; control requests (process sets,
+        shutdown) run in their place in the order, so every rank sees them at the same point."""
+        batch = []
+        for item in items + [None]:
+            if item is not None and item.signature[0] not in CONTROL_KINDS:
+                batch.append(item)
+                continue
+            failures = self.executor.run(state, batch) if batch else {}
+            for done in batch:
+                if done.name in failures and done.request is not None:
+                    error = failures[done.name]
+                    done.request.handle.fail(error if isinstance(error, RingtrainError) else RingtrainError(
+                        f"{done.signature[0]} '{done.name}' failed: {error}"))
+            batch = []
+            if item is None:
+                break
+            kind, payload = item.signature[0], item.signature[2][0] if item.signature[2] else None
+            result = None
+            if kind == "shutdown":
+                self._stop.set()
+            elif kind == "add_process_set":
+                result = self.create_set(payload)
+            elif kind == "remove_process_set":
+                self.remove_set(payload[0])
+            if item.request is not None:
+                item.request.handle.complete(result)
+
+    def _negotiate(self, state, message):
+        MPI = self.MPI
+        if self.autotuner is not None and state.id == 0:
+            news = self.autotuner.take_news()
+            if news:
+                message["params"] = news
+        payload = np.frombuffer(json.dumps(message).encode(), dtype=np.uint8)
+        sizes = np.zeros(state.size, dtype=np.int64)
+        state.ctrl.Gather(np.array([payload.size], dtype=np.int64), sizes, root=0)
+        gathered = np.empty(int(sizes.sum()) if state.rank == 0 else 0, dtype=np.uint8)
+        state.ctrl.Gatherv(payload, [gathered, sizes, MPI.BYTE] if state.rank == 0 else None, root=0)
+        if state.rank == 0:
+            offsets = np.concatenate([[0], np.cumsum(sizes)])
+            messages = {r: json.loads(gathered[offsets[r]:offsets[r + 1]].tobytes()) for r in range(state.size)}
+            response = state.coordinator.process(messages, state.cache.next_bit, state.cache.capacity)
+            if "params" in message:
+                response["params"] = message["params"]
+            reply = np.frombuffer(json.dumps(response).encode(), dtype=np.uint8)
+            length = np.array([reply.size], dtype=np.int64)
+        else:
+            length = np.zeros(1, dtype=np.int64)
+        state.ctrl.Bcast(length, root=0)
+        if state.rank != 0:
+            reply = np.empty(int(length[0]), dtype=np.uint8)
+        state.ctrl.Bcast(reply, root=0)
+        return json.loads(reply.tobytes()) if state.rank != 0 else response
+
+    def _apply(self, state, response, items, ready_at):
+        for text in response["warnings"]:
+            log.warning("ringtrain: %s", text)
+        for name, text in response["errors"]:
+            request = state.pending.pop(name, None)
+            state.announced.discard(name)
+            state.waited.pop(name, None)
+            state.cache.evict(name)
+            if request is not None:
+                error_class = StallError if text.startswith("Stall:") else RingtrainError
+                request.handle.fail(error_class(text))
+        for name, signature, bit in response["ok"]:
+            if bit is not None:
+                state.cache.assign(name, signature, bit)
+            request = state.pending.get(name)
+            if request is None and state.join_request is None:
+                raise RingtrainError(f"internal: response for '{name}' which rank {self.runtime.rank} never submitted")
+            items.append(Item(name, signature, request, ready_at))
+        if response.get("params"):
+            self.tuning.update(response["params"])
+        if response["join_done"] is not None:
+            if state.join_request is not None:
+                state.join_request.handle.complete(response["join_done"])
+            state.join_request = None
+            state.join_announced = False
+
+    # --- process sets ---------------------------------------------------------------------
+    def create_set(self, ranks):
+        """Collective over the global set, run by the executor at the same point on every rank."""
+        MPI = self.MPI
+        member = self.runtime.rank in ranks
+        comm = self.sets[0].comm.Split(0 if member else MPI.UNDEFINED, self.runtime.rank)
+        set_id = self.next_set_id
+        self.next_set_id += 1
+        if member:
+            self.sets[set_id] = SetState(set_id, list(ranks), comm, self.runtime.config)
+        return set_id
+
+    def remove_set(self, set_id):
+        state = self.sets.pop(set_id, None)
+        if state is not None:
+            for request in list(state.pending.values()) + list(state.queue):
+                request.handle.fail(RingtrainError(f"process set {set_id} was removed"))
+            state.free()
+
+    # --- timeline -------------------------------------------------------------------------
+    def start_timeline(self, path):
+        from .timeline import Timeline
+
+        if self.runtime.rank == 0:
+            old, self.timeline = self.timeline, Timeline(path)
+            if old is not None:
+                old.close()
+
+    def stop_timeline(self):
+        old, self.timeline = self.timeline, None
+        if old is not None:
+            old.close()
+
+    # --- shutdown -------------------------------------------------------------------------
+    def stop(self):
+        """After every rank's shutdown request has run (so all stop at the same round)."""
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=30)
+        self.stop_timeline()
+        for set_id in sorted(self.sets, reverse=True):
+            self.sets[set_id].free()
+        self.sets.clear()
+
+
+class Tuning:
+    """The settings the engine reads on every round; autotune changes them in step on all ranks."""
+
+    FIELDS = ("fusion_threshold", "cycle_time", "small_allreduce_threshold", "segment_bytes")
+
+    def __init__(self, config):
+        for field in self.FIELDS:
+            setattr(self, field, getattr(config, field))
+
+    def update(self, params):
+        for field, value in params.items():
+            if field in self.FIELDS:
+                setattr(self, field, value)

@@ -1,0 +1,127 @@
+"""The coordinator: rank 0 of each process set decides, for the whole set, which tensors are
+ready and in what order they run.
+
+Every rank announces the requests it has submitted (name + signature). A name is ready when
+every rank of the set has announced it, ranks that have joined counting as present for
+allreduce. Ready names are checked for agreement field by field; a disagreement becomes an
+error response that every rank raises. Names that some ranks announced and others have not,
+for too long, are reported by the stall inspector. Responses keep announcement order, so every
+rank runs the same collectives in the same order."""
+import collections
+import dataclasses
+import time
+
+from .requests import mismatch_message
+from .response_cache import FIRST_TENSOR_BIT
+
+UNCACHED_KINDS = frozenset({"barrier", "join", "shutdown", "add_process_set", "remove_process_set"})
+
+
+@dataclasses.dataclass
+class Entry:
+    first_seen: float
+    signatures: dict = dataclasses.field(default_factory=dict)  # rank -> signature
+    warned: bool = False
+
+
+class StallInspector:
+    """Names what is stuck and who is missing; turns a long stall into an error if asked to."""
+
+    def __init__(self, check_seconds, shutdown_seconds):
+        self.check_seconds = check_seconds
+        self.shutdown_seconds = shutdown_seconds
+
+    def inspect(self, table, size, joined, now):
+        """(warnings, errors): texts for stalled entries; errors are (name, text)."""
+        warnings, errors = [], []
+        for name, entry in table.items():
+            age = now - entry.first_seen
+            have = sorted(entry.signatures)
+            missing = sorted(set(range(size)) - set(have) - set(joined))
+            kind = entry.signatures[have[0]][0]
+            text = (f"Stall: '{name}' ({kind}) was submitted by rank(s) {have} and is still waiting for "
+                    f"rank(s) {missing} after {age:.1f} s")
+            if self.shutdown_seconds and age >= self.shutdown_seconds:
+                errors.append((name, text + f"; giving up (RINGTRAIN_STALL_SHUTDOWN_TIME={self.shutdown_seconds:g})"))
+            elif self.check_seconds and age >= self.check_seconds and not entry.warned:
+                entry.warned = True
+                warnings.append(text)
+        return warnings, errors
+
+    def wants_a_look(self, table, now):
+        """Whether a slow round is needed just to check for stalls."""
+        if not table:
+            return False
+        oldest = min(e.first_seen for e in table.values())
+        limits = [s for s in (self.check_seconds, self.shutdown_seconds) if s]
+        return bool(limits) and now - oldest >= min(limits)
+
+
+class Coordinator:
+    def __init__(self, size, stall_inspector):
+        self.size = size
+        self.table = collections.OrderedDict()
+        self.joined = []            # in the order ranks joined
+        self.stalls = stall_inspector
+
+    def needs_slow_round(self, now):
+        return self.stalls.wants_a_look(self.table, now)
+
+    def process(self, messages, next_bit, cache_capacity):
+        """messages: rank -> {"announce": [[name, sig]], "errors": [[name, text]], "join": bool}.
+        Returns the response broadcast to every rank of the set."""
+        now = time.perf_counter()
+        response = {"ok": [], "errors": [], "warnings": [], "join_done": None}
+        failed = {}
+        for rank in sorted(messages):
+            message = messages[rank]
+            for name, text in message.get("errors", ()):
+                failed.setdefault(name, text)
+            if message.get("join") and rank not in self.joined:
+                self.joined.append(rank)
+            for name, signature in message.get("announce", ()):
+                entry = self.table.get(name)
+                if entry is None:
+                    entry = self.table[name] = Entry(now)
+                if rank in entry.signatures:
+                    failed.setdefault(name, f"'{name}' was submitted twice on rank {rank} before it completed")
+                entry.signatures[rank] = signature
+        for name, text in failed.items():
+            self.table.pop(name, None)
+            response["errors"].append([name, text])
+
+        joined = set(self.joined)
+        for name in list(self.table):
+            entry = self.table[name]
+            present = set(entry.signatures)
+            kinds = {sig[0] for sig in entry.signatures.values()}
+            if len(present | (joined if kinds == {"allreduce"} else set())) < self.size:
+                if joined and kinds != {"allreduce"} and len(present | joined) == self.size:
+                    del self.table[name]
+                    response["errors"].append([name, f"{kinds.pop()} '{name}' cannot complete: rank(s) "
+                                               f"{sorted(joined - present)} have already joined"])
+                continue
+            del self.table[name]
+            problem = mismatch_message(name, entry.signatures)
+            if problem:
+                response["errors"].append([name, problem])
+                continue
+            signature = next(iter(entry.signatures.values()))
+            bit = None
+            # unnamed tensors get a fresh name every call: caching them would only fill the cache
+            if signature[0] not in UNCACHED_KINDS and ".noname." not in name and next_bit < cache_capacity:
+                bit, next_bit = next_bit, next_bit + 1
+            response["ok"].append([name, signature, bit])
+
+        warnings, errors = self.stalls.inspect(self.table, self.size, joined, now)
+        response["warnings"] = warnings
+        for name, text in errors:
+            del self.table[name]
+            response["errors"].append([name, text])
+        if len(joined) == self.size:
+            response["join_done"] = self.joined[-1]
+            self.joined = []
+        return response
+
+
+assert FIRST_TENSOR_BIT >= 2

@@ -1,0 +1,121 @@
+"""What a rank asks the engine to do (a Request), and what it gets back (a Handle).
+
+A request's *signature* is the part every rank must agree on: the collective, dtype, the shape
+dimensions that must match, op, root and scale factors. The coordinator compares signatures
+field by field to explain a mismatch; the response cache keys on them."""
+import dataclasses
+import time
+
+import numpy as np
+
+from .dtypes import SUPPORTED
+from .errors import RingtrainError
+
+# The collectives whose first dimension may differ between ranks.
+RAGGED = frozenset({"allgather", "alltoall"})
+SIGNATURE_FIELDS = ("collective", "dtype", "shape", "op", "root rank", "prescale factor", "postscale factor")
+
+
+class Handle:
+    """An operation in flight. poll() tells whether it finished; synchronize() waits for it and
+    returns its output (or raises its error)."""
+
+    __slots__ = ("request", "done", "result", "error")
+
+    def __init__(self, request):
+        self.request = request
+        self.done = False
+        self.result = None
+        self.error = None
+
+    def complete(self, result):
+        self.result, self.done = result, True
+
+    def fail(self, error):
+        if not self.done:
+            self.error, self.done = error, True
+
+    def __repr__(self):
+        state = "failed" if self.error else "done" if self.done else "pending"
+        return f"<ringtrain.Handle {self.request.kind} {self.request.name!r} {state}>"
+
+
+@dataclasses.dataclass(eq=False)
+class Request:
+    kind: str                       # allreduce, allgather, broadcast, reducescatter, alltoall, barrier, join, ...
+    name: str
+    process_set: int = 0
+    tensors: list = dataclasses.field(default_factory=list)   # inputs (grouped ops carry several)
+    outputs: list = dataclasses.field(default_factory=list)   # where results go (same arrays when in place)
+    code: int = -1                  # dtype code, -1 for control requests
+    op: int = 0
+    root: int = -1
+    prescale: float = 1.0
+    postscale: float = 1.0
+    splits: object = None           # alltoall's send splits (legitimately differ between ranks)
+    payload: object = None          # control requests: e.g. the ranks of a new process set
+    submitted: float = dataclasses.field(default_factory=time.perf_counter)
+    handle: Handle = None
+
+    def __post_init__(self):
+        self.handle = Handle(self)
+
+    def shape_key(self):
+        if self.payload is not None:  # control requests: what every rank must agree on
+            return [list(self.payload)]
+        shapes = []
+        for t in self.tensors:
+            shapes.append(list(t.shape[1:]) + [len(t.shape)] if self.kind in RAGGED else list(t.shape))
+        return shapes
+
+    def signature(self):
+        """JSON-friendly list, one entry per SIGNATURE_FIELDS."""
+        return [self.kind, self.code, self.shape_key(), int(self.op), self.root, self.prescale, self.postscale]
+
+    @property
+    def nbytes(self):
+        return sum(t.nbytes for t in self.tensors)
+
+
+def describe(field, value):
+    """A signature value as a person would write it."""
+    if field == "dtype":
+        return str(SUPPORTED[value]) if value >= 0 else "none"
+    if field == "shape":
+        shapes = [tuple(s) for s in value]
+        return str(shapes[0]) if len(shapes) == 1 else str(shapes)
+    if field == "op":
+        from .ops import ReduceOp
+
+        return ReduceOp(value).name
+    return str(value)
+
+
+def mismatch_message(name, signatures):
+    """The first field on which ranks disagree, Horovod-style, or None if they all agree.
+    `signatures` maps rank -> signature."""
+    ranks = sorted(signatures)
+    first = ranks[0]
+    kind = signatures[first][0]
+    for index, field in enumerate(SIGNATURE_FIELDS):
+        for other in ranks[1:]:
+            a, b = signatures[first][index], signatures[other][index]
+            if a != b:
+                if field == "collective":
+                    return (f"Mismatched collective for '{name}': rank {first} called {a}, "
+                            f"but rank {other} called {b}")
+                what = "shapes" if field == "shape" and kind not in RAGGED else (
+                    "shapes (all dimensions but the first)" if field == "shape" else field + "s")
+                return (f"Mismatched {kind} {what} for '{name}': rank {first} has {describe(field, a)}, "
+                        f"but rank {other} has {describe(field, b)}")
+    return None
+
+
+def zeros_like_signature(signature):
+    """The tensors a rank that has joined contributes to an allreduce: zeros of the agreed shape."""
+    code, shapes = signature[1], signature[2]
+    return [np.zeros(tuple(shape), dtype=SUPPORTED[code]) for shape in shapes]
+
+
+class StallError(RingtrainError):
+    """Some ranks submitted a tensor and others did not, for longer than RINGTRAIN_STALL_SHUTDOWN_TIME."""
