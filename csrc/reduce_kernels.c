@@ -26,11 +26,14 @@ size_t rt_dtype_size(rt_dtype dtype) {
     }
 }
 
-/* Binary operators per kind of element. NaN propagates through Min/Max as in numpy. */
+/* Binary operators per kind of element. NaN propagates through Min/Max as in numpy.
+ * Min and Max must give bitwise the same answer for (a, b) and (b, a): recursive doubling has
+ * both partners reduce the same pair in opposite orders. The only equal-but-different values
+ * are -0.0 and +0.0, so ties go by sign: Min prefers -0.0, Max prefers +0.0. */
+#define FLOAT_MIN(a, b) (((a) < (b) || (a) != (a) || ((a) == (b) && __builtin_signbit(a))) ? (a) : (b))
+#define FLOAT_MAX(a, b) (((a) > (b) || (a) != (a) || ((a) == (b) && !__builtin_signbit(a))) ? (a) : (b))
 #define FLOAT_SUM(a, b) ((a) + (b))
 #define FLOAT_PROD(a, b) ((a) * (b))
-#define FLOAT_MIN(a, b) (((a) < (b) || (a) != (a)) ? (a) : (b))
-#define FLOAT_MAX(a, b) (((a) > (b) || (a) != (a)) ? (a) : (b))
 #define WRAP_SUM(U, a, b) ((U)(a) + (U)(b))
 #define WRAP_PROD(U, a, b) ((U)(a) * (U)(b))
 #define INT_MIN_OF(a, b) ((a) < (b) ? (a) : (b))
@@ -118,15 +121,18 @@ size_t rt_dtype_size(rt_dtype dtype) {
         __m256 z = (EXPR);                                                                    \
         _mm_storeu_si128((__m128i *)(out + i), _mm256_cvtps_ph(z, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)); \
     }
-/* NaN-propagating min/max, as FLOAT_MIN/FLOAT_MAX: take x where x wins or x is NaN */
-#define F16C_PICK(CMP) _mm256_blendv_ps(y, x, _mm256_or_ps(_mm256_cmp_ps(x, y, CMP), _mm256_cmp_ps(x, x, _CMP_UNORD_Q)))
+/* NaN-propagating min/max, as FLOAT_MIN/FLOAT_MAX: take x where x wins or x is NaN; on a tie
+ * take x|y for min (-0.0 if either is) and x&y for max (+0.0 unless both are -0.0). */
+#define F16C_PICK(CMP, TIE)                                                                        \
+    _mm256_blendv_ps(_mm256_blendv_ps(y, x, _mm256_or_ps(_mm256_cmp_ps(x, y, CMP), _mm256_cmp_ps(x, x, _CMP_UNORD_Q))), \
+                     TIE(x, y), _mm256_cmp_ps(x, y, _CMP_EQ_OQ))
 
 __attribute__((target("avx2,f16c"))) static void float16_f16c(uint16_t *out, const uint16_t *a, const uint16_t *b,
                                                               size_t count, rt_op op) {
     size_t i = 0;
     switch (op) {
-    case RT_MIN: F16C_LOOP(F16C_PICK(_CMP_LT_OQ)) break;
-    case RT_MAX: F16C_LOOP(F16C_PICK(_CMP_GT_OQ)) break;
+    case RT_MIN: F16C_LOOP(F16C_PICK(_CMP_LT_OQ, _mm256_or_ps)) break;
+    case RT_MAX: F16C_LOOP(F16C_PICK(_CMP_GT_OQ, _mm256_and_ps)) break;
     case RT_PRODUCT: F16C_LOOP(_mm256_mul_ps(x, y)) break;
     default: F16C_LOOP(_mm256_add_ps(x, y)) break;
     }

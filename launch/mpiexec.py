@@ -6,6 +6,7 @@ The job runs in its own session (process group); when it overruns its deadline o
 interrupted, the whole group (mpiexec, its hydra proxies and every rank) is killed."""
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -50,6 +51,12 @@ class MPIRun:
     @property
     def ok(self):
         return self.returncode == 0 and not self.timed_out
+
+    def rank_output(self, rank):
+        """What one rank wrote, reassembled: mpiexec -prepend-rank prefixes every chunk a rank
+        writes with "[rank] ", and an unbuffered stream can split one line into several chunks."""
+        pieces = re.split(r"\[(\d+)\] ", self.output)
+        return "".join(text for marker, text in zip(pieces[1::2], pieces[2::2]) if int(marker) == rank)
 
 
 def _kill_group(process):

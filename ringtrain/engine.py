@@ -288,7 +288,9 @@ class Engine:
     def _apply(self, state, response, items, ready_at):
         for text in response["warnings"]:
             log.warning("ringtrain: %s", text)
-        for name, text in response["errors"]:
+        for name, text, targets in response["errors"]:
+            if targets is not None and state.rank not in targets:
+                continue
             request = state.pending.pop(name, None)
             state.announced.discard(name)
             state.waited.pop(name, None)

@@ -24,6 +24,10 @@ class Entry:
     warned: bool = False
 
 
+def _ranks(ranks):
+    return ", ".join(str(r) for r in ranks) or "none"
+
+
 class StallInspector:
     """Names what is stuck and who is missing; turns a long stall into an error if asked to."""
 
@@ -39,8 +43,8 @@ class StallInspector:
             have = sorted(entry.signatures)
             missing = sorted(set(range(size)) - set(have) - set(joined))
             kind = entry.signatures[have[0]][0]
-            text = (f"Stall: '{name}' ({kind}) was submitted by rank(s) {have} and is still waiting for "
-                    f"rank(s) {missing} after {age:.1f} s")
+            text = (f"Stall: '{name}' ({kind}) was submitted by ranks {_ranks(have)} and is still waiting for "
+                    f"ranks {_ranks(missing)} after {age:.1f} s")
             if self.shutdown_seconds and age >= self.shutdown_seconds:
                 errors.append((name, text + f"; giving up (RINGTRAIN_STALL_SHUTDOWN_TIME={self.shutdown_seconds:g})"))
             elif self.check_seconds and age >= self.check_seconds and not entry.warned:
@@ -63,6 +67,9 @@ class Coordinator:
         self.table = collections.OrderedDict()
         self.joined = []            # in the order ranks joined
         self.stalls = stall_inspector
+        # name -> (error text, ranks that have not announced it yet): a failed name is failed
+        # for the latecomers too when they get there, instead of leaving them waiting forever.
+        self.owed = {}
 
     def needs_slow_round(self, now):
         return self.stalls.wants_a_look(self.table, now)
@@ -73,13 +80,22 @@ class Coordinator:
         now = time.perf_counter()
         response = {"ok": [], "errors": [], "warnings": [], "join_done": None}
         failed = {}
+        reporters = {}
         for rank in sorted(messages):
             message = messages[rank]
             for name, text in message.get("errors", ()):
                 failed.setdefault(name, text)
+                reporters.setdefault(name, set()).add(rank)
             if message.get("join") and rank not in self.joined:
                 self.joined.append(rank)
             for name, signature in message.get("announce", ()):
+                owed = self.owed.get(name)
+                if owed is not None and rank in owed[1]:
+                    owed[1].discard(rank)
+                    if not owed[1]:
+                        del self.owed[name]
+                    response["errors"].append([name, owed[0], [rank]])
+                    continue
                 entry = self.table.get(name)
                 if entry is None:
                     entry = self.table[name] = Entry(now)
@@ -87,8 +103,7 @@ class Coordinator:
                     failed.setdefault(name, f"'{name}' was submitted twice on rank {rank} before it completed")
                 entry.signatures[rank] = signature
         for name, text in failed.items():
-            self.table.pop(name, None)
-            response["errors"].append([name, text])
+            self._fail(response, name, text, reporters[name])
 
         joined = set(self.joined)
         for name in list(self.table):
@@ -97,14 +112,13 @@ class Coordinator:
             kinds = {sig[0] for sig in entry.signatures.values()}
             if len(present | (joined if kinds == {"allreduce"} else set())) < self.size:
                 if joined and kinds != {"allreduce"} and len(present | joined) == self.size:
-                    del self.table[name]
-                    response["errors"].append([name, f"{kinds.pop()} '{name}' cannot complete: rank(s) "
-                                               f"{sorted(joined - present)} have already joined"])
+                    self._fail(response, name, f"{kinds.pop()} '{name}' cannot complete: rank(s) "
+                               f"{sorted(joined - present)} have already joined")
                 continue
             del self.table[name]
             problem = mismatch_message(name, entry.signatures)
             if problem:
-                response["errors"].append([name, problem])
+                response["errors"].append([name, problem, None])
                 continue
             signature = next(iter(entry.signatures.values()))
             bit = None
@@ -116,12 +130,20 @@ class Coordinator:
         warnings, errors = self.stalls.inspect(self.table, self.size, joined, now)
         response["warnings"] = warnings
         for name, text in errors:
-            del self.table[name]
-            response["errors"].append([name, text])
+            self._fail(response, name, text)
         if len(joined) == self.size:
             response["join_done"] = self.joined[-1]
             self.joined = []
         return response
+
+    def _fail(self, response, name, text, also_present=()):
+        """Fail `name` for every rank that has it, and remember to fail it for the others."""
+        entry = self.table.pop(name, None)
+        present = set(entry.signatures if entry else ()) | set(also_present) | set(self.joined)
+        response["errors"].append([name, text, None])
+        missing = set(range(self.size)) - present
+        if missing:
+            self.owed[name] = (text, missing)
 
 
 assert FIRST_TENSOR_BIT >= 2

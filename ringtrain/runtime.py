@@ -5,6 +5,7 @@ its messages never match a user's own MPI traffic. MPI is started lazily, at ini
 importing ringtrain (say on a Spark driver) does not start an MPI singleton."""
 import atexit
 import dataclasses
+import os
 import sys
 
 from .config import Config
@@ -104,8 +105,6 @@ def shutdown():
 
 def _release():
     global _runtime
-    if _runtime.engine is not None and not _runtime.engine._stop.is_set():
-        _runtime.engine._stop.set()  # dying: stop the thread, skip every collective
     for c in (_runtime.cross_comm, _runtime.local_comm, _runtime.comm):
         c.Free()
     _runtime = None
@@ -126,7 +125,26 @@ def _install_exit_hooks():
         previous_hook(*exc_info)
 
     sys.excepthook = note_exception
-    atexit.register(lambda: _runtime and (_release() if _dying_of_exception else shutdown()))
+    atexit.register(_at_exit)
+
+
+def _at_exit():
+    if _runtime is None:
+        return
+    if not _dying_of_exception:
+        shutdown()
+        return
+    # Dying of an exception (its traceback is already printed). The engine thread may be inside
+    # an MPI call that other ranks will never complete, so neither a collective shutdown nor
+    # MPI_Finalize is safe: stop the thread if it can stop, then leave with status 1, which
+    # makes mpiexec end the job on every rank.
+    engine = _runtime.engine
+    engine._stop.set()
+    if engine._thread.is_alive():
+        engine._thread.join(timeout=1.0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def is_initialized():

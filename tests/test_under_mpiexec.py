@@ -1,4 +1,4 @@
-"""Runs the size-agnostic collective suite (tests/collectives) as real MPI jobs of 2, 3 and 4
+"""Runs the size-agnostic suites (tests/collectives, tests/engine) as real MPI jobs of 2, 3 and 4
 ranks. Odd sizes matter: they catch chunking bugs that 2 ranks hide. Each job has a deadline and
 is killed whole if it overruns; a failure shows each failing rank's report."""
 import os
@@ -18,12 +18,13 @@ def failing_ranks(output):
 
 
 @pytest.mark.parametrize("ranks", [2, 3, 4])
-def test_collectives_suite_under_mpiexec(ranks):
+@pytest.mark.parametrize("suite", ["collectives", "engine"])
+def test_suite_under_mpiexec(suite, ranks):
     find_mpiexec()  # a missing MPI is an error that says what to install, not a skip
     run = run_mpiexec(
         ranks,
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-o", "faulthandler_timeout=120",
-         os.path.join(HERE, "collectives")],
+         os.path.join(HERE, suite)],
         timeout=DEADLINE_SECONDS,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )

@@ -56,14 +56,19 @@ def test_prescale_and_postscale(op, dtype, in_place):
         assert_matches(np.asarray(result), expected, dtype, size, f"n={n}")
 
 
-def test_every_rank_gets_bitwise_identical_floats():
-    """Each block is reduced once and then copied, so no rank may see a differently rounded sum."""
-    x = np.random.default_rng(rt.rank()).standard_normal(123_457).astype(np.float32)
+@pytest.mark.parametrize("dtype", [np.float16, rt.bfloat16, np.float32, np.float64], ids=DTYPE_IDS[:4])
+def test_every_rank_gets_bitwise_identical_floats(dtype):
+    """The ring reduces each element once and copies it; recursive doubling reduces the same
+    pairs in both orders, so a op b must equal b op a bit for bit, signed zeros included."""
+    rng = np.random.default_rng(rt.rank())
+    x = rng.standard_normal(123_457).astype(dtype)
+    x[::7] = np.where(rng.random(x[::7].shape) < 0.5, -0.0, 0.0).astype(dtype)  # +0/-0 ties for Min/Max
     for settings in MODES.values():
         with tuned(**settings):
-            result = rt.allreduce(x, op=rt.Sum)
-            everyone = rt.allgather(result[None, :])
-            assert (everyone == everyone[0]).all()
+            for op in (rt.Sum, rt.Min, rt.Max, rt.Product):
+                result = rt.allreduce(x, op=op)
+                everyone = rt.allgather(result.view(np.uint8)[None, :])
+                assert (everyone == everyone[0]).all(), f"{op.name}: ranks disagree bitwise"
 
 
 def test_accepts_buffer_protocol_array_interface_and_dlpack():

@@ -1,0 +1,242 @@
+"""The background engine under however many ranks run this file (1 in-process; 2, 3, 4 under
+tests/test_under_mpiexec.py): async handles, out-of-order submission, fusion, grouped ops,
+mismatch errors on every rank, duplicate names, stall warnings, the timeline, join and process
+sets. Each test leaves the engine usable for the next one: that is part of what it checks."""
+import json
+import logging
+import os
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+import ringtrain as rt
+from ringtrain import runtime
+
+
+def engine():
+    return runtime.current("test").engine
+
+
+def test_async_handles_poll_and_synchronize():
+    size, rank = rt.size(), rt.rank()
+    handles = [rt.allreduce_async(np.full(7, rank + i, dtype=np.float32), op=rt.Sum, name=f"async.{i}")
+               for i in range(5)]
+    results = [rt.synchronize(h) for h in handles]
+    assert all(rt.poll(h) for h in handles)
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result, np.full(7, sum(q + i for q in range(size)), dtype=np.float32))
+    buf = np.full(3, float(rank))
+    h = rt.allreduce_async_(buf, op=rt.Max, name="async.inplace")
+    assert rt.synchronize(h) is buf and (buf == size - 1).all()
+
+
+def test_every_collective_has_an_async_form():
+    size, rank = rt.size(), rt.rank()
+    hs = {
+        "allgather": rt.allgather_async(np.full((rank + 1, 2), rank), name="a.gather"),
+        "broadcast": rt.broadcast_async(np.full(4, rank), root_rank=size - 1, name="a.bcast"),
+        "reducescatter": rt.reducescatter_async(np.ones((size * 2, 3)), op=rt.Sum, name="a.rs"),
+        "alltoall": rt.alltoall_async(np.arange(size) + 10 * rank, name="a.a2a"),
+        "grouped": rt.grouped_allreduce_async([np.ones(3), np.ones(2)], op=rt.Sum, name="a.grouped"),
+    }
+    assert rt.synchronize(hs["allgather"]).shape == (size * (size + 1) // 2, 2)
+    assert (rt.synchronize(hs["broadcast"]) == size - 1).all()
+    assert (rt.synchronize(hs["reducescatter"]) == size).all()
+    out, received = rt.synchronize(hs["alltoall"])
+    np.testing.assert_array_equal(out, [rank + 10 * q for q in range(size)])
+    assert [r.tolist() for r in rt.synchronize(hs["grouped"])] == [[size] * 3, [size] * 2]
+
+
+def test_ranks_may_submit_in_any_order():
+    """Each rank submits the same named tensors in its own order, at different times."""
+    size, rank = rt.size(), rt.rank()
+    names = [f"ooo.{i}" for i in range(12)]
+    order = np.random.default_rng(rank).permutation(len(names))
+    handles = {}
+    for k, i in enumerate(order):
+        if k == 6:
+            time.sleep(0.02 * rank)  # ranks also arrive at different times
+        handles[names[i]] = rt.allreduce_async(np.full(100 + i, float(i * (rank + 1))), op=rt.Sum, name=names[i])
+    for i, name in enumerate(names):
+        expected = sum(i * (q + 1) for q in range(size))
+        np.testing.assert_array_equal(rt.synchronize(handles[name]), np.full(100 + i, float(expected)))
+
+
+def test_repeated_steps_use_the_response_cache():
+    """After the first step, named tensors are negotiated by the bit-vector fast path."""
+    grads = [np.full(50 + i, float(rt.rank())) for i in range(6)]
+    state = engine().sets[0]
+    for step in range(5):
+        handles = [rt.allreduce_async(g, op=rt.Sum, name=f"cached.grad{i}") for i, g in enumerate(grads)]
+        for h in handles:
+            assert (rt.synchronize(h) == sum(range(rt.size()))).all()
+    assert all(f"cached.grad{i}" in state.cache.bit_of for i in range(6))
+
+
+def test_fusion_matches_unfused_results():
+    size, rank = rt.size(), rt.rank()
+    tensors = [np.random.default_rng([rank, i]).standard_normal(17 * i + 1).astype(np.float32) for i in range(40)]
+    expected = [sum(np.random.default_rng([q, i]).standard_normal(17 * i + 1).astype(np.float32).astype(np.float64)
+                    for q in range(size)) / size for i in range(40)]
+    tuning = engine().tuning
+    for threshold in (0, 1000, 64 << 20):
+        saved = tuning.fusion_threshold
+        tuning.fusion_threshold = threshold
+        try:
+            handles = [rt.allreduce_async(t, name=f"fuse.{threshold}.{i}") for i, t in enumerate(tensors)]
+            for h, e in zip(handles, expected):
+                np.testing.assert_allclose(rt.synchronize(h), e, rtol=1e-5, atol=1e-6)
+        finally:
+            tuning.fusion_threshold = saved
+
+
+def test_grouped_ops_complete_together():
+    size, rank = rt.size(), rt.rank()
+    group = [np.full((3, 2), rank, dtype=np.int32), np.full(5, rank, dtype=np.int32), np.zeros((0,), np.int32)]
+    out = rt.grouped_allreduce(group, op=rt.Sum, name="grouped.ar")
+    total = sum(range(size))
+    assert [o.tolist() for o in out] == [np.full((3, 2), total).tolist(), [total] * 5, []]
+    gathered = rt.grouped_allgather([np.full((rank + 1, 2), rank), np.full(rank, rank)], name="grouped.ag")
+    np.testing.assert_array_equal(gathered[0], np.concatenate([np.full((q + 1, 2), q) for q in range(size)]))
+    np.testing.assert_array_equal(gathered[1], np.concatenate([np.full(q, q) for q in range(size)]))
+    rows = 2 * size + 1
+    a, b = np.arange(rows * 3, dtype=np.float64).reshape(rows, 3), np.arange(size + 2, dtype=np.float64)
+    scattered = rt.grouped_reducescatter([a, b], op=rt.Sum, name="grouped.rs")
+    for tensor, share in zip((a, b), scattered):
+        counts = [len(c) for c in np.array_split(np.arange(len(tensor)), size)]
+        start = sum(counts[:rank])
+        np.testing.assert_array_equal(share, size * tensor[start:start + counts[rank]])
+
+
+MISMATCHES = {
+    "shape": (lambda r: rt.allreduce(np.zeros((2, 3) if r == 0 else (3, 2)), name="mm.shape"),
+              r"Mismatched allreduce shapes for 'mm.shape': rank 0 has \(2, 3\), but rank 1 has \(3, 2\)"),
+    "dtype": (lambda r: rt.allreduce(np.zeros(3, np.float32 if r == 0 else np.float64), name="mm.dtype"),
+              r"Mismatched allreduce dtypes for 'mm.dtype': rank 0 has float32, but rank 1 has float64"),
+    "op": (lambda r: rt.allreduce(np.zeros(3), op=rt.Sum if r == 0 else rt.Max, name="mm.op"),
+           r"Mismatched allreduce ops for 'mm.op': rank 0 has Sum, but rank 1 has Max"),
+    "root": (lambda r: rt.broadcast(np.zeros(3), root_rank=0 if r == 0 else 1, name="mm.root"),
+             r"Mismatched broadcast root ranks for 'mm.root': rank 0 has 0, but rank 1 has 1"),
+    "prescale": (lambda r: rt.allreduce(np.zeros(3), prescale_factor=1.0 if r == 0 else 2.0, name="mm.pre"),
+                 r"Mismatched allreduce prescale factors for 'mm.pre': rank 0 has 1.0, but rank 1 has 2.0"),
+    "collective": (lambda r: (rt.allreduce if r == 0 else rt.allgather)(np.zeros(3), name="mm.kind"),
+                   r"Mismatched collective for 'mm.kind': rank 0 called allreduce, but rank 1 called allgather"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISMATCHES))
+def test_mismatch_raises_on_every_rank(case):
+    if rt.size() == 1:
+        pytest.skip("a mismatch needs two ranks; runs under mpiexec")
+    call, message = MISMATCHES[case]
+    with pytest.raises(rt.RingtrainError, match=message):
+        call(rt.rank())
+    # and the job goes on: the same name works once the ranks agree
+    assert rt.allreduce(np.ones(2), op=rt.Sum, name=f"after.{case}").tolist() == [rt.size()] * 2
+
+
+def test_a_name_submitted_twice_fails_on_every_rank():
+    first = rt.allreduce_async(np.ones(2), name="twice")
+    if rt.rank() == 0:
+        with pytest.raises(rt.RingtrainError, match="'twice' was submitted twice on rank 0"):
+            rt.synchronize(rt.allreduce_async(np.ones(2), name="twice"))
+    with pytest.raises(rt.RingtrainError, match="'twice' was submitted twice on rank 0"):
+        rt.synchronize(first)
+    assert rt.allreduce(np.ones(1), op=rt.Sum, name="after.twice").tolist() == [rt.size()]
+
+
+def test_stall_inspector_warns_naming_tensor_and_missing_ranks(caplog):
+    if rt.size() == 1:
+        pytest.skip("a stall needs a rank that is late; runs under mpiexec")
+    state = engine().sets[0]
+    if state.coordinator is not None:
+        state.coordinator.stalls.check_seconds = 0.3
+    try:
+        with caplog.at_level(logging.WARNING, logger="ringtrain"):
+            if rt.rank() == rt.size() - 1:
+                time.sleep(1.5)  # the last rank is late ...
+            rt.allreduce(np.ones(2), name="stalled.grad")  # ... so the others wait for it
+            rt.barrier()
+    finally:
+        if state.coordinator is not None:
+            state.coordinator.stalls.check_seconds = runtime.current("t").config.stall_check_time
+    late = rt.size() - 1
+    expected = (f"Stall: 'stalled.grad' (allreduce) was submitted by ranks {', '.join(map(str, range(late)))} "
+                f"and is still waiting for ranks {late}")
+    assert any(expected in record.getMessage() for record in caplog.records), caplog.text
+
+
+def test_timeline_records_every_phase():
+    path = os.path.join(tempfile.gettempdir(), f"ringtrain-timeline-{os.getpid()}-{rt.size()}.json")
+    path = rt.broadcast_object(path)  # rank 0's path: rank 0 writes
+    rt.start_timeline(path)
+    handles = [rt.allreduce_async(np.ones(1000 + i, np.float32), name=f"tl.grad{i}") for i in range(4)]
+    for h in handles:
+        rt.synchronize(h)
+    rt.stop_timeline()
+    if rt.rank() == 0:
+        with open(path) as f:
+            events = json.load(f)  # valid JSON
+        os.unlink(path)
+        rows = {e["pid"]: e["args"]["name"] for e in events if e["ph"] == "M"}
+        phases = {}
+        for e in events:
+            if e["ph"] == "X":
+                phases.setdefault(rows[e["pid"]], set()).add(e["name"])
+        algorithm = "LOCAL_ALLREDUCE" if rt.size() == 1 else "RECURSIVE_DOUBLING_ALLREDUCE"
+        for i in range(4):
+            got = phases[f"tl.grad{i}"]
+            assert {"NEGOTIATE_ALLREDUCE", "WAIT_FOR_DATA"} <= got, got
+            if len(got) > 3:  # fused with others
+                assert {"MEMCPY_IN_FUSION_BUFFER", "MEMCPY_OUT_FUSION_BUFFER"} <= got, got
+            assert any(p.endswith("_ALLREDUCE") and p != "NEGOTIATE_ALLREDUCE" for p in got), got
+        assert any("MEMCPY_IN_FUSION_BUFFER" in p for p in phases.values()), "nothing was fused"
+    rt.barrier()
+
+
+def test_join_with_uneven_batches():
+    """Rank r has r + 2 batches; ranks that ran out contribute zeros; Average divides by size."""
+    size, rank = rt.size(), rt.rank()
+    batches = rank + 2
+    for step in range(batches):
+        result = rt.allreduce(np.full(4, 1.0 + rank), op=rt.Sum, name="join.grad")
+        active = [q for q in range(size) if q + 2 > step]
+        np.testing.assert_array_equal(result, np.full(4, sum(1.0 + q for q in active)))
+        avg = rt.allreduce(np.full(2, 6.0), op=rt.Average, name="join.avg")
+        np.testing.assert_allclose(avg, np.full(2, 6.0 * len(active) / size))
+    last = rt.join()
+    assert last == size - 1
+    assert rt.allreduce(np.ones(1), op=rt.Sum, name="after.join").tolist() == [size]
+
+
+def test_process_sets_run_independently():
+    size, rank = rt.size(), rt.rank()
+    evens = rt.add_process_set([r for r in range(size) if r % 2 == 0])
+    odds = rt.add_process_set([r for r in range(size) if r % 2 == 1]) if size > 1 else None
+    try:
+        mine = evens if rank % 2 == 0 else odds
+        members = mine.ranks
+        assert mine.included() and mine.size() == len(members) and mine.rank() == members.index(rank)
+        # different sets run different collectives at the same time, under the same name
+        out = rt.allreduce(np.full(3, float(rank)), op=rt.Sum, name="ps.grad", process_set=mine)
+        assert out.tolist() == [float(sum(members))] * 3
+        got = rt.broadcast(np.full(2, rank), root_rank=len(members) - 1, process_set=mine, name="ps.bcast")
+        assert got.tolist() == [members[-1]] * 2
+        assert rt.allgather(np.array([rank]), process_set=mine, name="ps.gather").tolist() == members
+        other = odds if rank % 2 == 0 else evens
+        if other is not None:
+            with pytest.raises(ValueError, match=f"rank {rank} is not a member"):
+                rt.allreduce(np.ones(1), process_set=other)
+    finally:
+        if odds is not None:
+            rt.remove_process_set(odds)
+        rt.remove_process_set(evens)
+    assert rt.allreduce(np.ones(1), op=rt.Sum, name="after.ps").tolist() == [size]
+
+
+def test_sync_calls_are_async_plus_wait():
+    h = rt.allreduce_async(np.ones(3), op=rt.Sum, name="sync.check")
+    assert isinstance(h, rt.Handle)
+    assert rt.synchronize(h).tolist() == [rt.size()] * 3

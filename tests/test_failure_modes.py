@@ -1,0 +1,100 @@
+"""Whole programs that go wrong, as users would write them, under real mpiexec: every rank must
+end with a clear error (not a hang), within a bounded time."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import pytest
+
+from ringtrain.launch import run_mpiexec
+
+DEADLINE = 30  # seconds: the issue's bound for a wrong program to end on every rank
+
+
+def script(code):
+    f = tempfile.NamedTemporaryFile("w", suffix=".py", delete=False)
+    f.write(textwrap.dedent(code))
+    f.close()
+    return f.name
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_mismatched_program_fails_on_every_rank_in_bounded_time(ranks):
+    path = script("""
+        import numpy as np, ringtrain as rt
+        rt.init()
+        r = rt.rank()
+        # the last rank builds its gradient with the dimensions swapped
+        grad = np.zeros((64, 128) if r == rt.size() - 1 else (128, 64), dtype=np.float32)
+        rt.allreduce(grad, name="grad/fc1")
+        print("unreachable")
+    """)
+    run = run_mpiexec(ranks, [sys.executable, path], timeout=DEADLINE + 30, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    os.unlink(path)
+    assert not run.timed_out, f"the mismatched job hung:\n{run.output[-3000:]}"
+    assert run.seconds < DEADLINE, f"took {run.seconds:.1f}s"
+    assert run.returncode != 0
+    message = (f"Mismatched allreduce shapes for 'grad/fc1': rank 0 has (128, 64), "
+               f"but rank {ranks - 1} has (64, 128)")
+    for rank in range(ranks):
+        assert f"ringtrain.errors.RingtrainError: {message}" in run.rank_output(rank), run.output[-3000:]
+    assert "unreachable" not in run.output
+
+
+def test_stall_warns_then_fails_after_the_shutdown_time():
+    path = script("""
+        import time, numpy as np, ringtrain as rt
+        rt.init()
+        if rt.rank() == 0:
+            try:
+                rt.allreduce(np.ones(3), name="grad/stuck")
+            except rt.StallError as e:
+                print("caught StallError:", e, flush=True)
+        else:
+            time.sleep(5)   # never submits grad/stuck
+        rt.barrier()
+        print("finished", flush=True)
+    """)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RINGTRAIN_STALL_CHECK_TIME="1", RINGTRAIN_STALL_SHUTDOWN_TIME="3")
+    run = run_mpiexec(2, [sys.executable, path], timeout=DEADLINE + 30, env=env)
+    os.unlink(path)
+    assert run.ok, run.output[-3000:]
+    stall = "Stall: 'grad/stuck' (allreduce) was submitted by ranks 0 and is still waiting for ranks 1"
+    for rank in (0, 1):  # the warning is logged on every rank
+        assert f"ringtrain: {stall} after" in run.rank_output(rank), run.output[-3000:]
+    assert f"caught StallError: {stall}" in run.rank_output(0) and "RINGTRAIN_STALL_SHUTDOWN_TIME=3" in run.output
+    assert run.output.count("finished") == 2
+
+
+def test_timeline_is_valid_json_after_a_kill():
+    trace = os.path.join(tempfile.gettempdir(), f"ringtrain-killed-{os.getpid()}.json")
+    path = script("""
+        import numpy as np, ringtrain as rt
+        rt.init()
+        print("running", flush=True)
+        i = 0
+        while True:
+            hs = [rt.allreduce_async(np.ones(1000), name=f"g{k}") for k in range(8)]
+            [rt.synchronize(h) for h in hs]
+            i += 1
+    """)
+    proc = subprocess.Popen([sys.executable, path], env=dict(os.environ, RINGTRAIN_TIMELINE=trace),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "running"
+        time.sleep(1.0)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    os.unlink(path)
+    with open(trace) as f:
+        events = json.load(f)
+    os.unlink(trace)
+    names = {e["name"] for e in events}
+    assert {"NEGOTIATE_ALLREDUCE", "WAIT_FOR_DATA", "MEMCPY_IN_FUSION_BUFFER", "LOCAL_ALLREDUCE",
+            "MEMCPY_OUT_FUSION_BUFFER"} <= names, names
