@@ -78,6 +78,7 @@ class Config:
         "autotune": ("RINGTRAIN_AUTOTUNE", _parse_bool),
         "autotune_log": ("RINGTRAIN_AUTOTUNE_LOG", _parse_path),
     }
+    MINIMUM = {"segment_bytes": 64}
     EXPECTED = {
         _parse_bytes: "a non-negative number of bytes, e.g. 65536 or 64K",
         _parse_non_negative_float: "a non-negative number",
@@ -108,7 +109,6 @@ class Config:
                 raise ConfigurationError(
                     f"{source}={raw!r} is not a valid {field.replace('_', ' ')} (expected {cls.EXPECTED[parse]})"
                 ) from None
-        config = cls(**values)
-        if config.segment_bytes < 64:
-            raise ConfigurationError(f"segment_bytes={config.segment_bytes} is too small (minimum 64)")
-        return config
+            if values[field] < cls.MINIMUM.get(field, values[field]):
+                raise ConfigurationError(f"{source}={raw!r} is too small: the minimum is {cls.MINIMUM[field]}")
+        return cls(**values)
