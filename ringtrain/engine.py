@@ -88,6 +88,8 @@ class Engine:
         self._stop = threading.Event()
         self.failure = None
         self.last_round = 0.0
+        self.negotiation_seconds = 0.0   # time in rounds outside the collectives themselves
+        self.rounds = 0
         if config.timeline:
             self.start_timeline(config.timeline)
         from .autotune import Autotuner
@@ -171,6 +173,7 @@ class Engine:
     def _round(self, state):
         self._intake(state)
         started = time.perf_counter()
+        self.rounds += 1
         announce, cached = [], []
         for name, request in state.pending.items():
             if name in state.announced:
@@ -217,6 +220,7 @@ class Engine:
             ready_at = time.perf_counter()
             self._apply(state, response, items, ready_at)
 
+        self.negotiation_seconds += time.perf_counter() - started
         for item in items:
             if item.request is not None:
                 state.pending.pop(item.name, None)

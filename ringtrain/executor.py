@@ -44,19 +44,24 @@ class Item:
         return sum(t.nbytes for t in self.tensors)
 
 
-def plan_fusion(items, threshold):
-    """Lists of items run as one collective each: runs of compatible allreduces under threshold."""
-    groups, current, current_bytes = [], [], 0
+def plan_fusion(items, threshold, direct_bytes):
+    """Lists of items run as one collective each: runs of compatible allreduces under threshold.
+
+    Fusion exists to amortise the per-collective cost of small tensors. A tensor of at least
+    `direct_bytes` (one pipeline segment) already keeps the ring busy on its own, so it is
+    reduced in place: packing it would only add two memcpys of its size."""
+    groups, current, current_key, current_bytes = [], [], None, 0
     for item in items:
         key = item.fusion_key
-        fits = current and key is not None and key == current[0].fusion_key and current_bytes + item.nbytes <= threshold
-        if fits:
+        if key is not None and item.nbytes >= direct_bytes and len(item.tensors) == 1:
+            key = None  # runs alone
+        if current and key is not None and key == current_key and current_bytes + item.nbytes <= threshold:
             current.append(item)
             current_bytes += item.nbytes
             continue
         if current:
             groups.append(current)
-        current, current_bytes = [item], item.nbytes
+        current, current_key, current_bytes = [item], key, item.nbytes
     if current:
         groups.append(current)
     return groups
@@ -73,7 +78,7 @@ class Executor:
     def run(self, process_set, items):
         """Run the items; return {name: error} for those that failed (the rest completed)."""
         failures = {}
-        for group in plan_fusion(items, self.tuning.fusion_threshold):
+        for group in plan_fusion(items, self.tuning.fusion_threshold, self.tuning.segment_bytes):
             try:
                 if group[0].fusion_key is not None:
                     self._allreduce(process_set, group)

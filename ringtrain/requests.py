@@ -56,6 +56,7 @@ class Request:
     payload: object = None          # control requests: e.g. the ranks of a new process set
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
     handle: Handle = None
+    _signature: list = None
 
     def __post_init__(self):
         self.handle = Handle(self)
@@ -69,8 +70,11 @@ class Request:
         return shapes
 
     def signature(self):
-        """JSON-friendly list, one entry per SIGNATURE_FIELDS."""
-        return [self.kind, self.code, self.shape_key(), int(self.op), self.root, self.prescale, self.postscale]
+        """JSON-friendly list, one entry per SIGNATURE_FIELDS (computed once: rounds ask often)."""
+        if self._signature is None:
+            self._signature = [self.kind, self.code, self.shape_key(), int(self.op), self.root, self.prescale,
+                               self.postscale]
+        return self._signature
 
     @property
     def nbytes(self):
