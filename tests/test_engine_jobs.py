@@ -67,3 +67,20 @@ def test_settings_reach_the_engine_from_environment_and_init():
         print("settings ok", flush=True)
     """, env={"RINGTRAIN_FUSION_THRESHOLD": "1M", "RINGTRAIN_CYCLE_TIME": "7"})
     assert run.ok and run.output.count("settings ok") == 2, run.output[-3000:]
+
+
+def test_process_sets_registered_at_init_run_independently():
+    run = run_script(3, """
+        import numpy as np, ringtrain as rt
+        first, rest = rt.ProcessSet([0]), rt.ProcessSet([1, 2])
+        rt.init(process_sets=[first, rest])
+        mine = first if rt.rank() == 0 else rest
+        # the two sets do different numbers of collectives, with the same names, at the same time
+        steps = 1 if mine is first else 25
+        for step in range(steps):
+            out = rt.allreduce(np.full(4, float(rt.rank())), op=rt.Sum, name="grad", process_set=mine)
+            assert out.tolist() == [float(sum(mine.ranks))] * 4, out
+        assert rt.allreduce(np.ones(1), op=rt.Sum, name="everyone").tolist() == [3.0]
+        print("independent ok", mine.ranks, flush=True)
+    """)
+    assert run.ok and run.output.count("independent ok") == 3, run.output[-3000:]
