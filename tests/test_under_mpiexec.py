@@ -24,7 +24,7 @@ def test_suite_under_mpiexec(suite, ranks):
     run = run_mpiexec(
         ranks,
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-o", "faulthandler_timeout=120",
-         os.path.join(HERE, suite)],
+         os.path.join(HERE, "distributed", suite)],
         timeout=DEADLINE_SECONDS,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
