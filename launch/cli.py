@@ -1,0 +1,159 @@
+"""The command line, in the manner of horovodrun:
+
+    ringtrain run -np 4 [-H host1:2,host2:2 | --hostfile FILE] [tuning flags] python train.py
+    ringtrain check            (also: ringtrain run --check-build)
+    python -m ringtrain ...    (the same)
+
+Tuning flags become RINGTRAIN_* environment variables of every rank. Output lines carry their
+rank; the exit status is non-zero if any rank failed, and the failed rank's last lines are shown."""
+import argparse
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+from .job import run_job
+from .mpiexec import MPIExecNotFound, find_mpiexec
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _non_negative(text):
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="ringtrain", description="Launch and inspect ringtrain jobs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a command on N ranks under mpiexec",
+                         description="Run COMMAND on -np ranks; tuning flags reach every rank as RINGTRAIN_* variables.")
+    run.add_argument("-np", "--num-proc", dest="np", type=_positive_int, help="number of ranks")
+    hosts = run.add_mutually_exclusive_group()
+    hosts.add_argument("-H", "--hosts", help="host1:slots,host2:slots,...")
+    hosts.add_argument("--hostfile", help="file with one 'host' or 'host:slots' per line")
+    run.add_argument("--fusion-threshold-mb", type=_non_negative, help="Tensor Fusion buffer size in MB (0 disables)")
+    run.add_argument("--cycle-time-ms", type=_non_negative, help="pause between negotiation rounds")
+    run.add_argument("--timeline-filename", help="write a Chrome trace (rank 0)")
+    run.add_argument("--autotune", action="store_true", help="tune fusion and cycle time online")
+    run.add_argument("--autotune-log-file", help="CSV of the autotune trials")
+    run.add_argument("--stall-check-time-seconds", type=_non_negative, help="warn about stalled tensors after this")
+    run.add_argument("--stall-check-shutdown-time-seconds", type=_non_negative, help="fail stalled tensors after this")
+    run.add_argument("--stall-check-disable", action="store_true", help="no stall warnings")
+    run.add_argument("--mpi-args", default="", help="extra mpiexec arguments, as one string")
+    run.add_argument("--check-build", action="store_true", help="print what this installation has, then exit")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command every rank runs")
+    sub.add_parser("check", help="print the MPI library, the extension's algorithms, and optional components")
+    return parser
+
+
+def rank_environment(args, base=None):
+    """The RINGTRAIN_* settings for every rank, from the tuning flags."""
+    env = dict(os.environ if base is None else base)
+    settings = {
+        "RINGTRAIN_FUSION_THRESHOLD": None if args.fusion_threshold_mb is None
+        else str(int(args.fusion_threshold_mb * 1024 * 1024)),
+        "RINGTRAIN_CYCLE_TIME": None if args.cycle_time_ms is None else str(args.cycle_time_ms),
+        "RINGTRAIN_TIMELINE": args.timeline_filename,
+        "RINGTRAIN_AUTOTUNE": "1" if args.autotune else None,
+        "RINGTRAIN_AUTOTUNE_LOG": args.autotune_log_file,
+        "RINGTRAIN_STALL_CHECK_TIME": "0" if args.stall_check_disable else (
+            None if args.stall_check_time_seconds is None else str(args.stall_check_time_seconds)),
+        "RINGTRAIN_STALL_SHUTDOWN_TIME": None if args.stall_check_shutdown_time_seconds is None
+        else str(args.stall_check_shutdown_time_seconds),
+    }
+    env.update({k: v for k, v in settings.items() if v is not None})
+    env.setdefault("PYTHONUNBUFFERED", "1")  # rank output appears as it is written
+    # `python` on the command line means this installation's Python, as in an activated venv
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    return env
+
+
+def host_arguments(args, parser):
+    """mpiexec arguments for -H / --hostfile, after checking there are slots for -np ranks."""
+    if args.hosts:
+        entries = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    elif args.hostfile:
+        with open(args.hostfile) as f:
+            entries = [line.split("#", 1)[0].strip().replace(" slots=", ":") for line in f]
+        entries = [e for e in entries if e]
+    else:
+        return []
+    slots = 0
+    for entry in entries:
+        host, _, count = entry.partition(":")
+        if not host or (count and not count.isdigit()):
+            parser.error(f"bad host entry {entry!r}: expected host or host:slots")
+        slots += int(count or 1)
+    if slots < args.np:
+        parser.error(f"-np {args.np} needs {args.np} slots, but the hosts offer {slots}: {','.join(entries)}")
+    return ["-hosts", ",".join(entries)]
+
+
+def check():
+    """What this installation has: MPI, the extension, and the optional components."""
+    from ringtrain.runtime import load_core
+
+    lines = []
+    try:
+        lines.append(f"mpiexec:          {find_mpiexec()}")
+    except MPIExecNotFound as exc:
+        lines.append(f"mpiexec:          MISSING ({exc})")
+    core = load_core()
+    lines.append(f"MPI library:      {core.MPI_LIBRARY_VERSION.splitlines()[0].strip()}")
+    lines.append(f"ringtrain core:   {core.__file__}")
+    lines.append(f"  allreduce algorithms: {', '.join(a for a in core.ALGORITHMS if a != 'none')} "
+                 "(+ ring allgatherv, tree broadcast, pairwise alltoallv)")
+    for module, label in (("numba", "numba"), ("pyspark", "pyspark"), ("torch", "torch (optional)")):
+        spec = importlib.util.find_spec(module)
+        if spec is None:
+            lines.append(f"{label + ':':18}not installed")
+            continue
+        module_obj = __import__(module)
+        lines.append(f"{label + ':':18}{getattr(module_obj, '__version__', 'installed')}")
+    java = shutil.which("java")
+    if java:
+        version = subprocess.run([java, "-version"], capture_output=True, text=True).stderr.splitlines()
+        lines.append(f"java (for Spark): {version[0] if version else java}")
+    else:
+        lines.append("java (for Spark): MISSING: install Java 17 (e.g. apt-get install openjdk-17-jre-headless)")
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "check" or getattr(args, "check_build", False):
+        return check()
+    if args.np is None:
+        parser.error("run needs -np N")
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not command:
+        parser.error("run needs a command, e.g. ringtrain run -np 2 python train.py")
+    mpi_args = host_arguments(args, parser) + args.mpi_args.split()
+    try:
+        result = run_job(args.np, command, env=rank_environment(args), mpi_args=mpi_args)
+    except KeyboardInterrupt as exc:
+        print(str(exc) or "ringtrain: interrupted; every rank was killed", file=sys.stderr)
+        return 130
+    except MPIExecNotFound as exc:
+        print(f"ringtrain: {exc}", file=sys.stderr)
+        return 2
+    if result.returncode != 0:
+        print(f"ringtrain run: {result.failure_report()}", file=sys.stderr)
+        status = result.failed_status if result.failed_status and result.failed_status > 0 else result.returncode
+        return status if 0 < status < 256 else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

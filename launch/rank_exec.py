@@ -1,0 +1,41 @@
+"""Runs one rank's command and records how it ended.
+
+    python -m ringtrain.launch.rank_exec STATUS_DIR COMMAND...
+
+mpiexec itself does not say which rank failed, only that one did. This wrapper runs the
+command as its child (inheriting the PMI file descriptors MPI needs), writes
+STATUS_DIR/rank-<r> with the exit status and the time it ended, and exits with the same status.
+The child is tied to this process (PR_SET_PDEATHSIG), so killing the job cannot orphan it."""
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def _die_with_parent():
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def main():
+    status_dir, command = sys.argv[1], sys.argv[2:]
+    rank = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or "unknown"
+    child = subprocess.Popen(command, close_fds=False, preexec_fn=_die_with_parent)
+
+    def forward(signum, _frame):
+        child.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forward)
+    status = child.wait()
+    with open(os.path.join(status_dir, f"rank-{rank}"), "w") as f:
+        f.write(f"{status} {time.time():.6f}\n")
+    sys.exit(status if status >= 0 else 128 - status)
+
+
+if __name__ == "__main__":
+    main()
