@@ -41,6 +41,7 @@ from .process_sets import ProcessSet, global_process_set
 from .requests import Handle, StallError
 from .dtypes import bfloat16
 from .errors import ConfigurationError, NotInitializedError, RingtrainError
+from .launcher import RemoteError, distributed, run
 from .objects import allgather_object, broadcast_object
 from .ops import Average, Max, Min, Product, ReduceOp, Sum
 from .runtime import (
