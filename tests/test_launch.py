@@ -1,0 +1,171 @@
+"""The ways in: `ringtrain run` (and python -m ringtrain), and rt.run / @rt.distributed."""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import psutil
+import pytest
+
+import ringtrain as rt
+
+RINGTRAIN = [sys.executable, "-m", "ringtrain"]
+
+
+def write(code):
+    f = tempfile.NamedTemporaryFile("w", suffix=".py", delete=False)
+    f.write(textwrap.dedent(code))
+    f.close()
+    return f.name
+
+
+def leftovers(marker):
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if marker in " ".join(p.info["cmdline"] or []):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def ringtrain_run(*args, timeout=120):
+    return subprocess.run([*RINGTRAIN, "run", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_run_prefixes_lines_and_passes_settings():
+    path = write("""
+        import ringtrain as rt
+        from ringtrain import runtime
+        rt.init()
+        t = runtime.current("t").engine.tuning
+        print(f"rank {rt.rank()} of {rt.size()}: fusion={t.fusion_threshold} cycle={t.cycle_time}")
+    """)
+    result = ringtrain_run("-np", "3", "--fusion-threshold-mb", "2", "--cycle-time-ms", "3.5", "python", path)
+    os.unlink(path)
+    assert result.returncode == 0, result.stderr
+    for r in range(3):
+        assert f"[{r}]: rank {r} of 3: fusion=2097152 cycle=3.5" in result.stdout.splitlines(), result.stdout
+
+
+def test_a_failing_rank_is_named_with_its_last_lines_and_nothing_survives():
+    marker = "ringtrain-cli-fail-marker-91c2"
+    path = write(f"""
+        # {marker}
+        import time, ringtrain as rt
+        rt.init()
+        if rt.rank() == 2:
+            raise RuntimeError("bad batch on rank two")
+        time.sleep(60)
+    """)
+    started = time.monotonic()
+    result = ringtrain_run("-np", "3", "python", path, marker)
+    os.unlink(path)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert time.monotonic() - started < 30
+    assert "ringtrain run: rank 2 failed with exit status 1; its last output:" in result.stderr
+    assert "RuntimeError: bad batch on rank two" in result.stderr.split("its last output:")[1]
+    assert "[2]: RuntimeError: bad batch on rank two" in result.stderr
+    time.sleep(0.5)
+    assert not leftovers(marker), "a rank outlived the failed job"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_the_launcher_stops_every_rank(signum):
+    marker = f"ringtrain-cli-interrupt-marker-{signum}"
+    path = write(f"""
+        import time, ringtrain as rt
+        rt.init()
+        print("ready", flush=True)
+        time.sleep(120)  # {marker}
+    """)
+    proc = subprocess.Popen([*RINGTRAIN, "run", "-np", "2", "python", path, marker], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert "ready" in proc.stdout.readline()
+        assert len(leftovers(marker)) >= 2
+        proc.send_signal(signum)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    os.unlink(path)
+    assert proc.returncode == 130
+    time.sleep(0.5)
+    assert not leftovers(marker), "ranks survived the interrupt"
+
+
+def test_check_and_argument_errors():
+    check = subprocess.run([*RINGTRAIN, "check"], capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
+    assert "MPI library:      MPICH" in check.stdout and "recursive_doubling, ring" in check.stdout
+    assert "numba:" in check.stdout and "pyspark:" in check.stdout and "java (for Spark):" in check.stdout
+    build = ringtrain_run("--check-build")
+    assert build.returncode == 0 and "MPI library" in build.stdout
+    slots = ringtrain_run("-np", "4", "-H", "localhost:2", "python", "-c", "pass")
+    assert slots.returncode == 2 and "-np 4 needs 4 slots, but the hosts offer 2" in slots.stderr
+    missing = ringtrain_run("python", "-c", "pass")
+    assert missing.returncode == 2 and "run needs -np N" in missing.stderr
+
+
+def test_plain_hosts_flag_runs_locally():
+    result = ringtrain_run("-np", "2", "-H", "localhost:2", "python", "-c",
+                           "import ringtrain as rt; rt.init(); print('size', rt.size())")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("size 2") == 2
+
+
+# --- rt.run and @rt.distributed -------------------------------------------------------------
+def test_decorator_returns_rank_zero_value_and_every_rank_on_request():
+    @rt.distributed(np=3)
+    def total(scale):
+        import numpy as np
+        return float(rt.allreduce(np.array([rt.rank() * scale]), op=rt.Sum)[0]) + rt.rank() / 10
+
+    assert total(10.0) == 30.0
+    assert rt.run(lambda: (rt.rank(), rt.size()), np=3, all_ranks=True) == [(0, 3), (1, 3), (2, 3)]
+
+
+def test_decorator_reraises_a_worker_exception_with_rank_and_traceback():
+    def fails():
+        if rt.rank() == 1:
+            raise KeyError("missing parameter 'lr'")
+        rt.barrier()
+
+    with pytest.raises(rt.RemoteError) as info:
+        rt.run(fails, np=2)
+    assert info.value.rank == 1
+    assert "rank 1 raised KeyError" in str(info.value)
+    assert "raise KeyError(\"missing parameter 'lr'\")" in info.value.remote_traceback
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_decorator_inside_mpi_runs_in_place():
+    path = write("""
+        import os, ringtrain as rt
+
+        @rt.distributed(np=4)
+        def where():
+            return os.getpid()
+
+        pid = where()           # inside MPI: no new workers, this process runs it
+        assert pid == os.getpid(), (pid, os.getpid())
+        print("in place", rt.rank(), rt.size(), flush=True)
+    """)
+    result = ringtrain_run("-np", "2", "python", path)
+    os.unlink(path)
+    assert result.returncode == 0, result.stderr
+    assert "[0]: in place 0 2" in result.stdout and "[1]: in place 1 2" in result.stdout
+
+
+def test_bad_backend_and_np():
+    with pytest.raises(NotImplementedError, match="backend='spark' arrives with ringtrain.spark"):
+        rt.run(print, backend="spark")
+    with pytest.raises(ValueError, match="backend='gpu' must be one of mpi, spark, auto"):
+        rt.run(print, backend="gpu")
+    with pytest.raises(ValueError, match="np=0 must be a positive int"):
+        rt.run(print, np=0)
