@@ -41,7 +41,18 @@ from .process_sets import ProcessSet, global_process_set
 from .requests import Handle, StallError
 from .dtypes import bfloat16
 from .errors import ConfigurationError, NotInitializedError, RingtrainError
+from . import optim
+from .compression import Compression, Compressor
 from .launcher import RemoteError, distributed, run
+from .training import (
+    DistributedOptimizer,
+    broadcast_optimizer_state,
+    broadcast_parameters,
+    load_checkpoint,
+    metric_average,
+    save_checkpoint,
+    shard,
+)
 from .objects import allgather_object, broadcast_object
 from .ops import Average, Max, Min, Product, ReduceOp, Sum
 from .runtime import (

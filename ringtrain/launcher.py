@@ -62,6 +62,10 @@ def _launch(fn, args, kwargs, np, all_ranks, env, timeout):
             f.write(cloudpickle.dumps((fn, args, kwargs)))
         job_env = dict(os.environ if env is None else env)
         job_env.setdefault("PYTHONUNBUFFERED", "1")
+        # Functions are pickled by reference to their module where they have one: the workers
+        # must be able to import what the caller can (as multiprocessing's spawn does).
+        paths = [os.path.abspath(p) for p in sys.path if p] + [os.getcwd()]
+        job_env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, job_env.get("PYTHONPATH")]))
         result = run_job(np, [sys.executable, "-m", "ringtrain.launch.worker", job_dir], env=job_env,
                          timeout=timeout)
         records = {}
