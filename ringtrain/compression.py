@@ -30,16 +30,16 @@ class FP16Compressor(Compressor):
     def compress(tensor):
         if tensor.dtype != np.float32:
             return tensor, None
-        out = np.empty(tensor.shape, dtype=np.float16)
-        kernels.float32_to_float16(tensor.reshape(-1), out.reshape(-1))
-        return out, np.float32
+        bits = np.empty(tensor.shape, dtype=np.uint16)
+        kernels.float32_to_float16_bits(np.ascontiguousarray(tensor).reshape(-1), bits.reshape(-1))
+        return bits.view(np.float16), np.float32
 
     @staticmethod
     def decompress(tensor, context):
         if context is None:
             return tensor
         out = np.empty(tensor.shape, dtype=np.float32)
-        kernels.float16_to_float32(tensor.reshape(-1), out.reshape(-1))
+        kernels.float16_bits_to_float32(tensor.view(np.uint16).reshape(-1), out.reshape(-1))
         return out
 
 

@@ -18,7 +18,7 @@ def failing_ranks(output):
 
 
 @pytest.mark.parametrize("ranks", [2, 3, 4])
-@pytest.mark.parametrize("suite", ["collectives", "engine"])
+@pytest.mark.parametrize("suite", ["collectives", "engine", "training"])
 def test_suite_under_mpiexec(suite, ranks):
     find_mpiexec()  # a missing MPI is an error that says what to install, not a skip
     run = run_mpiexec(
