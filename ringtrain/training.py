@@ -19,7 +19,10 @@ class DistributedOptimizer:
     update. step(grads) does both for gradients not already handed over.
 
     backward_passes_per_step=k accumulates k passes locally (their mean) and communicates and
-    updates only on every k-th step() call, which returns True when it updated."""
+    updates only on every k-th step() call, which returns True when it updated.
+
+    On a one-rank process set the local gradient is applied directly: the average over one rank
+    is itself, and there is no wire to compress for. The result is the same; the cost is not."""
 
     def __init__(self, optimizer, named_parameters=None, backward_passes_per_step=1, op=Average,
                  compression=Compression.none, process_set=global_process_set):
@@ -41,7 +44,8 @@ class DistributedOptimizer:
         self._accumulated = [None] * n
         self._seen = set()          # parameters whose gradient arrived in the current pass
         self._passes = 0
-        self._in_flight = {}        # index -> (handle, compression context)
+        self._in_flight = {}        # index -> (handle, compression context), or (None, gradient)
+        self._alone = None          # a one-rank set: nothing to average, nothing to compress for
 
     @property
     def params(self):
@@ -51,12 +55,19 @@ class DistributedOptimizer:
         if index in self._seen:
             raise ValueError(f"gradient {index} ({self.names[index]}) was already given in this pass")
         self._seen.add(index)
-        grad = np.asarray(grad, dtype=np.float32)
+        if type(grad) is not np.ndarray or grad.dtype != np.float32:
+            grad = np.asarray(grad, dtype=np.float32)
         if self._passes == 0:
             self._accumulated[index] = grad.copy() if self.backward_passes_per_step > 1 else grad
         else:
             self._accumulated[index] += grad
         if self._passes + 1 == self.backward_passes_per_step:  # last pass of the window: send now
+            if self._alone is None:
+                self._alone = self.process_set.size() == 1
+            if self._alone:  # the average over one rank is the local mean itself
+                k = self.backward_passes_per_step
+                self._in_flight[index] = (None, self._accumulated[index] / k if k > 1 else self._accumulated[index])
+                return
             tensor, context = self.compression.compress(np.ascontiguousarray(self._accumulated[index]))
             handle = collectives.allreduce_async(tensor, op=self.op, name=self.names[index],
                                                  prescale_factor=1.0 / self.backward_passes_per_step,
@@ -65,19 +76,19 @@ class DistributedOptimizer:
 
     def step(self, grads=None):
         n = len(self.params)
-        missing = [i for i in range(n) if i not in self._seen]
-        if missing and grads is None:
-            raise ValueError(f"step() without grads, but gradients {missing[:5]} were never given to grad_ready()")
-        for i in missing:
-            self.grad_ready(i, grads[i])
+        if len(self._seen) < n:
+            missing = [i for i in range(n) if i not in self._seen]
+            if grads is None:
+                raise ValueError(f"step() without grads, but gradients {missing[:5]} were never given to grad_ready()")
+            for i in missing:
+                self.grad_ready(i, grads[i])
         self._seen.clear()
         self._passes += 1
         if self._passes < self.backward_passes_per_step:
             return False
-        averaged = []
-        for i in range(n):
-            handle, context = self._in_flight.pop(i)
-            averaged.append(self.compression.decompress(collectives.synchronize(handle), context))
+        flights, self._in_flight = self._in_flight, {}
+        averaged = [context if handle is None else self.compression.decompress(collectives.synchronize(handle), context)
+                    for handle, context in (flights[i] for i in range(n))]
         self._passes = 0
         self.optimizer.step(averaged)
         return True
