@@ -24,10 +24,8 @@ def train(model_name="mlp", epochs=30, batch_size=32, lr=0.05, seed=0):
             loss, d_logits = softmax_cross_entropy(model.logits(x_train[batch]), y_train[batch])
             opt.step(model.backward(d_logits))
             losses.append(loss)
-        if epoch % 5 == 0 or epoch == 1:
-            print(f"epoch {epoch:3d}/{epochs}  loss {np.mean(losses):.4f}  "
-                  f"held-out acc {accuracy(model, x_test, y_test):.4f}  ({time.perf_counter() - started:.1f}s)",
-                  flush=True)
+        print(f"epoch {epoch:3d}/{epochs}  loss {np.mean(losses):.4f}  "
+              f"held-out acc {accuracy(model, x_test, y_test):.4f}  ({time.perf_counter() - started:.1f}s)", flush=True)
     acc = accuracy(model, x_test, y_test)
     print(f"final held-out accuracy: {acc:.4f}", flush=True)
     return acc
