@@ -30,8 +30,11 @@ class RemoteError(RingtrainError):
 
 
 def inside_mpi_job():
-    return runtime.is_initialized() or any(
-        v in os.environ for v in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"))
+    """Started by an MPI launcher, or part of an initialised job of several ranks. A plain
+    process that called init() by itself is a job of one: it still starts workers."""
+    if any(v in os.environ for v in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")):
+        return True
+    return runtime.is_initialized() and runtime.size() > 1
 
 
 def run(fn, args=(), kwargs=None, np=2, backend="mpi", all_ranks=False, env=None, timeout=None):
