@@ -22,15 +22,27 @@ def _write(job_dir, rank, record):
     os.replace(path + ".tmp", path)
 
 
+def _die_with_parent():
+    """Die with the process that started this rank (mpiexec's proxy), whatever kills it."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def main():
     job_dir = sys.argv[1]
     import ringtrain as rt
 
     rt.init()
     rank = rt.rank()
-    with open(os.path.join(job_dir, "function.pkl"), "rb") as f:
-        fn, args, kwargs = pickle.load(f)
+    _die_with_parent()
     try:
+        with open(os.path.join(job_dir, "function.pkl"), "rb") as f:
+            fn, args, kwargs = pickle.load(f)
         value = fn(*args, **kwargs)
         _write(job_dir, rank, cloudpickle.dumps(("ok", value)))
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller

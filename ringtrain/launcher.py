@@ -11,10 +11,9 @@ import shutil
 import sys
 import tempfile
 
-import cloudpickle
-
 from . import runtime
 from .errors import RingtrainError
+from .pickling import dumps_call
 
 BACKENDS = ("mpi", "spark", "auto")
 
@@ -42,11 +41,13 @@ def run(fn, args=(), kwargs=None, np=2, backend="mpi", all_ranks=False, env=None
     kwargs = dict(kwargs or {})
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} must be one of {', '.join(BACKENDS)}")
-    if backend == "spark":
-        raise NotImplementedError("backend='spark' arrives with ringtrain.spark (the Spark barrier-mode "
-                                  "launcher); use backend='mpi' for local ranks")
     if not isinstance(np, int) or isinstance(np, bool) or np < 1:
         raise ValueError(f"np={np!r} must be a positive int")
+    if backend == "spark" and not inside_mpi_job():
+        from . import spark
+
+        values = spark.run(fn, args, kwargs, num_proc=np, env=env)
+        return values if all_ranks else values[0]
     if inside_mpi_job():
         runtime.init()
         value = fn(*args, **kwargs)
@@ -62,7 +63,7 @@ def _launch(fn, args, kwargs, np, all_ranks, env, timeout):
     job_dir = tempfile.mkdtemp(prefix="ringtrain-run-")  # 0700: only this user reads the pickles
     try:
         with open(os.path.join(job_dir, "function.pkl"), "wb") as f:
-            f.write(cloudpickle.dumps((fn, args, kwargs)))
+            f.write(dumps_call(fn, args, kwargs))
         job_env = dict(os.environ if env is None else env)
         job_env.setdefault("PYTHONUNBUFFERED", "1")
         # Functions are pickled by reference to their module where they have one: the workers
@@ -96,12 +97,26 @@ def _launch(fn, args, kwargs, np, all_ranks, env, timeout):
         shutil.rmtree(job_dir, ignore_errors=True)
 
 
+def _active_spark_session():
+    import sys as _sys
+
+    if "pyspark" not in _sys.modules:  # never import Spark just to find it is not in use
+        return False
+    from pyspark.sql import SparkSession
+
+    return SparkSession.getActiveSession() is not None
+
+
 def distributed(np=2, backend="auto", all_ranks=False, env=None, timeout=None):
-    """Decorator: calling the function runs it on `np` ranks (see run())."""
+    """Decorator: calling the function runs it on `np` ranks (see run()). backend="spark" runs
+    them as a Spark barrier job on the active SparkSession; "auto" picks Spark when a
+    SparkSession is active, local mpiexec otherwise."""
     def wrap(fn):
         @functools.wraps(fn)
         def call(*args, **kwargs):
-            return run(fn, args, kwargs, np=np, backend="mpi" if backend == "auto" else backend,
-                       all_ranks=all_ranks, env=env, timeout=timeout)
+            chosen = backend
+            if backend == "auto":
+                chosen = "spark" if _active_spark_session() else "mpi"
+            return run(fn, args, kwargs, np=np, backend=chosen, all_ranks=all_ranks, env=env, timeout=timeout)
         return call
     return wrap

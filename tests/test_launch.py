@@ -163,8 +163,6 @@ def test_decorator_inside_mpi_runs_in_place():
 
 
 def test_bad_backend_and_np():
-    with pytest.raises(NotImplementedError, match="backend='spark' arrives with ringtrain.spark"):
-        rt.run(print, backend="spark")
     with pytest.raises(ValueError, match="backend='gpu' must be one of mpi, spark, auto"):
         rt.run(print, backend="gpu")
     with pytest.raises(ValueError, match="np=0 must be a positive int"):

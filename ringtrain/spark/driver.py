@@ -1,0 +1,110 @@
+"""ringtrain.spark.run: the driver's side of a Spark barrier job (after TensorFlowOnSpark's
+TFCluster.run and pyspark's TorchDistributor)."""
+import pickle
+import secrets
+import socket
+import sys
+import threading
+import time
+
+from ..errors import RingtrainError
+from ..launcher import RemoteError
+from ..pickling import dumps_call
+from .channel import Receiver
+from .task import barrier_task
+
+
+def run(fn, args=(), kwargs=None, num_proc=None, start_timeout=120, env=None, verbose=True, df=None, spark=None):
+    """Run fn(*args, **kwargs) on num_proc ranks inside a Spark barrier stage; return every
+    rank's value, in rank order.
+
+    num_proc defaults to spark.default.parallelism. Every rank's output reaches the driver while
+    the job runs, prefixed with the rank (verbose=False keeps it quiet). If a rank raises, this
+    raises ringtrain.RemoteError with that rank and its traceback. If the stage cannot get
+    num_proc task slots within start_timeout seconds, it is cancelled with a clear error.
+    With df (a DataFrame), each rank reads its share of the rows through
+    ringtrain.spark.partition()."""
+    from pyspark.sql import SparkSession
+
+    spark = spark or SparkSession.getActiveSession()
+    if spark is None:
+        raise RingtrainError("ringtrain.spark.run needs an active SparkSession (SparkSession.builder...getOrCreate())")
+    sc = spark.sparkContext
+    num_proc = int(num_proc or sc.defaultParallelism)
+    if num_proc < 1:
+        raise ValueError(f"num_proc={num_proc} must be at least 1")
+    secret = secrets.token_bytes(32)
+    job_id = secrets.token_hex(8)
+    state = {"started": set(), "failures": [], "exit": None}
+    lock = threading.Lock()
+
+    def on_message(message):
+        if message.get("job") != job_id:
+            return
+        kind = message.get("type")
+        with lock:
+            if kind == "started":
+                state["started"].add(message["task"])
+            elif kind == "failure":
+                state["failures"].append(message)
+            elif kind == "exit":
+                state["exit"] = message["status"]
+        if kind == "log" and verbose:
+            stream = sys.stdout if message["stream"] == "stdout" else sys.stderr
+            stream.write(f"[{message['rank']}]: {message['line']}\n")
+            stream.flush()
+
+    receiver = Receiver(secret, on_message)
+    driver_host = sc.getConf().get("spark.driver.host") or socket.gethostname()
+    job = {"id": job_id, "driver": [driver_host, receiver.port], "env": dict(env or {}), "dataframe": df is not None}
+    rdd = df.repartition(num_proc).rdd if df is not None else sc.parallelize(range(num_proc), num_proc)
+    stage = rdd.barrier().mapPartitions(barrier_task(job, secret, dumps_call(fn, args, kwargs)))
+    outcome = {}
+    group = f"ringtrain-{job_id}"
+
+    def collect():
+        sc.setJobGroup(group, f"ringtrain.spark.run: {num_proc} ranks", interruptOnCancel=True)
+        try:
+            outcome["records"] = stage.collect()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=collect, name="ringtrain-spark-job", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    try:
+        while thread.is_alive():
+            thread.join(0.1)
+            if thread.is_alive() and len(state["started"]) < num_proc and time.monotonic() > deadline:
+                sc.cancelJobGroup(group)
+                thread.join(60)
+                raise RingtrainError(
+                    f"only {len(state['started'])} of {num_proc} barrier tasks started within {start_timeout:g} s: "
+                    f"the job needs {num_proc} free task slots at once (this Spark has "
+                    f"spark.default.parallelism={sc.defaultParallelism}); lower num_proc or free executors")
+        time.sleep(0.2)  # the last log lines may still be in flight
+    finally:
+        receiver.close()
+    if "error" in outcome and state["failures"]:
+        first = min(state["failures"], key=lambda f: f["rank"])
+        raise RemoteError(first["rank"], first["type_name"], first["message"], first["traceback"])
+    if "error" in outcome:
+        if "No module named 'ringtrain'" in str(outcome["error"]):
+            raise RingtrainError("Spark's Python workers cannot import ringtrain: point PYSPARK_PYTHON (or "
+                                 "spark.pyspark.python) at a Python that has ringtrain installed, e.g. "
+                                 f"{sys.executable}") from None
+        reason = str(outcome["error"]).strip().splitlines()
+        detail = next((line for line in reason if "ringtrain:" in line or "Barrier" in line), reason[0] if reason else "")
+        status = f" (mpiexec exit status {state['exit']}: a rank died without reporting an exception)" \
+            if state["exit"] is not None else ""
+        raise RingtrainError(f"the Spark barrier stage failed{status}: {detail.strip()}") from outcome["error"]
+    if state["failures"] and verbose:  # an earlier attempt failed and Spark retried the stage
+        first = min(state["failures"], key=lambda f: f["rank"])
+        sys.stderr.write(f"ringtrain.spark: an attempt failed (rank {first['rank']}: {first['type_name']}: "
+                         f"{first['message']}); Spark retried the whole stage and it succeeded\n")
+    # Spark's collect delivered these (its own channel); they were pickled by our ranks.
+    values = dict((rank, pickle.loads(data)) for rank, data in outcome["records"])
+    missing = sorted(set(range(num_proc)) - set(values))
+    if missing:
+        raise RingtrainError(f"ranks {missing} returned no result")
+    return [values[r][1] for r in range(num_proc)]

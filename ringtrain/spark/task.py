@@ -1,0 +1,174 @@
+"""What runs inside each Spark barrier task: start the MPI job with no ssh and no mpirun on the
+driver, feed it, and report.
+
+Task 0 runs `mpiexec -launcher manual`: hydra prints one proxy command per host and waits. The
+commands reach every task through BarrierTaskContext.allGather (Spark's own channel); on each
+host, the task with the lowest index runs that host's proxy, which starts the host's ranks.
+Ranks on a host belong to that host's tasks in index order, so task i's DataFrame partition
+goes to a rank on its own machine, through a named pipe. Rank output arrives at task 0's
+mpiexec, which relays it line by line to the driver over the authenticated channel.
+
+Why this route and not Open_port/Accept/Connect: it starts every rank in one MPI_COMM_WORLD at
+once (no one-by-one joins, which deadlocked with 3 tasks in earlier trials), and it is
+MPICH's own launch protocol, so everything after start-up is plain MPI."""
+import json
+import os
+import pickle
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import cloudpickle
+
+from .channel import Sender
+from .feed import fifo_path, write_partition
+
+
+def layout(task_hosts):
+    """(hosts in order, tasks of each host, rank of each task)."""
+    hosts, tasks_of = [], {}
+    for task, host in enumerate(task_hosts):
+        if host not in tasks_of:
+            hosts.append(host)
+            tasks_of[host] = []
+        tasks_of[host].append(task)
+    rank_of, next_rank = {}, 0
+    for host in hosts:
+        for task in tasks_of[host]:
+            rank_of[task] = next_rank
+            next_rank += 1
+    return hosts, tasks_of, rank_of
+
+
+def _kill_group(process):
+    if process is not None and process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
+def barrier_task(job, secret, payload):
+    """The function Spark ships to every barrier task (it carries the secret in its closure)."""
+
+    def run(rows):
+        from pyspark import BarrierTaskContext
+
+        from ringtrain.launch.mpiexec import find_mpiexec
+        from ringtrain.launch.rank_output import PREPEND_PATTERN, RankLines
+
+        ctx = BarrierTaskContext.get()
+        index = ctx.partitionId()
+        task_hosts = [info.address.rsplit(":", 1)[0] for info in ctx.getTaskInfos()]
+        hosts, tasks_of, rank_of = layout(task_hosts)
+        my_host = task_hosts[index]
+        leader = tasks_of[my_host][0] == index
+        attempt = ctx.attemptNumber()
+        job_dir = os.path.join("/tmp", f"ringtrain-spark-{job['id']}-{attempt}")
+        os.makedirs(job_dir, mode=0o700, exist_ok=True)
+        if leader:
+            with open(os.path.join(job_dir, "function.pkl"), "wb") as f:
+                f.write(payload)
+        fifo = fifo_path(job_dir, rank_of[index])
+        if job["dataframe"] and not os.path.exists(fifo):
+            os.mkfifo(fifo, 0o600)
+        sender = Sender(tuple(job["driver"]), secret)
+        sender.send({"job": job["id"], "type": "started", "task": index})
+
+        env = dict(os.environ, **job["env"], RINGTRAIN_JOB_DIR=job_dir, PYTHONUNBUFFERED="1")
+        mpiexec = proxy = None
+        commands = []
+        try:
+            if index == 0:
+                spec = ",".join(f"{h}:{len(tasks_of[h])}" for h in hosts)
+                mpiexec = subprocess.Popen(
+                    [find_mpiexec(), "-launcher", "manual", "-hosts", spec, "-n", str(len(task_hosts)),
+                     "-prepend-pattern", PREPEND_PATTERN, sys.executable, "-m", "ringtrain.launch.worker", job_dir],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
+                    start_new_session=True)
+                for line in iter(mpiexec.stdout.readline, b""):
+                    text = line.decode().strip()
+                    if text.startswith("HYDRA_LAUNCH:"):
+                        commands.append(text.split(":", 1)[1].strip())
+                    elif text == "HYDRA_LAUNCH_END":
+                        break
+            commands = json.loads(ctx.allGather(json.dumps(commands))[0])
+            if leader:
+                proxy = subprocess.Popen(shlex.split(commands[hosts.index(my_host)]), env=env,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            finished = threading.Event()
+            feeder = None
+            if job["dataframe"]:
+                feeder = threading.Thread(target=write_partition, args=(rows, fifo, finished.is_set), daemon=True)
+                feeder.start()
+            if index == 0:
+                _relay_output(mpiexec, sender, job["id"], RankLines)
+                mpiexec.wait()
+            done = os.path.join(job_dir, "done")
+            if proxy is not None:
+                proxy.wait()
+                open(done, "w").close()
+            else:  # keep this task (and its partition's feeder) alive until this host's ranks are done
+                while not os.path.exists(done):
+                    time.sleep(0.05)
+            finished.set()
+            if feeder is not None:
+                feeder.join(timeout=5)
+            failed = (mpiexec is not None and mpiexec.returncode != 0) or (proxy is not None and proxy.returncode != 0)
+            records = []
+            if leader:
+                for task in tasks_of[my_host]:
+                    path = os.path.join(job_dir, f"result-{rank_of[task]}.pkl")
+                    if os.path.exists(path):
+                        with open(path, "rb") as f:  # written by this host's own ranks, in a 0700 dir
+                            data = f.read()
+                        record = pickle.loads(data)
+                        if record[0] == "error":
+                            _, type_name, message, text, _ = record
+                            sender.send({"job": job["id"], "type": "failure", "rank": rank_of[task],
+                                         "type_name": type_name, "message": message, "traceback": text})
+                        records.append((rank_of[task], data))
+            if failed:
+                if index == 0:
+                    sender.send({"job": job["id"], "type": "exit", "status": mpiexec.returncode})
+                raise RuntimeError(f"ringtrain: the MPI job failed (task {index}, mpiexec status "
+                                   f"{mpiexec.returncode if mpiexec else None}, proxy status "
+                                   f"{proxy.returncode if proxy else None})")
+            ctx.barrier()  # every task stays until all are done (the leaders then clean up)
+            return iter(records)
+        finally:
+            _kill_group(mpiexec)
+            _kill_group(proxy)
+            sender.close()
+            if leader:
+                import shutil
+
+                shutil.rmtree(job_dir, ignore_errors=True)
+
+    return run
+
+
+def _relay_output(mpiexec, sender, job_id, RankLines):
+    """Every rank's lines, as they come, to the driver."""
+
+    def pump(stream, name):
+        lines = RankLines()
+        for chunk in iter(lambda: stream.read1(65536), b""):
+            for rank, line in lines.feed(chunk):
+                sender.send({"job": job_id, "type": "log", "rank": rank, "stream": name, "line": line})
+        for rank, line in lines.flush():
+            sender.send({"job": job_id, "type": "log", "rank": rank, "stream": name, "line": line})
+
+    threads = [threading.Thread(target=pump, args=(mpiexec.stdout, "stdout"), daemon=True),
+               threading.Thread(target=pump, args=(mpiexec.stderr, "stderr"), daemon=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+__all__ = ["barrier_task", "layout", "cloudpickle"]
