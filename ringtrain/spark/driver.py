@@ -14,11 +14,25 @@ from .channel import Receiver
 from .task import barrier_task
 
 
+def _task_max_failures(sc):
+    """spark.task.maxFailures as this Spark applies it: set explicitly, or from local[N,F], or 1 in
+    plain local mode (Spark's own default there), else 4."""
+    configured = sc.getConf().get("spark.task.maxFailures")
+    if configured:
+        return max(1, int(configured))
+    master = sc.master
+    if master.startswith("local"):
+        inside = master[master.find("[") + 1:master.rfind("]")] if "[" in master else ""
+        return max(1, int(inside.split(",")[1])) if "," in inside else 1
+    return 4
+
+
 def run(fn, args=(), kwargs=None, num_proc=None, start_timeout=120, env=None, verbose=True, df=None, spark=None):
     """Run fn(*args, **kwargs) on num_proc ranks inside a Spark barrier stage; return every
     rank's value, in rank order.
 
-    num_proc defaults to spark.default.parallelism. Every rank's output reaches the driver while
+    num_proc defaults to spark.default.parallelism. A failed attempt is retried as a whole (a new
+    barrier stage attempt, a new MPI job) until spark.task.maxFailures attempts have failed. Every rank's output reaches the driver while
     the job runs, prefixed with the rank (verbose=False keeps it quiet). If a rank raises, this
     raises ringtrain.RemoteError with that rank and its traceback. If the stage cannot get
     num_proc task slots within start_timeout seconds, it is cancelled with a clear error.
@@ -35,8 +49,10 @@ def run(fn, args=(), kwargs=None, num_proc=None, start_timeout=120, env=None, ve
         raise ValueError(f"num_proc={num_proc} must be at least 1")
     secret = secrets.token_bytes(32)
     job_id = secrets.token_hex(8)
-    state = {"started": set(), "failures": [], "exit": None}
+    state = {"started": set(), "failures": [], "exit": None, "failed_attempts": set()}
     lock = threading.Lock()
+    max_attempts = _task_max_failures(sc)
+    group = f"ringtrain-{job_id}"
 
     def on_message(message):
         if message.get("job") != job_id:
@@ -49,6 +65,10 @@ def run(fn, args=(), kwargs=None, num_proc=None, start_timeout=120, env=None, ve
                 state["failures"].append(message)
             elif kind == "exit":
                 state["exit"] = message["status"]
+            if kind in ("failure", "exit"):
+                state["failed_attempts"].add(message.get("attempt", 0))
+                if len(state["failed_attempts"]) >= max_attempts:  # spark.task.maxFailures reached
+                    threading.Thread(target=sc.cancelJobGroup, args=(group,), daemon=True).start()
         if kind == "log" and verbose:
             stream = sys.stdout if message["stream"] == "stdout" else sys.stderr
             stream.write(f"[{message['rank']}]: {message['line']}\n")
@@ -58,9 +78,12 @@ def run(fn, args=(), kwargs=None, num_proc=None, start_timeout=120, env=None, ve
     driver_host = sc.getConf().get("spark.driver.host") or socket.gethostname()
     job = {"id": job_id, "driver": [driver_host, receiver.port], "env": dict(env or {}), "dataframe": df is not None}
     rdd = df.repartition(num_proc).rdd if df is not None else sc.parallelize(range(num_proc), num_proc)
-    stage = rdd.barrier().mapPartitions(barrier_task(job, secret, dumps_call(fn, args, kwargs)))
+    # The barrier stage feeds a shuffle instead of being the job's last stage: Spark retries a
+    # failed barrier *shuffle-map* stage as a whole (new attempt, all tasks, fresh MPI job), while
+    # a failed barrier result stage just fails the job (SPARK-25161).
+    stage = (rdd.barrier().mapPartitions(barrier_task(job, secret, dumps_call(fn, args, kwargs)))
+             .partitionBy(1))
     outcome = {}
-    group = f"ringtrain-{job_id}"
 
     def collect():
         sc.setJobGroup(group, f"ringtrain.spark.run: {num_proc} ranks", interruptOnCancel=True)

@@ -67,7 +67,8 @@ def barrier_task(job, secret, payload):
         hosts, tasks_of, rank_of = layout(task_hosts)
         my_host = task_hosts[index]
         leader = tasks_of[my_host][0] == index
-        attempt = ctx.attemptNumber()
+        # One name for this attempt of the stage, the same in every task: task 0's attempt id.
+        attempt = int(ctx.allGather(str(ctx.taskAttemptId()))[0])
         job_dir = os.path.join("/tmp", f"ringtrain-spark-{job['id']}-{attempt}")
         os.makedirs(job_dir, mode=0o700, exist_ok=True)
         if leader:
@@ -129,12 +130,12 @@ def barrier_task(job, secret, payload):
                         record = pickle.loads(data)
                         if record[0] == "error":
                             _, type_name, message, text, _ = record
-                            sender.send({"job": job["id"], "type": "failure", "rank": rank_of[task],
+                            sender.send({"job": job["id"], "type": "failure", "rank": rank_of[task], "attempt": attempt,
                                          "type_name": type_name, "message": message, "traceback": text})
                         records.append((rank_of[task], data))
             if failed:
                 if index == 0:
-                    sender.send({"job": job["id"], "type": "exit", "status": mpiexec.returncode})
+                    sender.send({"job": job["id"], "type": "exit", "status": mpiexec.returncode, "attempt": attempt})
                 raise RuntimeError(f"ringtrain: the MPI job failed (task {index}, mpiexec status "
                                    f"{mpiexec.returncode if mpiexec else None}, proxy status "
                                    f"{proxy.returncode if proxy else None})")
