@@ -11,7 +11,7 @@ import sys
 import tempfile
 import threading
 
-from .mpiexec import find_mpiexec
+from .mpiexec import find_mpiexec, kill_process_group
 from .rank_output import PREPEND_PATTERN, RankLines
 
 
@@ -58,10 +58,7 @@ def run_job(np, command, env=None, mpi_args=(), stdout=None, stderr=None, timeou
         t.start()
 
     def kill_job(*_):
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_process_group(process.pid)
 
     def interrupted(signum, _frame):
         kill_job()

@@ -59,11 +59,25 @@ class MPIRun:
         return "".join(text for marker, text in zip(pieces[1::2], pieces[2::2]) if int(marker) == rank)
 
 
+def kill_process_group(pgid, patience=5.0):
+    """SIGKILL every process of a process group, again and again until the group is empty: a
+    process forked while the first signal was sent (mpiexec starting a rank) escapes one
+    killpg but keeps the group id, so the next one reaches it."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
 def _kill_group(process):
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    kill_process_group(process.pid)
 
 
 def run_mpiexec(np, argv, timeout, env=None, mpi_args=(), cwd=None):

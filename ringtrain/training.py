@@ -42,53 +42,61 @@ class DistributedOptimizer:
         self.compression = compression
         self.process_set = process_set
         self._accumulated = [None] * n
-        self._seen = set()          # parameters whose gradient arrived in the current pass
+        self._seen = [False] * n      # which gradients arrived in the current pass
+        self._count = 0
         self._passes = 0
-        self._in_flight = {}        # index -> (handle, compression context), or (None, gradient)
-        self._alone = None          # a one-rank set: nothing to average, nothing to compress for
+        self._in_flight = [None] * n  # (handle, compression context), or (None, gradient)
+        self._alone = None            # a one-rank set: nothing to average, nothing to compress for
 
     @property
     def params(self):
         return self.optimizer.params
 
     def grad_ready(self, index, grad):
-        if index in self._seen:
+        if self._seen[index]:
             raise ValueError(f"gradient {index} ({self.names[index]}) was already given in this pass")
-        self._seen.add(index)
+        self._seen[index] = True
+        self._count += 1
         if type(grad) is not np.ndarray or grad.dtype != np.float32:
             grad = np.asarray(grad, dtype=np.float32)
+        k = self.backward_passes_per_step
         if self._passes == 0:
-            self._accumulated[index] = grad.copy() if self.backward_passes_per_step > 1 else grad
+            self._accumulated[index] = grad.copy() if k > 1 else grad
         else:
             self._accumulated[index] += grad
-        if self._passes + 1 == self.backward_passes_per_step:  # last pass of the window: send now
-            if self._alone is None:
-                self._alone = self.process_set.size() == 1
-            if self._alone:  # the average over one rank is the local mean itself
-                k = self.backward_passes_per_step
-                self._in_flight[index] = (None, self._accumulated[index] / k if k > 1 else self._accumulated[index])
-                return
-            tensor, context = self.compression.compress(np.ascontiguousarray(self._accumulated[index]))
-            handle = collectives.allreduce_async(tensor, op=self.op, name=self.names[index],
-                                                 prescale_factor=1.0 / self.backward_passes_per_step,
-                                                 process_set=self.process_set)
-            self._in_flight[index] = (handle, context)
+        if self._passes + 1 < k:
+            return
+        # last pass of the window: send now, while the rest of the backward pass runs
+        if self._alone is None:
+            self._alone = self.process_set.size() == 1
+        if self._alone:  # the average over one rank is the local mean itself
+            self._in_flight[index] = (None, self._accumulated[index] / k if k > 1 else self._accumulated[index])
+            return
+        tensor, context = self.compression.compress(np.ascontiguousarray(self._accumulated[index]))
+        handle = collectives.allreduce_async(tensor, op=self.op, name=self.names[index], prescale_factor=1.0 / k,
+                                             process_set=self.process_set)
+        self._in_flight[index] = (handle, context)
 
     def step(self, grads=None):
-        n = len(self.params)
-        if len(self._seen) < n:
-            missing = [i for i in range(n) if i not in self._seen]
+        n = len(self._seen)
+        if self._count < n:
+            missing = [i for i in range(n) if not self._seen[i]]
             if grads is None:
                 raise ValueError(f"step() without grads, but gradients {missing[:5]} were never given to grad_ready()")
             for i in missing:
                 self.grad_ready(i, grads[i])
-        self._seen.clear()
+        self._seen = [False] * n
+        self._count = 0
         self._passes += 1
         if self._passes < self.backward_passes_per_step:
             return False
-        flights, self._in_flight = self._in_flight, {}
-        averaged = [context if handle is None else self.compression.decompress(collectives.synchronize(handle), context)
-                    for handle, context in (flights[i] for i in range(n))]
+        flights, self._in_flight = self._in_flight, [None] * n
+        if self._alone:
+            averaged = [gradient for _, gradient in flights]
+        else:
+            decompress, synchronize = self.compression.decompress, collectives.synchronize
+            averaged = [context if handle is None else decompress(synchronize(handle), context)
+                        for handle, context in flights]
         self._passes = 0
         self.optimizer.step(averaged)
         return True

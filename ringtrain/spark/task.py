@@ -15,7 +15,6 @@ import json
 import os
 import pickle
 import shlex
-import signal
 import subprocess
 import sys
 import threading
@@ -44,11 +43,10 @@ def layout(task_hosts):
 
 
 def _kill_group(process):
-    if process is not None and process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    from ringtrain.launch.mpiexec import kill_process_group
+
+    if process is not None:
+        kill_process_group(process.pid)  # its own session: the proxy or mpiexec, and all it started
         process.wait()
 
 
