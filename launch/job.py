@@ -11,7 +11,7 @@ import sys
 import tempfile
 import threading
 
-from .mpiexec import find_mpiexec, kill_process_group
+from .mpiexec import die_with_parent, find_mpiexec, kill_process_group
 from .rank_output import PREPEND_PATTERN, RankLines
 
 
@@ -50,7 +50,7 @@ def run_job(np, command, env=None, mpi_args=(), stdout=None, stderr=None, timeou
     argv = [find_mpiexec(), "-n", str(np), "-prepend-pattern", PREPEND_PATTERN, *mpi_args,
             sys.executable, "-m", "ringtrain.launch.rank_exec", status_dir, *command]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                               env=env, start_new_session=True)
+                               env=env, start_new_session=True, preexec_fn=die_with_parent)
     out_lines, err_lines = RankLines(), RankLines()
     pumps = [threading.Thread(target=_pump, args=(process.stdout, stdout, out_lines), daemon=True),
              threading.Thread(target=_pump, args=(process.stderr, stderr, err_lines), daemon=True)]

@@ -59,6 +59,17 @@ class MPIRun:
         return "".join(text for marker, text in zip(pieces[1::2], pieces[2::2]) if int(marker) == rank)
 
 
+def die_with_parent():
+    """preexec_fn for a child that must not outlive the process that started it, however that
+    process ends (PR_SET_PDEATHSIG); with start_new_session it also gets its own group."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def kill_process_group(pgid, patience=5.0):
     """SIGKILL every process of a process group, again and again until the group is empty: a
     process forked while the first signal was sent (mpiexec starting a rank) escapes one
@@ -94,6 +105,7 @@ def run_mpiexec(np, argv, timeout, env=None, mpi_args=(), cwd=None):
         text=True,
         errors="replace",
         start_new_session=True,  # its own process group: one killpg reaches every rank
+        preexec_fn=die_with_parent,
     )
     timed_out = False
     try:

@@ -6,7 +6,6 @@ mpiexec itself does not say which rank failed, only that one did. This wrapper r
 command as its child (inheriting the PMI file descriptors MPI needs), writes
 STATUS_DIR/rank-<r> with the exit status and the time it ended, and exits with the same status.
 The child is tied to this process (PR_SET_PDEATHSIG), so killing the job cannot orphan it."""
-import ctypes
 import os
 import signal
 import subprocess
@@ -14,17 +13,12 @@ import sys
 import time
 
 
-def _die_with_parent():
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def main():
     status_dir, command = sys.argv[1], sys.argv[2:]
     rank = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or "unknown"
-    child = subprocess.Popen(command, close_fds=False, preexec_fn=_die_with_parent)
+    from ringtrain.launch.mpiexec import die_with_parent
+
+    child = subprocess.Popen(command, close_fds=False, preexec_fn=die_with_parent)
 
     def forward(signum, _frame):
         child.send_signal(signum)

@@ -14,6 +14,8 @@ import traceback
 
 import cloudpickle
 
+from ringtrain.launch.mpiexec import die_with_parent
+
 
 def _write(job_dir, rank, record):
     path = os.path.join(job_dir, f"result-{rank}.pkl")
@@ -22,24 +24,13 @@ def _write(job_dir, rank, record):
     os.replace(path + ".tmp", path)
 
 
-def _die_with_parent():
-    """Die with the process that started this rank (mpiexec's proxy), whatever kills it."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def main():
     job_dir = sys.argv[1]
     import ringtrain as rt
 
     rt.init()
     rank = rt.rank()
-    _die_with_parent()
+    die_with_parent()  # this rank dies with mpiexec's proxy, whatever kills it
     try:
         with open(os.path.join(job_dir, "function.pkl"), "rb") as f:
             fn, args, kwargs = pickle.load(f)

@@ -56,7 +56,7 @@ def barrier_task(job, secret, payload):
     def run(rows):
         from pyspark import BarrierTaskContext
 
-        from ringtrain.launch.mpiexec import find_mpiexec
+        from ringtrain.launch.mpiexec import die_with_parent, find_mpiexec
         from ringtrain.launch.rank_output import PREPEND_PATTERN, RankLines
 
         ctx = BarrierTaskContext.get()
@@ -88,7 +88,7 @@ def barrier_task(job, secret, payload):
                     [find_mpiexec(), "-launcher", "manual", "-hosts", spec, "-n", str(len(task_hosts)),
                      "-prepend-pattern", PREPEND_PATTERN, sys.executable, "-m", "ringtrain.launch.worker", job_dir],
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
-                    start_new_session=True)
+                    start_new_session=True, preexec_fn=die_with_parent)
                 for line in iter(mpiexec.stdout.readline, b""):
                     text = line.decode().strip()
                     if text.startswith("HYDRA_LAUNCH:"):
@@ -98,7 +98,7 @@ def barrier_task(job, secret, payload):
             commands = json.loads(ctx.allGather(json.dumps(commands))[0])
             if leader:
                 proxy = subprocess.Popen(shlex.split(commands[hosts.index(my_host)]), env=env,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
             finished = threading.Event()
             feeder = None
             if job["dataframe"]:
