@@ -65,43 +65,50 @@ def barrier_task(job, secret, payload):
         hosts, tasks_of, rank_of = layout(task_hosts)
         my_host = task_hosts[index]
         leader = tasks_of[my_host][0] == index
-        # One name for this attempt of the stage, the same in every task: task 0's attempt id.
-        attempt = int(ctx.allGather(str(ctx.taskAttemptId()))[0])
-        job_dir = os.path.join("/tmp", f"ringtrain-spark-{job['id']}-{attempt}")
-        os.makedirs(job_dir, mode=0o700, exist_ok=True)
-        if leader:
-            with open(os.path.join(job_dir, "function.pkl"), "wb") as f:
-                f.write(payload)
-        fifo = fifo_path(job_dir, rank_of[index])
-        if job["dataframe"] and not os.path.exists(fifo):
-            os.mkfifo(fifo, 0o600)
         sender = Sender(tuple(job["driver"]), secret)
         sender.send({"job": job["id"], "type": "started", "task": index})
-
-        env = dict(os.environ, **job["env"], RINGTRAIN_JOB_DIR=job_dir, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, **job["env"], PYTHONUNBUFFERED="1")
         mpiexec = proxy = None
-        commands = []
+        job_dir = None
         try:
+            # One Spark barrier sync in all (each costs about a second): task 0 names this
+            # attempt's job directory and starts mpiexec, then sends both with the proxy commands.
+            message = {}
             if index == 0:
+                job_dir = os.path.join("/tmp", f"ringtrain-spark-{job['id']}-{ctx.taskAttemptId()}")
+                os.makedirs(job_dir, mode=0o700, exist_ok=True)
                 spec = ",".join(f"{h}:{len(tasks_of[h])}" for h in hosts)
                 mpiexec = subprocess.Popen(
                     [find_mpiexec(), "-launcher", "manual", "-hosts", spec, "-n", str(len(task_hosts)),
                      "-prepend-pattern", PREPEND_PATTERN, sys.executable, "-m", "ringtrain.launch.worker", job_dir],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
-                    start_new_session=True, preexec_fn=die_with_parent)
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                    env=dict(env, RINGTRAIN_JOB_DIR=job_dir), start_new_session=True, preexec_fn=die_with_parent)
+                commands = []
                 for line in iter(mpiexec.stdout.readline, b""):
                     text = line.decode().strip()
                     if text.startswith("HYDRA_LAUNCH:"):
                         commands.append(text.split(":", 1)[1].strip())
                     elif text == "HYDRA_LAUNCH_END":
                         break
-            commands = json.loads(ctx.allGather(json.dumps(commands))[0])
-            if leader:
+                message = {"job_dir": job_dir, "commands": commands}
+            message = json.loads(ctx.allGather(json.dumps(message))[0])
+            job_dir, commands = message["job_dir"], message["commands"]
+            attempt = os.path.basename(job_dir).rsplit("-", 1)[1]
+            if leader:  # everything this host's ranks need, before they start
+                os.makedirs(job_dir, mode=0o700, exist_ok=True)
+                with open(os.path.join(job_dir, "function.pkl"), "wb") as f:
+                    f.write(payload)
+                if job["dataframe"]:
+                    for task in tasks_of[my_host]:
+                        os.mkfifo(fifo_path(job_dir, rank_of[task]), 0o600)
                 proxy = subprocess.Popen(shlex.split(commands[hosts.index(my_host)]), env=env,
                                          stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
             finished = threading.Event()
             feeder = None
             if job["dataframe"]:
+                fifo = fifo_path(job_dir, rank_of[index])
+                while not os.path.exists(fifo):  # the leader makes it
+                    time.sleep(0.01)
                 feeder = threading.Thread(target=write_partition, args=(rows, fifo, finished.is_set), daemon=True)
                 feeder.start()
             if index == 0:
@@ -113,7 +120,7 @@ def barrier_task(job, secret, payload):
                 open(done, "w").close()
             else:  # keep this task (and its partition's feeder) alive until this host's ranks are done
                 while not os.path.exists(done):
-                    time.sleep(0.05)
+                    time.sleep(0.02)
             finished.set()
             if feeder is not None:
                 feeder.join(timeout=5)
@@ -127,23 +134,29 @@ def barrier_task(job, secret, payload):
                             data = f.read()
                         record = pickle.loads(data)
                         if record[0] == "error":
-                            _, type_name, message, text, _ = record
+                            _, type_name, message_text, text, _ = record
                             sender.send({"job": job["id"], "type": "failure", "rank": rank_of[task], "attempt": attempt,
-                                         "type_name": type_name, "message": message, "traceback": text})
+                                         "type_name": type_name, "message": message_text, "traceback": text})
                         records.append((rank_of[task], data))
+                # the other tasks of this host acknowledge "done" before the directory goes away
+                acks = [os.path.join(job_dir, f"ack-{task}") for task in tasks_of[my_host] if task != index]
+                deadline = time.monotonic() + 10
+                while not all(os.path.exists(a) for a in acks) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            else:
+                open(os.path.join(job_dir, f"ack-{index}"), "w").close()
             if failed:
                 if index == 0:
                     sender.send({"job": job["id"], "type": "exit", "status": mpiexec.returncode, "attempt": attempt})
                 raise RuntimeError(f"ringtrain: the MPI job failed (task {index}, mpiexec status "
                                    f"{mpiexec.returncode if mpiexec else None}, proxy status "
                                    f"{proxy.returncode if proxy else None})")
-            ctx.barrier()  # every task stays until all are done (the leaders then clean up)
             return iter(records)
         finally:
             _kill_group(mpiexec)
             _kill_group(proxy)
             sender.close()
-            if leader:
+            if leader and job_dir:
                 import shutil
 
                 shutil.rmtree(job_dir, ignore_errors=True)
