@@ -14,7 +14,6 @@ from common import ensure_mpi, machine_line, paired_medians, print_table
 ensure_mpi(2)
 
 import sys  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402

@@ -8,7 +8,6 @@ which the settings stay fixed. Rank 0 decides; its choices reach every rank in t
 negotiation response, so all ranks switch at the same round. Every trial is a row in the CSV."""
 import csv
 import logging
-import time
 
 log = logging.getLogger("ringtrain")
 

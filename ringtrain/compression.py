@@ -25,40 +25,39 @@ class NoneCompressor(Compressor):
     pass
 
 
-class FP16Compressor(Compressor):
-    @staticmethod
-    def compress(tensor):
+class _HalfCompressor(Compressor):
+    """float32 -> a 16-bit float on the wire, by a numba bit-level cast; other dtypes pass through."""
+
+    wire_dtype = None
+    to_bits = from_bits = None
+
+    @classmethod
+    def compress(cls, tensor):
         if tensor.dtype != np.float32:
             return tensor, None
         bits = np.empty(tensor.shape, dtype=np.uint16)
-        kernels.float32_to_float16_bits(np.ascontiguousarray(tensor).reshape(-1), bits.reshape(-1))
-        return bits.view(np.float16), np.float32
+        cls.to_bits(np.ascontiguousarray(tensor).reshape(-1), bits.reshape(-1))
+        return bits.view(cls.wire_dtype), np.float32
 
-    @staticmethod
-    def decompress(tensor, context):
+    @classmethod
+    def decompress(cls, tensor, context):
         if context is None:
             return tensor
         out = np.empty(tensor.shape, dtype=np.float32)
-        kernels.float16_bits_to_float32(tensor.view(np.uint16).reshape(-1), out.reshape(-1))
+        cls.from_bits(tensor.view(np.uint16).reshape(-1), out.reshape(-1))
         return out
 
 
-class BF16Compressor(Compressor):
-    @staticmethod
-    def compress(tensor):
-        if tensor.dtype != np.float32:
-            return tensor, None
-        bits = np.empty(tensor.shape, dtype=np.uint16)
-        kernels.float32_to_bfloat16_bits(np.ascontiguousarray(tensor).reshape(-1), bits.reshape(-1))
-        return bits.view(bfloat16), np.float32
+class FP16Compressor(_HalfCompressor):
+    wire_dtype = np.dtype(np.float16)
+    to_bits = staticmethod(kernels.float32_to_float16_bits)
+    from_bits = staticmethod(kernels.float16_bits_to_float32)
 
-    @staticmethod
-    def decompress(tensor, context):
-        if context is None:
-            return tensor
-        out = np.empty(tensor.shape, dtype=np.float32)
-        kernels.bfloat16_bits_to_float32(tensor.view(np.uint16).reshape(-1), out.reshape(-1))
-        return out
+
+class BF16Compressor(_HalfCompressor):
+    wire_dtype = bfloat16
+    to_bits = staticmethod(kernels.float32_to_bfloat16_bits)
+    from_bits = staticmethod(kernels.bfloat16_bits_to_float32)
 
 
 class Compression:

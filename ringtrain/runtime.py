@@ -89,7 +89,6 @@ def shutdown():
     (rendezvous) message may still owe its sender the protocol's final acknowledgement, which is
     only sent while the receiver is inside MPI. Without it the sender can wait forever while the
     receiver has already gone on to exit."""
-    global _runtime
     if _runtime is None:
         return
     from .collectives import _name

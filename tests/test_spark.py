@@ -34,17 +34,6 @@ def spark(request):
     session.stop()
 
 
-def leftovers(marker):
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if marker in " ".join(p.info["cmdline"] or []):
-                found.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
 def slots(spark):
     return spark.sparkContext.defaultParallelism
 

@@ -1,7 +1,6 @@
 """Shared pieces of the size-agnostic collective tests: per-rank inputs that every rank can
 regenerate for every other rank (so the numpy reference needs no communication), the numpy
 reference reductions, and tolerances per dtype."""
-import dataclasses
 import contextlib
 
 import numpy as np

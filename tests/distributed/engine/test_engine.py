@@ -185,7 +185,6 @@ def test_timeline_records_every_phase():
         for e in events:
             if e["ph"] == "X":
                 phases.setdefault(rows[e["pid"]], set()).add(e["name"])
-        algorithm = "LOCAL_ALLREDUCE" if rt.size() == 1 else "RECURSIVE_DOUBLING_ALLREDUCE"
         for i in range(4):
             got = phases[f"tl.grad{i}"]
             assert {"NEGOTIATE_ALLREDUCE", "WAIT_FOR_DATA"} <= got, got

@@ -76,7 +76,7 @@ def test_broadcast_parameters_and_optimizer_state():
 
 
 def test_shard_gives_every_rank_the_same_number_of_samples():
-    size, rank = rt.size(), rt.rank()
+    size = rt.size()
     n = 10 * size + 3
     x = np.arange(n)
     mine = rt.shard(x, seed=7)
