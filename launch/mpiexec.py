@@ -6,12 +6,13 @@ The job runs in its own session (process group); when it overruns its deadline o
 interrupted, the whole group (mpiexec, its hydra proxies and every rank) is killed."""
 import dataclasses
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+
+from .rank_output import MPIEXEC, PREPEND_PATTERN, RankLines
 
 
 class MPIExecNotFound(RuntimeError):
@@ -44,19 +45,18 @@ def find_mpiexec():
 class MPIRun:
     command: list
     returncode: int          # mpiexec's exit status; None if it was killed at the deadline
-    output: str              # stdout and stderr of every rank, each line prefixed "[rank]"
+    output: str              # stdout and stderr of every rank, whole lines, each prefixed "[rank] "
     seconds: float
     timed_out: bool
+    lines: list = dataclasses.field(default_factory=list, repr=False)  # (rank or "mpiexec", line)
 
     @property
     def ok(self):
         return self.returncode == 0 and not self.timed_out
 
     def rank_output(self, rank):
-        """What one rank wrote, reassembled: mpiexec -prepend-rank prefixes every chunk a rank
-        writes with "[rank] ", and an unbuffered stream can split one line into several chunks."""
-        pieces = re.split(r"\[(\d+)\] ", self.output)
-        return "".join(text for marker, text in zip(pieces[1::2], pieces[2::2]) if int(marker) == rank)
+        """Everything one rank wrote, as whole lines."""
+        return "\n".join(line for source, line in self.lines if source == rank)
 
 
 def die_with_parent():
@@ -93,7 +93,9 @@ def _kill_group(process):
 
 def run_mpiexec(np, argv, timeout, env=None, mpi_args=(), cwd=None):
     """Run `argv` on `np` local ranks; wait at most `timeout` seconds; return an MPIRun."""
-    command = [find_mpiexec(), "-n", str(np), "-prepend-rank", *mpi_args, *argv]
+    # Ranks' chunks interleave (an unbuffered line can arrive in pieces); the marker pattern lets
+    # RankLines put every rank's lines back together.
+    command = [find_mpiexec(), "-n", str(np), "-prepend-pattern", PREPEND_PATTERN, *mpi_args, *argv]
     start = time.monotonic()
     process = subprocess.Popen(
         command,
@@ -102,8 +104,6 @@ def run_mpiexec(np, argv, timeout, env=None, mpi_args=(), cwd=None):
         stdin=subprocess.DEVNULL,
         env=env,
         cwd=cwd,
-        text=True,
-        errors="replace",
         start_new_session=True,  # its own process group: one killpg reaches every rank
         preexec_fn=die_with_parent,
     )
@@ -120,4 +120,7 @@ def run_mpiexec(np, argv, timeout, env=None, mpi_args=(), cwd=None):
         raise
     finally:
         _kill_group(process)  # ranks that outlived mpiexec must not linger either
-    return MPIRun(command, None if timed_out else process.returncode, output, time.monotonic() - start, timed_out)
+    demux = RankLines()
+    lines = demux.feed(output) + demux.flush()
+    text = "\n".join(line if source == MPIEXEC else f"[{source}] {line}" for source, line in lines)
+    return MPIRun(command, None if timed_out else process.returncode, text, time.monotonic() - start, timed_out, lines)

@@ -30,8 +30,8 @@ class RankLines:
             data, self._carry = data[:start], data[start:]
         lines = []
         pieces = _MARKER.split(data)
-        if pieces[0] and self._rank is not None:  # continuation of the previous chunk
-            lines += self._append(self._rank, pieces[0])
+        if pieces[0]:  # continuation of the previous chunk, or mpiexec talking before any rank
+            lines += self._append(MPIEXEC if self._rank is None else self._rank, pieces[0])
         for marker, text in zip(pieces[1::2], pieces[2::2]):
             self._rank = int(marker)
             lines += self._append(self._rank, text)

@@ -167,3 +167,24 @@ def test_bad_backend_and_np():
         rt.run(print, backend="gpu")
     with pytest.raises(ValueError, match="np=0 must be a positive int"):
         rt.run(print, np=0)
+
+
+def test_run_mpiexec_reassembles_each_ranks_lines_from_interleaved_chunks():
+    """Ranks writing unbuffered half-lines at once: every line comes back whole, under its rank."""
+    from ringtrain.launch import run_mpiexec
+
+    program = textwrap.dedent("""
+        import os, sys, time
+        rank = os.environ["PMI_RANK"]
+        for i in range(20):
+            sys.stdout.write(f"rank {rank} line {i} first half, ")
+            sys.stdout.flush()
+            time.sleep(0.002)
+            sys.stdout.write(f"second half of {rank}/{i}\\n")
+            sys.stdout.flush()
+    """)
+    run = run_mpiexec(3, [sys.executable, "-c", program], timeout=60)
+    assert run.ok, run.output
+    for rank in range(3):
+        expected = [f"rank {rank} line {i} first half, second half of {rank}/{i}" for i in range(20)]
+        assert run.rank_output(rank).splitlines() == expected, run.output
