@@ -54,6 +54,8 @@ from .training import (
     shard,
 )
 from .objects import allgather_object, broadcast_object
+from .sparse import SparseGradient, sparse_allreduce
+from .averaging import ModelAveraging
 from .ops import Average, Max, Min, Product, ReduceOp, Sum
 from .runtime import (
     cross_rank,

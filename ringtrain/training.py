@@ -7,6 +7,8 @@ from .compression import Compression
 from .objects import broadcast_object
 from .ops import Average, as_op
 from .process_sets import global_process_set
+from .sparse import METHODS as SPARSE_METHODS, SparseGradient, sparse_allreduce
+from .sparse_kernels import scatter_add_rows, zero_rows
 
 
 class DistributedOptimizer:
@@ -22,10 +24,14 @@ class DistributedOptimizer:
     updates only on every k-th step() call, which returns True when it updated.
 
     On a one-rank process set the local gradient is applied directly: the average over one rank
-    is itself, and there is no wire to compress for. The result is the same; the cost is not."""
+    is itself, and there is no wire to compress for. The result is the same; the cost is not.
+
+    A gradient given as a ringtrain.SparseGradient (an embedding's rows) is reduced the sparse
+    way (ringtrain/sparse.py, `sparse_method`, "auto" by default) in step(), uncompressed, and
+    handed to the wrapped optimizer as a dense array whose untouched rows are zero."""
 
     def __init__(self, optimizer, named_parameters=None, backward_passes_per_step=1, op=Average,
-                 compression=Compression.none, process_set=global_process_set):
+                 compression=Compression.none, process_set=global_process_set, sparse_method="auto"):
         self.optimizer = optimizer
         n = len(optimizer.params)
         if named_parameters is not None:
@@ -47,6 +53,11 @@ class DistributedOptimizer:
         self._passes = 0
         self._in_flight = [None] * n  # (handle, compression context), or (None, gradient)
         self._alone = None            # a one-rank set: nothing to average, nothing to compress for
+        if sparse_method not in SPARSE_METHODS:
+            raise ValueError(f"sparse_method={sparse_method!r} must be one of {', '.join(map(repr, SPARSE_METHODS))}")
+        self.sparse_method = sparse_method
+        self._sparse = {}             # parameter index -> its SparseGradients of this window
+        self._dense_rows = {}         # parameter index -> (dense buffer, rows written into it last)
 
     @property
     def params(self):
@@ -58,11 +69,18 @@ class DistributedOptimizer:
         self._seen[index] = True
         self._count += 1
         if type(grad) is not np.ndarray or grad.dtype != np.float32:
+            if isinstance(grad, SparseGradient):
+                if self._passes == 0 or index in self._sparse:
+                    return self._sparse_ready(index, grad)
+                grad = grad.to_dense()  # a dense window already started for this parameter
             grad = np.asarray(grad, dtype=np.float32)
         k = self.backward_passes_per_step
         if self._passes == 0:
             self._accumulated[index] = grad.copy() if k > 1 else grad
         else:
+            if index in self._sparse:  # earlier passes of this window were sparse: fold them in
+                grad = grad + sum(g.to_dense() for g in self._sparse.pop(index))
+                self._accumulated[index] = np.zeros_like(grad)
             self._accumulated[index] += grad
         if self._passes + 1 < k:
             return
@@ -97,9 +115,51 @@ class DistributedOptimizer:
             decompress, synchronize = self.compression.decompress, collectives.synchronize
             averaged = [context if handle is None else decompress(synchronize(handle), context)
                         for handle, context in flights]
+        if self._sparse:
+            self._reduce_sparse(averaged)
         self._passes = 0
         self.optimizer.step(averaged)
         return True
+
+    def _sparse_ready(self, index, grad):
+        shape = self.optimizer.params[index].shape
+        if grad.dense_shape != shape:
+            self._seen[index] = False
+            self._count -= 1
+            raise ValueError(f"sparse gradient {index} ({self.names[index]}) has dense_shape={grad.dense_shape}, "
+                             f"but the parameter has shape {shape}")
+        self._sparse.setdefault(index, []).append(grad)
+        self._in_flight[index] = (None, None)  # step() puts the reduced gradient here
+
+    def _reduce_sparse(self, averaged):
+        """Reduce each sparse gradient of the window, in parameter order (the same on every
+        rank), and densify it for the wrapped optimizer."""
+        pending, self._sparse = self._sparse, {}
+        k = self.backward_passes_per_step
+        alone = self.process_set.size() == 1
+        for index in sorted(pending):
+            grads = pending[index]
+            grad = grads[0]
+            if len(grads) > 1 or k > 1:
+                grad = SparseGradient._trusted(np.concatenate([g.indices for g in grads]),
+                                               np.concatenate([g.values for g in grads]) / k, grad.dense_shape)
+            if not alone:  # on one rank the average is the gradient itself
+                grad = sparse_allreduce(grad, op=self.op, method=self.sparse_method, name=self.names[index],
+                                        process_set=self.process_set)
+            averaged[index] = grad if isinstance(grad, np.ndarray) else self._densify(index, grad)
+
+    def _densify(self, index, grad):
+        """The gradient as a dense array, in a buffer kept per parameter: only the rows written
+        last time are cleared, not the whole (mostly zero) array."""
+        buffer, written = self._dense_rows.get(index, (None, None))
+        if buffer is None:
+            buffer = np.zeros(grad.dense_shape, dtype=np.float32)
+        rows = buffer.reshape(grad.dense_shape[0], -1)
+        if written is not None:
+            zero_rows(rows, written)
+        scatter_add_rows(rows, grad.indices, grad.rows())
+        self._dense_rows[index] = (buffer, grad.indices.copy())
+        return buffer
 
     def state_dict(self):
         return self.optimizer.state_dict()
