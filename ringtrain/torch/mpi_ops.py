@@ -1,0 +1,418 @@
+"""horovod.torch's collectives over ringtrain's core, without autograd (functions.py adds it).
+
+Each call converts the tensors to numpy views (tensors.py), maps Horovod's arguments onto the
+core's (`average=` -> op, a global root rank -> the rank inside the process set, alltoall's
+splits tensor), and submits through ringtrain.collectives, which validates, negotiates and
+runs everything. What is left here is what Horovod does differently at the edge:
+
+* handles: Horovod's *_async calls return a handle that poll()/synchronize() take, and
+  synchronize() returns torch tensors. A second in-flight operation with the same name is a
+  ValueError at once, on the rank that made it (Horovod's behaviour), rather than a failed
+  handle later.
+* Adasum: the core has no Adasum op. It is computed here from an allgather of the ranks'
+  tensors, combined pairwise in the order of Horovod's recursive halving (ranks 0+1, 2+3, then
+  (0+1)+(2+3), ...). This costs an allgather, not an allreduce, and like Horovod's CPU Adasum it
+  needs a power-of-two number of ranks; other sizes raise ValueError.
+* sparse_allreduce_async: Horovod's allgather of indices and values."""
+import warnings
+
+import numpy as np
+import torch
+
+from .. import collectives as core
+from .. import runtime
+from ..ops import Average, Max, Min, Product, Sum, as_op
+from ..process_sets import ProcessSet, global_process_set
+from .tensors import contiguous, from_numpy, to_numpy
+
+
+class _AdasumOp:
+    """Horovod's hvd.Adasum: an adaptive sum of gradients (see the module docstring)."""
+
+    def __repr__(self):
+        return "Adasum"
+
+
+Adasum = _AdasumOp()
+
+
+class Handle:
+    """An operation in flight: poll(handle), synchronize(handle), or call it (sparse handles are
+    called in Horovod). `finish` turns the core's result into what synchronize() returns."""
+
+    __slots__ = ("_core", "_finish", "_key", "_result", "_done")
+
+    def __init__(self, core_handle, finish, key=None):
+        self._core, self._finish, self._key = core_handle, finish, key
+        self._done = False
+        self._result = None
+
+    def poll(self):
+        return self._done or self._core.done
+
+    def wait(self):
+        if not self._done:
+            try:
+                value = core.synchronize(self._core) if self._core is not None else None
+            finally:
+                _in_flight.pop(self._key, None)
+            self._result, self._done = self._finish(value), True
+        return self._result
+
+    __call__ = wait
+
+
+class _Ready(Handle):
+    """A handle over several core handles (Adasum, sparse): finish receives their results."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, parts, finish, key=None):
+        super().__init__(None, finish, key)
+        self._parts = parts
+
+    def poll(self):
+        return self._done or all(p.poll() for p in self._parts)
+
+    def wait(self):
+        if not self._done:
+            try:
+                values = [p.wait() for p in self._parts]
+            finally:
+                _in_flight.pop(self._key, None)
+            self._result, self._done = self._finish(values), True
+        return self._result
+
+    __call__ = wait
+
+
+# (process set id, name) -> Handle, for Horovod's duplicate-name check
+_in_flight = {}
+
+
+def _claim(name, process_set, kind):
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise TypeError(f"name={name!r} must be a str")
+    key = (process_set.process_set_id, name)
+    previous = _in_flight.get(key)
+    if previous is not None and not previous.poll():
+        raise ValueError(f"{kind}: an operation named '{name}' is already in flight on rank {runtime.rank()}; "
+                         "names of concurrent operations must be unique")
+    return key
+
+
+def _track(handle):
+    if handle._key is not None:
+        _in_flight[handle._key] = handle
+    return handle
+
+
+def poll(handle):
+    """True once the operation behind `handle` has finished."""
+    return handle.poll()
+
+
+def synchronize(handle):
+    """Wait for `handle` and return its output (torch tensors), or raise its error."""
+    return handle.wait()
+
+
+def _op(op, average):
+    """Horovod's op/average pair as one op (average= is deprecated there too)."""
+    if op is not None and average is not None:
+        raise ValueError("The op parameter supersedes average. Please provide only one of them.")
+    if average is not None:
+        warnings.warn("Parameter `average` has been replaced with `op` and will be removed in a future version",
+                      DeprecationWarning, stacklevel=3)
+        return Average if average else Sum
+    if op is None:
+        return Average
+    return op if op is Adasum else as_op(op)
+
+
+def _set_rank(process_set, global_rank, arg="root_rank"):
+    """Horovod gives root ranks as global ranks, also inside a process set; the core counts
+    within the set."""
+    if isinstance(global_rank, torch.Tensor):
+        global_rank = int(global_rank)
+    if process_set.ranks is None:
+        return global_rank
+    if global_rank not in process_set.ranks:
+        raise ValueError(f"{arg}={global_rank} is not a member of {process_set!r}")
+    return process_set.ranks.index(global_rank)
+
+
+# --- allreduce ------------------------------------------------------------------------------
+def _allreduce_async(kind, tensors, in_place, name, op, prescale_factor, postscale_factor, process_set):
+    grouped = kind.startswith("grouped")
+    key = _claim(name, process_set, kind)
+    items = list(tensors) if grouped else [tensors]
+    if not in_place:
+        items = [contiguous(t) for t in items]
+    arrays = [to_numpy(t, f"tensors[{i}]" if grouped else "tensor") for i, t in enumerate(items)]
+    if op is Adasum:
+        return _adasum_async(items, arrays, grouped, in_place, name, prescale_factor, postscale_factor, process_set,
+                             key)
+    submit = {(False, False): core.allreduce_async, (False, True): core.allreduce_async_,
+              (True, False): core.grouped_allreduce_async, (True, True): core.grouped_allreduce_async_}[grouped, in_place]
+    handle = submit(arrays if grouped else arrays[0], op=op, name=name, prescale_factor=prescale_factor,
+                    postscale_factor=postscale_factor, process_set=process_set)
+    if in_place:
+        finish = (lambda _: tensors)
+    elif grouped:
+        finish = (lambda outs: [from_numpy(o) for o in outs])
+    else:
+        finish = from_numpy
+    return _track(Handle(handle, finish, key))
+
+
+def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
+                    process_set=global_process_set):
+    return _allreduce_async("allreduce", tensor, False, name, _op(op, average), prescale_factor, postscale_factor,
+                            process_set)
+
+
+def allreduce_async_(tensor, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
+                     process_set=global_process_set):
+    return _allreduce_async("allreduce", tensor, True, name, _op(op, average), prescale_factor, postscale_factor,
+                            process_set)
+
+
+def allreduce_(tensor, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
+               process_set=global_process_set):
+    """In-place allreduce: `tensor` holds the result and is returned."""
+    return synchronize(allreduce_async_(tensor, average, name, op, prescale_factor, postscale_factor, process_set))
+
+
+def grouped_allreduce_async(tensors, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
+                            process_set=global_process_set):
+    return _allreduce_async("grouped_allreduce", tensors, False, name, _op(op, average), prescale_factor,
+                            postscale_factor, process_set)
+
+
+def grouped_allreduce_async_(tensors, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
+                             process_set=global_process_set):
+    return _allreduce_async("grouped_allreduce", tensors, True, name, _op(op, average), prescale_factor,
+                            postscale_factor, process_set)
+
+
+def grouped_allreduce_(tensors, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
+                       process_set=global_process_set):
+    return synchronize(grouped_allreduce_async_(tensors, average, name, op, prescale_factor, postscale_factor,
+                                                process_set))
+
+
+# --- Adasum ---------------------------------------------------------------------------------
+def _adasum_pair(a, b):
+    """Horovod's Adasum of two gradients: each is scaled down by half its projection on the
+    other, so parallel gradients average and orthogonal ones add."""
+    dot, a2, b2 = float(np.vdot(a, b)), float(np.vdot(a, a)), float(np.vdot(b, b))
+    ca = 1.0 - dot / (2 * a2) if a2 > 0 else 1.0
+    cb = 1.0 - dot / (2 * b2) if b2 > 0 else 1.0
+    return ca * a + cb * b
+
+
+def adasum_reference(vectors):
+    """Adasum of the ranks' vectors (float64), in recursive-halving order."""
+    level = list(vectors)
+    while len(level) > 1:
+        level = [_adasum_pair(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+    return level[0]
+
+
+def _adasum_async(tensors, arrays, grouped, in_place, name, prescale_factor, postscale_factor, process_set, key):
+    size = process_set.size()
+    if size & (size - 1):
+        raise ValueError(f"op=Adasum needs a power-of-two number of ranks (as Horovod's CPU Adasum does); "
+                         f"this process set has {size}")
+    for i, t in enumerate(tensors):
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"op=Adasum needs floating-point tensors; tensors[{i}] has dtype {tensors[i].dtype}")
+    # One row per tensor element, gathered in rank order; the combination is done in float64.
+    flat = [np.ascontiguousarray(a.reshape(1, -1)) for a in arrays]
+    parts = [_track(Handle(core.allgather_async(f, name=None if name is None else f"{name}.adasum.{i}",
+                                                process_set=process_set), lambda v: v)) for i, f in enumerate(flat)]
+
+    def finish(gathered):
+        outputs = []
+        for tensor, array, rows in zip(tensors, arrays, gathered):
+            combined = adasum_reference(rows.astype(np.float64) * prescale_factor) * postscale_factor
+            result = combined.reshape(array.shape).astype(array.dtype)
+            if in_place:
+                array[...] = result
+                outputs.append(tensor)
+            else:
+                outputs.append(from_numpy(result))
+        return outputs if grouped else outputs[0]
+
+    return _track(_Ready(parts, finish, key))
+
+
+# --- allgather ------------------------------------------------------------------------------
+def allgather_async(tensor, name=None, process_set=global_process_set):
+    key = _claim(name, process_set, "allgather")
+    handle = core.allgather_async(to_numpy(contiguous(tensor)), name=name, process_set=process_set)
+    return _track(Handle(handle, from_numpy, key))
+
+
+def grouped_allgather_async(tensors, name=None, process_set=global_process_set):
+    key = _claim(name, process_set, "grouped_allgather")
+    arrays = [to_numpy(contiguous(t), f"tensors[{i}]") for i, t in enumerate(tensors)]
+    handle = core.grouped_allgather_async(arrays, name=name, process_set=process_set)
+    return _track(Handle(handle, lambda outs: [from_numpy(o) for o in outs], key))
+
+
+# --- broadcast ------------------------------------------------------------------------------
+def _broadcast_async(tensor, root_rank, name, process_set, in_place):
+    key = _claim(name, process_set, "broadcast")
+    root = _set_rank(process_set, root_rank)
+    if in_place:
+        handle = core.broadcast_async_(to_numpy(tensor), root, name=name, process_set=process_set)
+        return _track(Handle(handle, lambda _: tensor, key))
+    handle = core.broadcast_async(to_numpy(contiguous(tensor)), root, name=name, process_set=process_set)
+    return _track(Handle(handle, from_numpy, key))
+
+
+def broadcast_async(tensor, root_rank, name=None, process_set=global_process_set):
+    return _broadcast_async(tensor, root_rank, name, process_set, False)
+
+
+def broadcast_async_(tensor, root_rank, name=None, process_set=global_process_set):
+    return _broadcast_async(tensor, root_rank, name, process_set, True)
+
+
+def broadcast_(tensor, root_rank, name=None, process_set=global_process_set):
+    """In-place broadcast: `tensor` becomes root_rank's (a global rank, as in Horovod)."""
+    return synchronize(broadcast_async_(tensor, root_rank, name, process_set))
+
+
+# --- alltoall -------------------------------------------------------------------------------
+def _splits(splits, size, rows):
+    if splits is None:
+        if rows % size:
+            raise ValueError(f"alltoall without splits divides the first dimension evenly, but {rows} rows do not "
+                             f"divide by {size} ranks; pass splits")
+        return None
+    if isinstance(splits, torch.Tensor):
+        if splits.dtype.is_floating_point or splits.dtype.is_complex or splits.dtype == torch.bool:
+            raise ValueError(f"splits must hold integers (torch.int32 in Horovod), got {splits.dtype}")
+        return splits.detach().cpu().numpy().astype(np.int64)
+    values = np.asarray(splits)
+    if values.dtype.kind not in "iu":
+        raise ValueError(f"splits={splits!r} must hold integers")
+    return values.astype(np.int64)
+
+
+def alltoall_async(tensor, splits=None, name=None, process_set=global_process_set):
+    """synchronize() returns (output, received_splits)."""
+    key = _claim(name, process_set, "alltoall")
+    tensor = contiguous(tensor)
+    if tensor.dim() == 0:
+        raise ValueError("alltoall needs a tensor with at least one dimension")
+    send = _splits(splits, process_set.size(), tensor.shape[0])
+    handle = core.alltoall_async(to_numpy(tensor), splits=send, name=name, process_set=process_set)
+
+    def finish(result):
+        output, received = result
+        return from_numpy(output), torch.from_numpy(np.asarray(received, dtype=np.int32))
+
+    return _track(Handle(handle, finish, key))
+
+
+# --- reducescatter --------------------------------------------------------------------------
+def _reducescatter_async(kind, tensors, name, op, prescale_factor, postscale_factor, process_set):
+    if op is Adasum:
+        raise NotImplementedError(f"{kind} does not support op=Adasum (nor does Horovod's)")
+    key = _claim(name, process_set, kind)
+    grouped = kind.startswith("grouped")
+    if grouped:
+        arrays = [to_numpy(contiguous(t), f"tensors[{i}]") for i, t in enumerate(tensors)]
+        handle = core.grouped_reducescatter_async(arrays, op=op, name=name, prescale_factor=prescale_factor,
+                                                  postscale_factor=postscale_factor, process_set=process_set)
+        return _track(Handle(handle, lambda outs: [from_numpy(o) for o in outs], key))
+    handle = core.reducescatter_async(to_numpy(contiguous(tensors)), op=op, name=name, prescale_factor=prescale_factor,
+                                      postscale_factor=postscale_factor, process_set=process_set)
+    return _track(Handle(handle, from_numpy, key))
+
+
+def reducescatter_async(tensor, name=None, op=Average, prescale_factor=1.0, postscale_factor=1.0,
+                        process_set=global_process_set):
+    return _reducescatter_async("reducescatter", tensor, name, _op(op, None), prescale_factor, postscale_factor,
+                                process_set)
+
+
+def grouped_reducescatter_async(tensors, name=None, op=Average, prescale_factor=1.0, postscale_factor=1.0,
+                                process_set=global_process_set):
+    return _reducescatter_async("grouped_reducescatter", tensors, name, _op(op, None), prescale_factor,
+                                postscale_factor, process_set)
+
+
+# --- sparse ---------------------------------------------------------------------------------
+def sparse_allreduce_async(tensor, name=None, op=Average, process_set=global_process_set):
+    """Allreduce of a sparse COO tensor by allgathering its indices and values (Horovod's way);
+    the handle is called (or synchronized) for the coalesced sparse result."""
+    op = _op(op, None)
+    if op not in (Sum, Average):
+        raise ValueError(f"sparse_allreduce_async supports op=Sum and op=Average, got {op!r}")
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_sparse:
+        raise TypeError("sparse_allreduce_async needs a sparse COO torch.Tensor")
+    key = _claim(name, process_set, "sparse_allreduce")
+    t = tensor.coalesce()
+    indices = t.indices().t().contiguous()      # one row per non-zero, so the ragged dim is first
+    values = t.values().contiguous()
+    parts = [
+        _track(Handle(core.allgather_async(to_numpy(indices), name=None if name is None else f"{name}.indices",
+                                           process_set=process_set), from_numpy)),
+        _track(Handle(core.allgather_async(to_numpy(values), name=None if name is None else f"{name}.values",
+                                           process_set=process_set), from_numpy)),
+    ]
+    size, shape = process_set.size(), t.shape
+
+    def finish(results):
+        all_indices, all_values = results
+        if op == Average:
+            all_values = all_values / size
+        return torch.sparse_coo_tensor(all_indices.t(), all_values, shape).coalesce()
+
+    return _track(_Ready(parts, finish, key))
+
+
+# --- synchronisation and process sets -------------------------------------------------------
+def join(device=-1):
+    """This rank has no more data (device is accepted for Horovod compatibility; CPU only).
+    Returns the rank that joined last, the same on every rank."""
+    return core.join()
+
+
+def barrier(process_set=global_process_set):
+    core.barrier(process_set=process_set)
+
+
+def add_process_set(process_set):
+    """Register a ProcessSet (or a list of global ranks) on every rank; returns it."""
+    return core.add_process_set(process_set if isinstance(process_set, ProcessSet) else ProcessSet(process_set))
+
+
+def remove_process_set(process_set):
+    core.remove_process_set(process_set)
+    return True
+
+
+def start_timeline(file_path, mark_cycles=False):
+    """Write a Chrome trace of every collective to file_path (mark_cycles is accepted and ignored:
+    ringtrain's rounds are not drawn)."""
+    core.start_timeline(file_path)
+
+
+def stop_timeline():
+    core.stop_timeline()
+
+
+__all__ = ["Adasum", "Average", "Handle", "Max", "Min", "Product", "Sum", "add_process_set", "adasum_reference",
+           "allgather_async", "allreduce_", "allreduce_async", "allreduce_async_", "alltoall_async", "barrier",
+           "broadcast_", "broadcast_async", "broadcast_async_", "global_process_set", "grouped_allgather_async",
+           "grouped_allreduce_", "grouped_allreduce_async", "grouped_allreduce_async_",
+           "grouped_reducescatter_async", "join", "poll", "reducescatter_async", "remove_process_set",
+           "sparse_allreduce_async", "start_timeline", "stop_timeline", "synchronize"]
