@@ -374,7 +374,7 @@ def sparse_allreduce_async(tensor, name=None, op=Average, process_set=global_pro
         all_indices, all_values = results
         if op == Average:
             all_values = all_values / size
-        return torch.sparse_coo_tensor(all_indices.t(), all_values, shape).coalesce()
+        return torch.sparse_coo_tensor(all_indices.t(), all_values, shape, check_invariants=False).coalesce()
 
     return _track(_Ready(parts, finish, key))
 

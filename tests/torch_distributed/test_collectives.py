@@ -1,0 +1,302 @@
+"""ringtrain.torch collectives against torch computations of the same thing, on any number of
+ranks, for every dtype (float16 and bfloat16 included)."""
+import json
+import os
+
+import pytest
+import torch
+
+import ringtrain.torch as hvd
+from torch_harness import ALL_DTYPES, FLOAT_DTYPES, INT_DTYPES, all_inputs, assert_close, even_odd_sets, \
+    rank_tensor, reference
+
+SHAPES = [(17,), (5, 7), (3, 4, 5), (1000, 3)]
+OPS = [hvd.Sum, hvd.Average, hvd.Min, hvd.Max, hvd.Product]
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("op", OPS, ids=repr)
+def test_allreduce_every_dtype_and_op(dtype, op):
+    if dtype == torch.bool and op in (hvd.Average, hvd.Product):
+        pytest.skip("Average/Product are not defined for bool")
+    for shape in SHAPES:
+        inputs = all_inputs(shape, dtype, seed=3)
+        result = hvd.allreduce(inputs[hvd.rank()], op=op)
+        assert_close(result, reference(op, inputs, dtype), dtype, f"{op!r} {shape}")
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_allreduce_in_place_is_zero_copy(dtype):
+    """The core reduces the tensor's own storage: the in-place result is at the same address and
+    the out-of-place input is untouched."""
+    op = hvd.Max if dtype == torch.bool else hvd.Sum
+    inputs = all_inputs((33, 3), dtype, seed=4)
+    mine = inputs[hvd.rank()].clone()
+    address = mine.data_ptr()
+    out = hvd.allreduce_(mine, op=op)
+    assert out is mine and mine.data_ptr() == address
+    assert_close(mine, reference(op, inputs, dtype), dtype)
+    assert torch.equal(inputs[hvd.rank()], rank_tensor(hvd.rank(), (33, 3), dtype, seed=4))
+
+
+def test_tensor_views_share_memory_for_every_dtype():
+    from ringtrain.torch.tensors import from_numpy, to_numpy
+
+    for dtype in ALL_DTYPES:
+        t = rank_tensor(0, (4, 5), dtype)
+        array = to_numpy(t)
+        assert array.ctypes.data == t.data_ptr() and array.nbytes == t.numel() * t.element_size(), dtype
+        back = from_numpy(array)
+        assert back.dtype == dtype and back.data_ptr() == t.data_ptr() and torch.equal(back, t)
+
+
+def test_horovod_average_argument_and_defaults():
+    inputs = all_inputs((6,), torch.float64, seed=5)
+    mine = inputs[hvd.rank()]
+    with pytest.warns(DeprecationWarning):
+        summed = hvd.allreduce(mine, average=False)
+    assert_close(summed, reference(hvd.Sum, inputs, torch.float64), torch.float64)
+    assert_close(hvd.allreduce(mine), reference(hvd.Average, inputs, torch.float64), torch.float64)
+    with pytest.raises(ValueError):
+        hvd.allreduce(mine, average=True, op=hvd.Sum)
+    # Horovod's positional order for allreduce_: (tensor, average, name, op)
+    counter = torch.IntTensor([1])
+    hvd.allreduce_(counter, None, "positional.counter", hvd.Sum)
+    assert int(counter) == hvd.size()
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.float16, torch.float32, torch.float64], ids=str)
+def test_prescale_and_postscale(dtype):
+    """Horovod: integers scale in float64 and truncate; float16 scales in float32."""
+    factor = 0.37
+    inputs = [t * 50 if not dtype.is_floating_point else t for t in all_inputs((4, 9), dtype, seed=6)]
+    work = torch.float64 if not dtype.is_floating_point else (torch.float32 if dtype == torch.float16 else dtype)
+    pre = hvd.allreduce(inputs[hvd.rank()], op=hvd.Sum, prescale_factor=factor)
+    scaled = [(t.to(work) * factor).to(dtype) for t in inputs]
+    assert_close(pre, reference(hvd.Sum, scaled, dtype), dtype, "prescale")
+    post = hvd.allreduce(inputs[hvd.rank()], op=hvd.Sum, postscale_factor=factor)
+    expected = (reference(hvd.Sum, inputs, dtype).to(torch.float64) * factor)
+    expected = expected if dtype.is_floating_point else torch.trunc(expected)
+    assert_close(post, expected, dtype, "postscale")
+
+
+def test_async_handles_and_fusion():
+    tensors = [all_inputs((17, i + 1), torch.float32, seed=i) for i in range(12)]
+    handles = [hvd.allreduce_async(t[hvd.rank()], op=hvd.Sum, name=f"fused.{i}") for i, t in enumerate(tensors)]
+    in_place = [t[hvd.rank()].clone() for t in tensors]
+    handles_ = [hvd.allreduce_async_(t, op=hvd.Sum, name=f"fused_.{i}") for i, t in enumerate(in_place)]
+    for i, (h, h_) in enumerate(zip(handles, handles_)):
+        expected = reference(hvd.Sum, tensors[i], torch.float32)
+        assert_close(hvd.synchronize(h), expected, torch.float32)
+        assert hvd.synchronize(h_) is in_place[i]
+        assert hvd.poll(h_)
+        assert_close(in_place[i], expected, torch.float32)
+
+
+def test_duplicate_name_in_flight_is_a_value_error():
+    t = torch.ones(5)
+    first = hvd.allreduce_async(t, name="dup.name")
+    with pytest.raises(ValueError, match="already in flight"):
+        hvd.allreduce_async(t, name="dup.name")
+    assert torch.equal(hvd.synchronize(first), torch.ones(5))
+    hvd.allreduce(t, name="dup.name")  # reusable once finished
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int32, torch.float64], ids=str)
+def test_grouped_allreduce(dtype):
+    inputs = [all_inputs((7, i + 2), dtype, seed=10 + i) for i in range(4)]
+    mine = [t[hvd.rank()] for t in inputs]
+    results = hvd.grouped_allreduce(mine, op=hvd.Sum)
+    for r, t in zip(results, inputs):
+        assert_close(r, reference(hvd.Sum, t, dtype), dtype)
+    copies = [m.clone() for m in mine]
+    assert hvd.grouped_allreduce_(copies, op=hvd.Average) is copies
+    for c, t in zip(copies, inputs):
+        assert_close(c, reference(hvd.Average, t, dtype), dtype)
+    handle = hvd.grouped_allreduce_async(mine, op=hvd.Max)
+    for r, t in zip(hvd.synchronize(handle), inputs):
+        assert_close(r, reference(hvd.Max, t, dtype), dtype)
+    copies = [m.clone() for m in mine]
+    hvd.synchronize(hvd.grouped_allreduce_async_(copies, op=hvd.Min))
+    for c, t in zip(copies, inputs):
+        assert_close(c, reference(hvd.Min, t, dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_allgather_ragged(dtype):
+    rows = [r % 3 + 1 for r in range(hvd.size())]
+    inputs = [rank_tensor(r, (rows[r], 3, 2), dtype, seed=20) for r in range(hvd.size())]
+    assert torch.equal(hvd.allgather(inputs[hvd.rank()]), torch.cat(inputs))
+    assert torch.equal(hvd.synchronize(hvd.allgather_async(inputs[hvd.rank()])), torch.cat(inputs))
+    grouped = hvd.grouped_allgather([inputs[hvd.rank()], inputs[hvd.rank()][:, :1]])
+    assert torch.equal(grouped[0], torch.cat(inputs)) and torch.equal(grouped[1], torch.cat(inputs)[:, :1])
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_broadcast(dtype):
+    for root in range(hvd.size()):
+        inputs = all_inputs((9, 4), dtype, seed=30 + root)
+        mine = inputs[hvd.rank()].clone()
+        out = hvd.broadcast(mine, root)
+        assert torch.equal(out, inputs[root]) and torch.equal(mine, inputs[hvd.rank()])
+        assert hvd.broadcast_(mine, root_rank=root) is mine and torch.equal(mine, inputs[root])
+
+
+def test_alltoall_with_and_without_splits():
+    size, rank = hvd.size(), hvd.rank()
+    # rank r sends (r + 1) rows to every rank; row values say who sent them
+    tensor = torch.full((size * (rank + 1), 2), float(rank))
+    splits = torch.tensor([rank + 1] * size, dtype=torch.int32)
+    out, received = hvd.alltoall(tensor, splits)
+    expected = torch.cat([torch.full((r + 1, 2), float(r)) for r in range(size)])
+    assert torch.equal(out, expected) and received.tolist() == [r + 1 for r in range(size)]
+    even = torch.arange(size * 2, dtype=torch.float64).reshape(size * 2, 1) + 100 * rank
+    out = hvd.alltoall(even)
+    assert torch.equal(out, torch.cat([torch.tensor([[2.0 * rank], [2.0 * rank + 1]]) + 100 * r for r in range(size)]))
+    out, received = hvd.synchronize(hvd.alltoall_async(tensor, splits))
+    assert torch.equal(out, expected)
+
+
+def test_alltoall_bad_splits_fail_before_communicating():
+    size = hvd.size()
+    if size > 1:
+        with pytest.raises(ValueError, match="divide"):
+            hvd.alltoall(torch.empty(size + 1))
+    with pytest.raises(ValueError):
+        hvd.alltoall(torch.empty(size), torch.empty(size, dtype=torch.float32))
+    with pytest.raises(ValueError):
+        hvd.alltoall(torch.empty(max(size - 1, 0)), torch.ones(size, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.int32, torch.int64], ids=str)
+@pytest.mark.parametrize("op", [hvd.Sum, hvd.Average], ids=repr)
+def test_reducescatter(dtype, op):
+    size, rank = hvd.size(), hvd.rank()
+    rows = 4 * size + 1  # uneven: lower ranks take the extra row
+    inputs = all_inputs((rows, 3), dtype, seed=40)
+    full = reference(op, inputs, dtype)
+    start = rank * (rows // size) + min(rank, rows % size)
+    mine = rows // size + (1 if rank < rows % size else 0)
+    assert_close(hvd.reducescatter(inputs[rank], op=op), full[start:start + mine], dtype)
+    results = hvd.grouped_reducescatter([inputs[rank], inputs[rank]], op=op)
+    for r in results:
+        assert_close(r, full[start:start + mine], dtype)
+    assert_close(hvd.synchronize(hvd.reducescatter_async(inputs[rank], op=op)), full[start:start + mine], dtype)
+
+
+def test_reducescatter_bad_input():
+    with pytest.raises(ValueError):
+        hvd.reducescatter(torch.tensor(1.0))
+    with pytest.raises(NotImplementedError):
+        hvd.reducescatter(torch.ones(4), op=hvd.Adasum)
+
+
+def test_mismatches_raise_on_every_rank():
+    if hvd.size() == 1:
+        pytest.skip("needs two ranks")
+    rank = hvd.rank()
+    with pytest.raises(RuntimeError, match="Mismatched"):
+        hvd.allreduce(torch.ones(17 + rank))
+    with pytest.raises(hvd.HorovodInternalError, match="Mismatched"):
+        hvd.allreduce(torch.ones(3, dtype=torch.int32 if rank % 2 else torch.float32))
+    with pytest.raises(RuntimeError):
+        hvd.broadcast(torch.ones(3), rank)
+    with pytest.raises(RuntimeError):
+        hvd.allgather(torch.ones(2, 3 + rank))
+    hvd.allreduce(torch.ones(2), name="after.mismatch")  # the job goes on
+
+
+def test_process_sets_with_global_root_ranks():
+    sets, mine, members = even_odd_sets()
+    try:
+        inputs = all_inputs((6,), torch.float32, seed=50, ranks=members)
+        mine_in = inputs[members.index(hvd.rank())]
+        assert_close(hvd.allreduce(mine_in, op=hvd.Sum, process_set=mine), reference(hvd.Sum, inputs, torch.float32),
+                     torch.float32)
+        assert torch.equal(hvd.allgather(mine_in.view(1, -1), process_set=mine), torch.stack(inputs))
+        root = members[-1]  # a global rank, as Horovod takes it
+        assert torch.equal(hvd.broadcast(mine_in, root, process_set=mine), inputs[members.index(root)])
+        assert hvd.broadcast_object({"root": hvd.rank()}, root_rank=root, process_set=mine) == {"root": root}
+        assert hvd.allgather_object(hvd.rank(), process_set=mine) == members
+        hvd.barrier(process_set=mine)
+    finally:
+        for s in reversed(sets):
+            hvd.remove_process_set(s)
+
+
+def test_objects_join_barrier_and_queries():
+    obj = {"hello": 123, 0: [1, 2]} if hvd.rank() == 0 else {}
+    assert hvd.broadcast_object(obj, root_rank=0) == {"hello": 123, 0: [1, 2]}
+    assert hvd.allgather_object({"r": hvd.rank()}) == [{"r": r} for r in range(hvd.size())]
+    hvd.barrier()
+    assert hvd.is_initialized() and hvd.mpi_built() and hvd.mpi_enabled()
+    assert not hvd.gloo_built() and not hvd.gloo_enabled() and not hvd.nccl_built() and not hvd.ccl_built()
+    assert 0 <= hvd.local_rank() < hvd.local_size() and 0 <= hvd.cross_rank() < hvd.cross_size()
+    # join: the last rank keeps reducing while the others have joined; Average divides by all
+    last = hvd.size() - 1
+    if hvd.rank() != last:
+        assert hvd.join() == last
+    else:
+        t = torch.full((4,), 6.0)
+        assert torch.equal(hvd.allreduce(t, name="join.allreduce", op=hvd.Average), t / hvd.size())
+        assert hvd.join() == last
+
+
+def test_sparse_allreduce_matches_dense():
+    for i, rows in enumerate([5, 17]):
+        dense = [rank_tensor(r, (rows, 4), torch.float32, seed=60 + i) for r in range(hvd.size())]
+        dense = [torch.where(t > 1.5, t, torch.zeros_like(t)) for t in dense]
+        handle = hvd.sparse_allreduce_async(dense[hvd.rank()].to_sparse(), name=f"sparse.{i}", op=hvd.Average)
+        torch.testing.assert_close(handle().to_dense(), torch.stack(dense).mean(0))
+
+
+def test_adasum_matches_reference_or_refuses_non_power_of_two():
+    size = hvd.size()
+    inputs = all_inputs((64,), torch.float64, seed=70)
+    if size & (size - 1):
+        with pytest.raises(ValueError, match="power-of-two"):
+            hvd.allreduce(inputs[hvd.rank()], op=hvd.Adasum)
+        return
+    result = hvd.allreduce(inputs[hvd.rank()], op=hvd.Adasum)
+    # independent torch reference: pairwise a' = (1 - a.b/2|a|^2) a + (1 - a.b/2|b|^2) b, tree order
+    level = list(inputs)
+    while len(level) > 1:
+        nxt = []
+        for a, b in zip(level[::2], level[1::2]):
+            dot = torch.dot(a, b)
+            nxt.append((1 - dot / (2 * torch.dot(a, a))) * a + (1 - dot / (2 * torch.dot(b, b))) * b)
+        level = nxt
+    torch.testing.assert_close(result, level[0])
+    if size == 2:  # two parallel gradients average, two orthogonal ones add
+        v = torch.tensor([1.0, 2.0, 0.0, 0.0], dtype=torch.float64)
+        torch.testing.assert_close(hvd.allreduce(v, op=hvd.Adasum), v)
+        w = v if hvd.rank() == 0 else torch.tensor([0.0, 0.0, 3.0, 1.0], dtype=torch.float64)
+        torch.testing.assert_close(hvd.allreduce(w, op=hvd.Adasum), torch.tensor([1.0, 2.0, 3.0, 1.0],
+                                                                                   dtype=torch.float64))
+
+
+def test_compression_fp16_round_trip():
+    for dtype in (torch.float32, torch.float64):
+        t = torch.ones(5, 5, dtype=dtype)
+        c, ctx = hvd.Compression.fp16.compress(t)
+        assert c.dtype == torch.float16 and hvd.Compression.fp16.decompress(c, ctx).dtype == dtype
+    for dtype in INT_DTYPES:
+        t = torch.ones(3, dtype=dtype)
+        c, ctx = hvd.Compression.fp16.compress(t)
+        assert c.dtype == dtype and hvd.Compression.fp16.decompress(c, ctx).dtype == dtype
+    inputs = all_inputs((40,), torch.float32, seed=80)
+    result = hvd.allreduce(inputs[hvd.rank()], op=hvd.Sum, compression=hvd.Compression.fp16)
+    assert result.dtype == torch.float32
+    torch.testing.assert_close(result, reference(hvd.Sum, inputs, torch.float32).float(), rtol=4e-3, atol=0)
+
+
+def test_timeline(tmp_path):
+    path = str(tmp_path / "timeline.json") if hvd.rank() == 0 else os.devnull
+    path = hvd.broadcast_object(path, 0)
+    hvd.start_timeline(path, mark_cycles=True)
+    hvd.allreduce(torch.ones(3), name="timeline.tensor")
+    hvd.stop_timeline()
+    if hvd.rank() == 0:
+        with open(path) as f:
+            assert "timeline.tensor" in json.dumps(json.load(f))
+
