@@ -18,9 +18,28 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import machine_line, paired_medians, print_table  # noqa: E402
+from common import machine_line, print_table  # noqa: E402
 
 METHODS = ["dense", "allgather", "owner", "auto"]
+
+
+def rotated_medians(fns, iterations, repeats, sync):
+    """Median seconds per call of each function. Each repetition starts with the next function
+    in turn, so no method always runs right after the 51 MB dense one (whose cache and page
+    traffic slows whatever follows it)."""
+    import statistics
+    import time
+
+    samples = [[] for _ in fns]
+    for r in range(repeats):
+        for k in range(len(fns)):
+            i = (r + k) % len(fns)
+            sync()
+            start = time.perf_counter()
+            for _ in range(iterations):
+                fns[i]()
+            samples[i].append((time.perf_counter() - start) / iterations)
+    return [statistics.median(s) for s in samples]
 
 
 def gradients(rank, rows, dim, density, pattern, count=4):
@@ -58,7 +77,7 @@ def measure(args):
             call()
         if rank == 0:
             print(f"# {size} ranks, {pattern}: timing {', '.join(METHODS)} ...", flush=True)
-        times = dict(zip(METHODS, paired_medians(list(calls.values()), args.iterations, args.repeats, rt.barrier)))
+        times = dict(zip(METHODS, rotated_medians(list(calls.values()), args.iterations, args.repeats, rt.barrier)))
 
         # the whole step: exchange + SGD on the embedding, dense vs auto
         steps = {}
@@ -72,7 +91,7 @@ def measure(args):
                 opt.step([grads[box[0] % len(grads)]])
             step()
             steps[method] = step
-        step_times = dict(zip(steps, paired_medians(list(steps.values()), args.iterations, args.repeats, rt.barrier)))
+        step_times = dict(zip(steps, rotated_medians(list(steps.values()), args.iterations, args.repeats, rt.barrier)))
 
         nnz = [g.nnz for g in grads[:1]] * size
         picked, _ = default_cost_model.choose(nnz, args.rows, args.dim * 4, size)
@@ -92,7 +111,7 @@ def main():
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--density", type=float, default=0.01)
     parser.add_argument("--iterations", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
