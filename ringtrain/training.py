@@ -79,7 +79,7 @@ class DistributedOptimizer:
             self._accumulated[index] = grad.copy() if k > 1 else grad
         else:
             if index in self._sparse:  # earlier passes of this window were sparse: fold them in
-                grad = grad + sum(g.to_dense() for g in self._sparse.pop(index))
+                grad = grad + sum(g.to_dense() for g in self._sparse.pop(index)).astype(np.float32)
                 self._accumulated[index] = np.zeros_like(grad)
             self._accumulated[index] += grad
         if self._passes + 1 < k:

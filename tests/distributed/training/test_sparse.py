@@ -229,6 +229,25 @@ def test_distributed_optimizer_applies_sparse_gradients(method, passes):
     np.testing.assert_allclose(mine[1], reference_params[1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("first", ["sparse", "dense"])
+def test_distributed_optimizer_accumulates_sparse_and_dense_passes_of_one_parameter(first):
+    size, rank = rt.size(), rt.rank()
+    params = [np.zeros((6, 2), np.float32)]
+    opt = rt.DistributedOptimizer(rt.optim.SGD(params, lr=1.0), backward_passes_per_step=2,
+                                  named_parameters=[(f"mixed.{first}", params[0])])
+
+    def passes(q):
+        sparse = SparseGradient([q % 6, 5, 5], np.full((3, 2), q + 1.0), (6, 2))
+        dense = np.arange(12, dtype=np.float32).reshape(6, 2) * (q + 1)
+        return [sparse, dense] if first == "sparse" else [dense, sparse]
+
+    for grad in passes(rank):
+        opt.step([grad])
+    expected = np.mean([sum(g if isinstance(g, np.ndarray) else g.to_dense() for g in passes(q)) / 2
+                        for q in range(size)], axis=0)
+    np.testing.assert_allclose(params[0], -expected, rtol=1e-6)
+
+
 def test_distributed_optimizer_rejects_a_sparse_gradient_of_the_wrong_shape():
     opt = rt.DistributedOptimizer(rt.optim.SGD([np.zeros((5, 2), np.float32)], lr=0.1))
     with pytest.raises(ValueError, match=r"has dense_shape=\(6, 2\), but the parameter has shape \(5, 2\)"):
