@@ -109,6 +109,11 @@ def _track(handle):
     return handle
 
 
+def _tensor_list(outputs):
+    """The core completes a one-tensor grouped op with the bare array; grouped calls return lists."""
+    return [from_numpy(o) for o in (outputs if isinstance(outputs, list) else [outputs])]
+
+
 def poll(handle):
     """True once the operation behind `handle` has finished."""
     return handle.poll()
@@ -162,7 +167,7 @@ def _allreduce_async(kind, tensors, in_place, name, op, prescale_factor, postsca
     if in_place:
         finish = (lambda _: tensors)
     elif grouped:
-        finish = (lambda outs: [from_numpy(o) for o in outs])
+        finish = _tensor_list
     else:
         finish = from_numpy
     return _track(Handle(handle, finish, key))
@@ -261,7 +266,7 @@ def grouped_allgather_async(tensors, name=None, process_set=global_process_set):
     key = _claim(name, process_set, "grouped_allgather")
     arrays = [to_numpy(contiguous(t), f"tensors[{i}]") for i, t in enumerate(tensors)]
     handle = core.grouped_allgather_async(arrays, name=name, process_set=process_set)
-    return _track(Handle(handle, lambda outs: [from_numpy(o) for o in outs], key))
+    return _track(Handle(handle, _tensor_list, key))
 
 
 # --- broadcast ------------------------------------------------------------------------------
@@ -331,7 +336,7 @@ def _reducescatter_async(kind, tensors, name, op, prescale_factor, postscale_fac
         arrays = [to_numpy(contiguous(t), f"tensors[{i}]") for i, t in enumerate(tensors)]
         handle = core.grouped_reducescatter_async(arrays, op=op, name=name, prescale_factor=prescale_factor,
                                                   postscale_factor=postscale_factor, process_set=process_set)
-        return _track(Handle(handle, lambda outs: [from_numpy(o) for o in outs], key))
+        return _track(Handle(handle, _tensor_list, key))
     handle = core.reducescatter_async(to_numpy(contiguous(tensors)), op=op, name=name, prescale_factor=prescale_factor,
                                       postscale_factor=postscale_factor, process_set=process_set)
     return _track(Handle(handle, from_numpy, key))

@@ -130,6 +130,8 @@ def test_allgather_ragged(dtype):
     assert torch.equal(hvd.synchronize(hvd.allgather_async(inputs[hvd.rank()])), torch.cat(inputs))
     grouped = hvd.grouped_allgather([inputs[hvd.rank()], inputs[hvd.rank()][:, :1]])
     assert torch.equal(grouped[0], torch.cat(inputs)) and torch.equal(grouped[1], torch.cat(inputs)[:, :1])
+    grouped = hvd.synchronize(hvd.grouped_allgather_async([inputs[hvd.rank()]]))
+    assert torch.equal(grouped[0], torch.cat(inputs))
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
@@ -140,6 +142,9 @@ def test_broadcast(dtype):
         out = hvd.broadcast(mine, root)
         assert torch.equal(out, inputs[root]) and torch.equal(mine, inputs[hvd.rank()])
         assert hvd.broadcast_(mine, root_rank=root) is mine and torch.equal(mine, inputs[root])
+        assert torch.equal(hvd.synchronize(hvd.broadcast_async(inputs[hvd.rank()], root)), inputs[root])
+        again = inputs[hvd.rank()].clone()
+        assert hvd.synchronize(hvd.broadcast_async_(again, root_rank=root)) is again and torch.equal(again, inputs[root])
 
 
 def test_alltoall_with_and_without_splits():
@@ -182,6 +187,8 @@ def test_reducescatter(dtype, op):
     for r in results:
         assert_close(r, full[start:start + mine], dtype)
     assert_close(hvd.synchronize(hvd.reducescatter_async(inputs[rank], op=op)), full[start:start + mine], dtype)
+    for r in hvd.synchronize(hvd.grouped_reducescatter_async([inputs[rank]], op=op)):
+        assert_close(r, full[start:start + mine], dtype)
 
 
 def test_reducescatter_bad_input():
@@ -207,6 +214,10 @@ def test_mismatches_raise_on_every_rank():
 
 
 def test_process_sets_with_global_root_ranks():
+    everyone = hvd.add_process_set(hvd.ProcessSet(range(hvd.size())))
+    assert isinstance(everyone, hvd.ProcessSet) and everyone.size() == hvd.size() and everyone.rank() == hvd.rank()
+    assert int(hvd.allreduce(torch.ones(1), op=hvd.Sum, process_set=everyone)) == hvd.size()
+    hvd.remove_process_set(everyone)
     sets, mine, members = even_odd_sets()
     try:
         inputs = all_inputs((6,), torch.float32, seed=50, ranks=members)
