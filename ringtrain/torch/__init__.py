@@ -11,13 +11,13 @@ handles, Adasum, sparse), functions.py (the differentiable collectives), optimiz
 compression.py, sync_batch_norm.py. The numpy core never imports torch; this package is the
 optional extra ringtrain[torch]."""
 from ..errors import RingtrainError
-from ..process_sets import ProcessSet, global_process_set
+from ..process_sets import global_process_set
 from ..runtime import (cross_rank, cross_size, is_initialized, local_rank, local_size, mpi_comm, rank, shutdown,
                        size)
 from .compression import Compression
 from .functions import (allgather, allreduce, alltoall, broadcast, grouped_allgather, grouped_allreduce,
                         grouped_reducescatter, reducescatter)
-from .mpi_ops import (Adasum, Average, Max, Min, Product, Sum, add_process_set, allgather_async, allreduce_,
+from .mpi_ops import (Adasum, Average, Max, Min, ProcessSet, Product, Sum, add_process_set, allgather_async, allreduce_,
                       allreduce_async, allreduce_async_, alltoall_async, barrier, broadcast_, broadcast_async,
                       broadcast_async_, grouped_allgather_async, grouped_allreduce_, grouped_allreduce_async,
                       grouped_allreduce_async_, grouped_reducescatter_async, join, poll, reducescatter_async,

@@ -22,8 +22,24 @@ import torch
 from .. import collectives as core
 from .. import runtime
 from ..ops import Average, Max, Min, Product, Sum, as_op
-from ..process_sets import ProcessSet, global_process_set
+from ..process_sets import ProcessSet as _CoreProcessSet
+from ..process_sets import global_process_set
 from .tensors import contiguous, from_numpy, to_numpy
+
+
+class ProcessSet(_CoreProcessSet):
+    """horovod.torch's ProcessSet: size() answers on every rank (members or not), and rank() is
+    -1 on a rank outside the set, where the core's ProcessSet raises."""
+
+    def size(self):
+        if self.ranks is not None and self.process_set_id is not None:
+            return len(self.ranks)
+        return super().size()
+
+    def rank(self):
+        if self.ranks is not None and self.process_set_id is not None and not self.included():
+            return -1
+        return super().rank()
 
 
 class _AdasumOp:
@@ -397,7 +413,7 @@ def barrier(process_set=global_process_set):
 
 def add_process_set(process_set):
     """Register a ProcessSet (or a list of global ranks) on every rank; returns it."""
-    return core.add_process_set(process_set if isinstance(process_set, ProcessSet) else ProcessSet(process_set))
+    return core.add_process_set(process_set if isinstance(process_set, _CoreProcessSet) else ProcessSet(process_set))
 
 
 def remove_process_set(process_set):
@@ -415,7 +431,8 @@ def stop_timeline():
     core.stop_timeline()
 
 
-__all__ = ["Adasum", "Average", "Handle", "Max", "Min", "Product", "Sum", "add_process_set", "adasum_reference",
+__all__ = ["Adasum", "Average", "Handle", "Max", "Min", "ProcessSet", "Product", "Sum", "add_process_set",
+           "adasum_reference",
            "allgather_async", "allreduce_", "allreduce_async", "allreduce_async_", "alltoall_async", "barrier",
            "broadcast_", "broadcast_async", "broadcast_async_", "global_process_set", "grouped_allgather_async",
            "grouped_allreduce_", "grouped_allreduce_async", "grouped_allreduce_async_",

@@ -220,6 +220,9 @@ def test_process_sets_with_global_root_ranks():
     hvd.remove_process_set(everyone)
     sets, mine, members = even_odd_sets()
     try:
+        for s in sets:  # Horovod: size() on every rank, rank() is -1 outside the set
+            assert s.size() == len(s.ranks)
+            assert s.rank() == (s.ranks.index(hvd.rank()) if hvd.rank() in s.ranks else -1)
         inputs = all_inputs((6,), torch.float32, seed=50, ranks=members)
         mine_in = inputs[members.index(hvd.rank())]
         assert_close(hvd.allreduce(mine_in, op=hvd.Sum, process_set=mine), reference(hvd.Sum, inputs, torch.float32),
