@@ -2,6 +2,7 @@
 
     ringtrain run -np 4 [-H host1:2,host2:2 | --hostfile FILE] [tuning flags] python train.py
     ringtrain check            (also: ringtrain run --check-build)
+    ringtrain plan -np 2 --sizes 2359296,512,... --compute-ms 120 --batch-size 32 [--validate]
     python -m ringtrain ...    (the same)
 
 Tuning flags become RINGTRAIN_* environment variables of every rank. Output lines carry their
@@ -12,6 +13,8 @@ import os
 import shutil
 import subprocess
 import sys
+
+from ringtrain.errors import RingtrainError
 
 from .job import run_job
 from .mpiexec import MPIExecNotFound, find_mpiexec
@@ -52,7 +55,91 @@ def build_parser():
     run.add_argument("--check-build", action="store_true", help="print what this installation has, then exit")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command every rank runs")
     sub.add_parser("check", help="print the MPI library, the extension's algorithms, and optional components")
+    add_plan_parser(sub)
     return parser
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _parameter_sizes(text):
+    """'2359296,512,3x4096' -> [2359296, 512, 4096, 4096, 4096] (NxS repeats a size N times)."""
+    sizes = []
+    for item in text.replace(" ", ",").split(","):
+        if not item:
+            continue
+        count, _, size = item.rpartition("x")
+        try:
+            size, count = int(size), int(count or 1)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad size {item!r}: expected a number of elements, or NxSIZE") from None
+        if size < 1 or count < 1:
+            raise argparse.ArgumentTypeError(f"bad size {item!r}: sizes and counts must be positive")
+        sizes += [size] * count
+    if not sizes:
+        raise argparse.ArgumentTypeError("no sizes given")
+    return sizes
+
+
+def add_plan_parser(sub):
+    plan = sub.add_parser(
+        "plan", help="measure the network on N ranks and predict data-parallel step time and scaling",
+        description="Start a job of -np ranks, time short collectives, fit the ring model's latency, "
+                    "bandwidth and reduction cost, then predict the step time, scaling efficiency and best "
+                    "settings for a model with these parameter sizes.")
+    plan.add_argument("-np", "--num-proc", dest="np", type=_positive_int, default=2,
+                      help="ranks of the measurement job (at least 2; default 2)")
+    plan.add_argument("--sizes", type=_parameter_sizes, required=True,
+                      help="the parameters' sizes in elements, in the order their gradients are ready: "
+                           "comma separated, NxSIZE for N equal tensors")
+    plan.add_argument("--compute-ms", type=_positive_float, required=True,
+                      help="one training step on one process (forward, backward, update), in ms")
+    plan.add_argument("--batch-size", type=_positive_int, required=True, help="samples per step and rank")
+    plan.add_argument("--bytes-per-element", type=_positive_int, default=4, help="4 for float32 gradients")
+    plan.add_argument("--max-workers", type=_positive_int, default=64, help="largest number of workers considered")
+    plan.add_argument("--min-efficiency", type=float, default=0.75,
+                      help="a worker count is worthwhile while its scaling efficiency is at least this")
+    plan.add_argument("--backend", choices=("mpi", "spark"), default="mpi",
+                      help="start the measurement job under mpiexec (default) or as a Spark barrier job")
+    plan.add_argument("--validate", action="store_true",
+                      help="also time a real training step with these gradients (and --compute-ms of waiting) "
+                           "on the job, next to its prediction")
+    plan.add_argument("--verbose", action="store_true", help="print every timed collective next to the fit")
+    return plan
+
+
+def plan_command(args, parser):
+    """ringtrain plan: one measurement job, then the table (and the validation, if asked)."""
+    from ringtrain.launcher import run
+    from ringtrain.plan import measure_network, plan, validate
+
+    if not 0 < args.min_efficiency < 1:
+        parser.error(f"--min-efficiency must be between 0 and 1, got {args.min_efficiency}")
+    if args.np < 2:
+        parser.error("plan needs -np 2 or more: measuring the network takes two ranks")
+    if args.validate and args.bytes_per_element != 4:
+        parser.error("--validate trains float32 parameters: use --bytes-per-element 4")
+    compute = args.compute_ms / 1e3
+    if args.validate:
+        validation = run(validate, args=(args.sizes, compute), np=args.np, backend=args.backend)
+        network = validation.network
+    else:
+        network = run(measure_network, np=args.np, backend=args.backend)
+    result = plan(args.sizes, compute, args.batch_size, np=args.np, network=network,
+                           min_efficiency=args.min_efficiency, max_workers=args.max_workers,
+                           bytes_per_element=args.bytes_per_element)
+    print(result.table())
+    if args.verbose:
+        print("\n| timed | bytes | measured us | fitted us |\n|---|---|---|---|")
+        for what, nbytes, measured, fitted in network.samples:
+            print(f"| {what} | {nbytes} | {measured * 1e6:.1f} | {fitted * 1e6:.1f} |")
+    if args.validate:
+        print(validation.describe())
+    return 0
 
 
 def rank_environment(args, base=None):
@@ -134,6 +221,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "check" or getattr(args, "check_build", False):
         return check()
+    if args.command == "plan":
+        try:
+            return plan_command(args, parser)
+        except KeyboardInterrupt:
+            print("ringtrain plan: interrupted; every rank was killed", file=sys.stderr)
+            return 130
+        except (MPIExecNotFound, RingtrainError) as exc:
+            print(f"ringtrain plan: {exc}", file=sys.stderr)
+            return 1
     if args.np is None:
         parser.error("run needs -np N")
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd

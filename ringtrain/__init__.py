@@ -54,6 +54,8 @@ from .training import (
     shard,
 )
 from .objects import allgather_object, broadcast_object
+from .model_parallel import ColumnParallelLinear, RowParallelLinear
+from .plan import plan  # rt.plan(...) is the advisor; `from ringtrain.plan import ...` reaches the module
 from .sparse import SparseGradient, sparse_allreduce
 from .averaging import ModelAveraging
 from .ops import Average, Max, Min, Product, ReduceOp, Sum

@@ -1,0 +1,24 @@
+"""measure_network() under however many ranks run this file: one fit, the same on every rank."""
+import numpy as np
+import pytest
+
+import ringtrain as rt
+from ringtrain.plan import Network, measure_network
+
+
+def test_measure_network_fits_the_job_it_runs_on():
+    if rt.size() == 1:
+        with pytest.raises(ValueError, match="at least 2 ranks"):
+            measure_network()
+        return
+    network = measure_network(repeats=3, warmup_seconds=0.0)
+    assert isinstance(network, Network) and network.ranks == rt.size()
+    assert network.alpha > 0 and network.beta > 0 and network.copy > 0
+    assert min(network.alpha, network.beta, network.gamma, network.round_seconds, network.tensor_seconds) >= 0
+    # every timing was the slowest rank's, so every rank fitted the same numbers
+    mine = np.array([network.alpha, network.beta, network.gamma, network.round_seconds, network.tensor_seconds])
+    assert (rt.allgather(mine[None]) == mine).all()
+    kinds = {what.split(" of ")[0] for what, *_ in network.samples}
+    assert kinds == {"recursive doubling allreduce", "ring allreduce", "ring allgather", "engine step"}
+    # collectives still work afterwards: the measurement's communicator is gone, the engine's names do not clash
+    assert rt.allreduce(np.ones(3), op=rt.Sum).tolist() == [rt.size()] * 3
