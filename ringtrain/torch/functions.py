@@ -10,6 +10,7 @@ The gradients are Horovod's:
   factors (which is what Horovod computes)."""
 import torch
 
+from .. import runtime
 from ..process_sets import global_process_set
 from . import mpi_ops
 from .compression import Compression
@@ -95,8 +96,6 @@ class _Broadcast(torch.autograd.Function):
     def backward(ctx, grad):
         reduced = synchronize(mpi_ops._allreduce_async("allreduce", grad, False, None, Average, 1.0, 1.0,
                                                        ctx.process_set))
-        from .. import runtime
-
         if runtime.rank() != ctx.root:
             reduced = torch.zeros_like(reduced)
         return reduced, None, None, None

@@ -69,7 +69,7 @@ class Handle:
     def wait(self):
         if not self._done:
             try:
-                value = core.synchronize(self._core) if self._core is not None else None
+                value = core.synchronize(self._core)
             finally:
                 _in_flight.pop(self._key, None)
             self._result, self._done = self._finish(value), True

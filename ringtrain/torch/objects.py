@@ -5,17 +5,17 @@ import pickle
 
 import cloudpickle
 import numpy as np
+import torch
 
+from .. import runtime
 from ..process_sets import global_process_set
 from . import mpi_ops
 
 
 def broadcast_object(obj, root_rank=0, name=None, process_set=global_process_set):
     """root_rank's `obj` (root_rank is a global rank) on every rank of the set."""
-    import torch
-
     base = name or "broadcast_object"
-    is_root = mpi_ops.runtime.rank() == root_rank
+    is_root = runtime.rank() == root_rank
     payload = np.frombuffer(cloudpickle.dumps(obj), dtype=np.uint8) if is_root else None
     length = torch.tensor([0 if payload is None else payload.size], dtype=torch.int64)
     mpi_ops.broadcast_(length, root_rank, name=f"{base}.length", process_set=process_set)
@@ -26,8 +26,6 @@ def broadcast_object(obj, root_rank=0, name=None, process_set=global_process_set
 
 def allgather_object(obj, name=None, process_set=global_process_set):
     """Every rank's `obj`, in rank order of the set."""
-    import torch
-
     base = name or "allgather_object"
     payload = torch.from_numpy(np.frombuffer(cloudpickle.dumps(obj), dtype=np.uint8).copy())
     sizes = mpi_ops.synchronize(mpi_ops.allgather_async(torch.tensor([payload.numel()], dtype=torch.int64),

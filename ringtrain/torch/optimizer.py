@@ -34,19 +34,15 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self.process_set = process_set
         self._parameter_names = self._names(named_parameters)
         self.backward_passes_per_step = backward_passes_per_step
-        self._allreduce_delay = {p: backward_passes_per_step for _, p in self._named_params()}
+        params = [p for group in self.param_groups for p in group["params"]]
+        self._allreduce_delay = {p: backward_passes_per_step for p in params}
         self._handles = {}
-        self._hooks = []
         self._synchronized = False
         self._should_synchronize = True
-        self._requires_update = {p for _, p in self._named_params() if p.requires_grad}
-        if process_set.included():
-            self._register_hooks()
-
-    def _named_params(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                yield self._parameter_names.get(p) if hasattr(self, "_parameter_names") else None, p
+        self._requires_update = {p for p in params if p.requires_grad}
+        # Only members of the process set communicate; the others step on their local gradients.
+        self._hooks = ([p.register_post_accumulate_grad_hook(self._gradient_ready) for p in self._requires_update]
+                       if process_set.included() else [])
 
     def _names(self, named_parameters):
         if named_parameters is not None:
@@ -73,11 +69,6 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self.backward_passes_per_step = passes
         for p in self._allreduce_delay:
             self._allreduce_delay[p] = passes
-
-    def _register_hooks(self):
-        for _, p in self._named_params():
-            if p.requires_grad:
-                self._hooks.append(p.register_post_accumulate_grad_hook(self._gradient_ready))
 
     def _gradient_ready(self, p):
         if p in self._handles and self._handles[p][0] is not None and self._allreduce_delay[p] <= 0:

@@ -16,13 +16,11 @@ def broadcast_parameters(params, root_rank, process_set=global_process_set):
     model.named_parameters()."""
     if isinstance(params, collections.abc.Mapping):
         params = sorted(params.items())
-    elif isinstance(params, (list, tuple, collections.abc.Iterator)) or hasattr(params, "__iter__"):
+    elif isinstance(params, collections.abc.Iterable):
         params = list(params)
-        if any(not isinstance(pair, tuple) or len(pair) != 2 for pair in params):
-            raise ValueError("params must be a dict (e.g. model.state_dict()) or (name, tensor) pairs "
-                             "(e.g. model.named_parameters())")
-    else:
-        raise ValueError(f"invalid params of type {type(params).__name__}")
+    if not isinstance(params, list) or any(not isinstance(pair, tuple) or len(pair) != 2 for pair in params):
+        raise ValueError("params must be a dict (e.g. model.state_dict()) or (name, tensor) pairs "
+                         "(e.g. model.named_parameters())")
     handles = []
     for name, p in params:
         if p is None:

@@ -2,12 +2,14 @@
 ranks, for every dtype (float16 and bfloat16 included)."""
 import json
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 import ringtrain.torch as hvd
-from torch_harness import ALL_DTYPES, FLOAT_DTYPES, INT_DTYPES, all_inputs, assert_close, even_odd_sets, \
+from torch_harness import ALL_DTYPES, INT_DTYPES, all_inputs, assert_close, even_odd_sets, \
     rank_tensor, reference
 
 SHAPES = [(17,), (5, 7), (3, 4, 5), (1000, 3)]
@@ -304,13 +306,16 @@ def test_compression_fp16_round_trip():
     torch.testing.assert_close(result, reference(hvd.Sum, inputs, torch.float32).float(), rtol=4e-3, atol=0)
 
 
-def test_timeline(tmp_path):
-    path = str(tmp_path / "timeline.json") if hvd.rank() == 0 else os.devnull
-    path = hvd.broadcast_object(path, 0)
+def test_timeline():
+    # one directory, made by rank 0 (pytest's tmp_path would be cleaned up by every rank at once)
+    folder = tempfile.mkdtemp(prefix="ringtrain-torch-timeline-") if hvd.rank() == 0 else None
+    path = os.path.join(hvd.broadcast_object(folder, 0), "timeline.json")
     hvd.start_timeline(path, mark_cycles=True)
     hvd.allreduce(torch.ones(3), name="timeline.tensor")
     hvd.stop_timeline()
     if hvd.rank() == 0:
         with open(path) as f:
             assert "timeline.tensor" in json.dumps(json.load(f))
-
+    hvd.barrier()
+    if hvd.rank() == 0:
+        shutil.rmtree(folder)
