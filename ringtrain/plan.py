@@ -17,7 +17,10 @@ byte reduced gamma, a byte copied into or out of a fusion buffer `copy`):
     a training step: the engine's round (a fixed cost plus its 8-byte negotiation allreduce),
         a cost per tensor, then the fusion groups that executor.plan_fusion forms from the
         gradients (the same function the engine uses), each one allreduce plus, for a group of
-        several tensors, 2 n copy for packing and unpacking.
+        several tensors, 2 n copy for packing and unpacking; and n `step_overhead`: what a
+        DistributedOptimizer step costs beyond the collectives' model, per byte, calibrated on
+        a fixed spread of gradient sizes. It allreduces out of place, and the new output
+        arrays' first touch (page faults) can cost more than the wire on a VM.
 
 Predict: step(p) = compute + communication(p), with no overlap of the two (gradients handed
 over after the backward pass; overlapping them with DistributedOptimizer.grad_ready can only
@@ -46,6 +49,7 @@ SMALL_CANDIDATES = [1 << s for s in range(6, 23)]                  # 64 B .. 4 M
 RING_SIZES = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20]
 RECURSIVE_DOUBLING_SIZES = [8, 64, 512, 4 << 10, 32 << 10]
 ENGINE_TENSOR_COUNTS = [1, 8, 32, 96]
+CALIBRATION_SIZES = [1 << 21, 1 << 19, 1 << 17, 1 << 15, 1 << 13, 1 << 11, 1 << 9, 1 << 7]  # 10.9 MB in float32
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -99,6 +103,7 @@ class Network:
     copy: float                       # one byte copied into or out of a fusion buffer
     round_seconds: float              # an engine round, beyond its negotiation allreduce
     tensor_seconds: float             # each tensor in a round
+    step_overhead: float              # a DistributedOptimizer step per gradient byte, beyond the collectives' model
     small_allreduce_threshold: int    # the settings it was measured with
     segment_bytes: int
     fusion_threshold: int
@@ -119,13 +124,15 @@ class Network:
         return self._seconds(ring_terms(nbytes, ranks, self.segment_bytes))
 
     def step_communication_seconds(self, sizes_bytes, ranks, fusion_threshold=None,
-                                   small_allreduce_threshold=None):
-        """Averaging one step's gradients (`sizes_bytes`, in the order they are handed over)."""
+                                   small_allreduce_threshold=None, in_place=False):
+        """Averaging one step's gradients (`sizes_bytes`, in the order they are handed over).
+        in_place=False is a DistributedOptimizer step, with its calibrated step_overhead; True
+        counts the collectives alone."""
         if ranks <= 1 or not sizes_bytes:
             return 0.0  # one rank averages nothing (DistributedOptimizer's shortcut)
         threshold = self.fusion_threshold if fusion_threshold is None else fusion_threshold
         total = (self.round_seconds + self.allreduce_seconds(NEGOTIATION_BYTES, ranks, small_allreduce_threshold)
-                 + self.tensor_seconds * len(sizes_bytes))
+                 + self.tensor_seconds * len(sizes_bytes) + (0.0 if in_place else self.step_overhead * sum(sizes_bytes)))
         for group in plan_fusion([_Gradient(n) for n in sizes_bytes], threshold, self.segment_bytes):
             nbytes = sum(g.nbytes for g in group)
             total += self.allreduce_seconds(nbytes, ranks, small_allreduce_threshold)
@@ -146,7 +153,7 @@ class Network:
         return (f"alpha {self.alpha * 1e6:.2f} us/message, beta {self.beta * 1e9:.3f} ns/byte "
                 f"({1e-9 / self.beta if self.beta else float('inf'):.2f} GB/s), gamma {self.gamma * 1e9:.3f} ns/byte, "
                 f"copy {self.copy * 1e9:.3f} ns/byte, engine {self.round_seconds * 1e6:.1f} us/round + "
-                f"{self.tensor_seconds * 1e6:.1f} us/tensor (measured on {self.ranks} ranks; fit error "
+                f"{self.tensor_seconds * 1e6:.1f} us/tensor, step overhead {self.step_overhead * 1e9:+.3f} ns/byte (measured on {self.ranks} ranks; fit error "
                 f"{self.fit_error:.0%})")
 
 
@@ -256,7 +263,7 @@ def measure_network(repeats=9, ring_sizes=RING_SIZES, doubling_sizes=RECURSIVE_D
     copy_per_byte = float(slowest[-1]) / fused.nbytes
     slowest = slowest[:-1]
     alpha, beta, gamma = _non_negative_least_squares(rows, slowest)
-    network = Network(ranks, alpha, beta, gamma, copy_per_byte, 0.0, 0.0, tuning.small_allreduce_threshold,
+    network = Network(ranks, alpha, beta, gamma, copy_per_byte, 0.0, 0.0, 0.0, tuning.small_allreduce_threshold,
                       segment, tuning.fusion_threshold)
 
     # The engine, through the public API as a training step uses it: k small gradients handed
@@ -271,18 +278,33 @@ def measure_network(repeats=9, ring_sizes=RING_SIZES, doubling_sizes=RECURSIVE_D
                 collectives.synchronize(h)
         return step, 20
 
-    engine_times = _interleaved_medians([engine_step(k) for k in ENGINE_TENSOR_COUNTS], repeats, live.comm,
-                                        collectives.barrier, warmup_seconds / 4)
-    engine_times = _slowest(live.comm, engine_times)
-    residual = [t - network.step_communication_seconds([4] * k, ranks) for k, t in zip(ENGINE_TENSOR_COUNTS, engine_times)]
+    engine_times = _slowest(live.comm, _interleaved_medians([engine_step(k) for k in ENGINE_TENSOR_COUNTS], repeats,
+                                                            live.comm, collectives.barrier, warmup_seconds / 4))
+    residual = [t - network.step_communication_seconds([4] * k, ranks, in_place=True)
+                for k, t in zip(ENGINE_TENSOR_COUNTS, engine_times)]
     fixed, per_tensor = np.polyfit(ENGINE_TENSOR_COUNTS, residual, 1)[::-1]
     network = dataclasses.replace(network, round_seconds=max(float(fixed), 0.0),
                                   tensor_seconds=max(float(per_tensor), 0.0))
 
+    # A whole DistributedOptimizer step on a spread of gradient sizes (a fixed calibration set,
+    # not the model's), against the same step on one rank. What it costs beyond the collectives'
+    # model, per byte, is the step overhead: its new output arrays (it allreduces out of place,
+    # and fresh memory costs page faults) and what the microbenchmarks miss about a real step
+    # (cold caches after the update, the engine thread). It may be negative, down to half the
+    # collectives' time.
+    one, whole = time_training_step(CALIBRATION_SIZES, 0.001, steps=repeats + 4, warmup_steps=3)
+    calibration_bytes = [4 * n for n in CALIBRATION_SIZES]
+    collectives_only = network.step_communication_seconds(calibration_bytes, ranks, in_place=True)
+    beyond = max(whole - one - collectives_only, -collectives_only / 2)
+    network = dataclasses.replace(network, step_overhead=float(beyond) / sum(calibration_bytes))
+
     fitted = [network._seconds(row) for row in rows]
     samples = [(what, nbytes, float(t), f) for (what, nbytes), t, f in zip(labels, slowest, fitted)]
-    samples += [(f"engine step of {k} tensors", 4 * k, float(t), network.step_communication_seconds([4] * k, ranks))
+    samples += [(f"engine step of {k} tensors", 4 * k, float(t),
+                 network.step_communication_seconds([4] * k, ranks, in_place=True))
                 for k, t in zip(ENGINE_TENSOR_COUNTS, engine_times)]
+    samples += [(f"DistributedOptimizer step of {len(CALIBRATION_SIZES)} tensors, beyond one rank's",
+                 sum(calibration_bytes), float(whole - one), network.step_communication_seconds(calibration_bytes, ranks))]
     error = max(abs(f - t) / t for _, _, t, f in samples)
     return dataclasses.replace(network, fit_error=float(error), samples=tuple(samples))
 
@@ -360,11 +382,13 @@ class Plan:
         return math.ceil(comm * target / (1 - target) / per_sample) if target < 1 else None
 
     def recommended_fusion_threshold(self, ranks=None):
+        """The fusion_threshold to use on `ranks` ranks (default: the measured job's size)."""
         ranks = ranks or self.network.ranks
         times = {t: self.network.step_communication_seconds(self.sizes_bytes, ranks, fusion_threshold=t)
                  for t in FUSION_CANDIDATES}
         best = min(times.values())
-        return min(t for t in FUSION_CANDIDATES if t and times[t] <= 1.02 * best) if best else FUSION_CANDIDATES[1]
+        # the smallest buffer within 2% of the best; 0 (fusion off) only when no buffer is
+        return next(t for t in FUSION_CANDIDATES[1:] + [0] if times[t] <= 1.02 * best)
 
     def recommended_small_allreduce_threshold(self, ranks=None):
         return self.network.small_allreduce_crossover(ranks or self.network.ranks)
@@ -392,7 +416,7 @@ class Plan:
                   f"recommended on {self.network.ranks} ranks: fusion_threshold {_human(self.recommended_fusion_threshold())}"
                   f" (RINGTRAIN_FUSION_THRESHOLD), small_allreduce_threshold "
                   f"{_human(self.recommended_small_allreduce_threshold())} (RINGTRAIN_SMALL_ALLREDUCE_THRESHOLD)"]
-        if best != self.network.ranks:
+        if best != self.network.ranks and best > 1:
             lines.append(f"recommended on {best} ranks: fusion_threshold {_human(self.recommended_fusion_threshold(best))}, "
                          f"small_allreduce_threshold {_human(self.recommended_small_allreduce_threshold(best))}")
         return "\n".join(lines)

@@ -16,9 +16,11 @@ def test_measure_network_fits_the_job_it_runs_on():
     assert network.alpha > 0 and network.beta > 0 and network.copy > 0
     assert min(network.alpha, network.beta, network.gamma, network.round_seconds, network.tensor_seconds) >= 0
     # every timing was the slowest rank's, so every rank fitted the same numbers
-    mine = np.array([network.alpha, network.beta, network.gamma, network.round_seconds, network.tensor_seconds])
+    mine = np.array([network.alpha, network.beta, network.gamma, network.round_seconds, network.tensor_seconds,
+                     network.step_overhead])
     assert (rt.allgather(mine[None]) == mine).all()
     kinds = {what.split(" of ")[0] for what, *_ in network.samples}
-    assert kinds == {"recursive doubling allreduce", "ring allreduce", "ring allgather", "engine step"}
+    assert kinds == {"recursive doubling allreduce", "ring allreduce", "ring allgather", "engine step",
+                     "DistributedOptimizer step"}
     # collectives still work afterwards: the measurement's communicator is gone, the engine's names do not clash
     assert rt.allreduce(np.ones(3), op=rt.Sum).tolist() == [rt.size()] * 3
