@@ -215,3 +215,29 @@ def test_sync_batch_norm_equals_batch_norm_on_the_whole_batch(shape):
     sync_bn.eval()
     bn.eval()
     torch.testing.assert_close(sync_bn(inputs[rank]), bn(inputs[rank]))
+
+
+def test_adasum_optimizer_combines_each_gradient():
+    size = hvd.size()
+    if size & (size - 1):
+        pytest.skip("Adasum needs a power-of-two number of ranks")
+    model = make_model()
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                   named_parameters=model.named_parameters(), op=hvd.Adasum)
+    x, y = batches(hvd.rank(), 1)[0]
+    F.mse_loss(model(x), y).backward()
+    opt.synchronize()
+    per_rank = []
+    for r in range(size):  # every rank's local gradients, recomputed here
+        local = make_model()
+        xr, yr = batches(r, 1)[0]
+        F.mse_loss(local(xr), yr).backward()
+        per_rank.append([p.grad.double().flatten() for p in local.parameters()])
+    for i, p in enumerate(model.parameters()):
+        level = [grads[i] for grads in per_rank]
+        while len(level) > 1:  # Horovod's pairwise Adasum, in recursive-halving order
+            level = [(1 - a.dot(b) / (2 * a.dot(a))) * a + (1 - a.dot(b) / (2 * b.dot(b))) * b
+                     for a, b in zip(level[::2], level[1::2])]
+        torch.testing.assert_close(p.grad.double().flatten(), level[0], rtol=1e-5, atol=1e-7)
+    with opt.skip_synchronize():
+        opt.step()
