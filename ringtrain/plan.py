@@ -376,10 +376,10 @@ class Plan:
         """The per-rank batch at which `ranks` reach min_efficiency, compute growing with the batch."""
         comm = self.communication_seconds(ranks)
         if comm == 0:
-            return 1
+            return None  # no communication: any batch is fully efficient
         per_sample = self.compute_seconds / self.batch_size
         target = self.min_efficiency
-        return math.ceil(comm * target / (1 - target) / per_sample) if target < 1 else None
+        return math.ceil(comm * target / (1 - target) / per_sample)
 
     def recommended_fusion_threshold(self, ranks=None):
         """The fusion_threshold to use on `ranks` ranks (default: the measured job's size)."""
@@ -408,7 +408,7 @@ class Plan:
                  "|---|---|---|---|---|---|"]
         for n in self.workers_shown():
             lines.append(f"| {n} | {self.step_seconds(n) * 1e3:.2f} | {self.communication_seconds(n) * 1e3:.2f} | "
-                         f"{self.efficiency(n):.0%} | {self.samples_per_second(n):,.0f} | {self.batch_for_efficiency(n)} |")
+                         f"{self.efficiency(n):.0%} | {self.samples_per_second(n):,.0f} | {self.batch_for_efficiency(n) or '-'} |")
         best = self.largest_worthwhile_workers
         lines += ["",
                   f"largest worthwhile number of workers (efficiency >= {self.min_efficiency:.0%}, up to "
