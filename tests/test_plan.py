@@ -155,3 +155,19 @@ def test_cli_prediction_agrees_with_the_measured_step_within_25_percent():
     ratio = predicted / measured
     assert 0.75 <= ratio <= 1.25, f"prediction {predicted} ms vs measured {measured} ms (ratio {ratio:.2f}):\n{out}"
     assert math.isfinite(ratio)
+
+
+def test_the_network_can_be_measured_in_a_spark_barrier_job():
+    from test_spark import spark_session  # the suite's one way to start a local Spark
+
+    from ringtrain.plan import measure_network
+
+    session = spark_session("local[2]")
+    try:
+        network = rt.run(measure_network, kwargs=dict(repeats=3, warmup_seconds=0.0), np=2, backend="spark",
+                         timeout=CLI_DEADLINE_SECONDS)
+    finally:
+        session.stop()
+    assert isinstance(network, Network) and network.ranks == 2 and network.alpha > 0 and network.beta > 0
+    plan = rt.plan(SIZES, compute_seconds=0.01, batch_size=16, network=network)
+    assert plan.step_seconds(2) > plan.step_seconds(1)
