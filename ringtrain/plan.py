@@ -211,10 +211,12 @@ def _non_negative_least_squares(rows, times):
     return x
 
 
-def measure_network(repeats=9, ring_sizes=RING_SIZES, doubling_sizes=RECURSIVE_DOUBLING_SIZES, warmup_seconds=1.0):
+def measure_network(repeats=9, ring_sizes=RING_SIZES, doubling_sizes=RECURSIVE_DOUBLING_SIZES, warmup_seconds=1.0,
+                    calibrate=True):
     """Time short collectives on this job and fit a Network. Collective: every rank calls it,
     inside an initialised job of at least 2 ranks; every rank returns the same Network.
-    Takes a few seconds."""
+    Takes a few seconds. calibrate=False leaves the step overhead at 0, for a caller that
+    times the calibration step itself (validate())."""
     from . import collectives, runtime
     from .dtypes import CODES
     from .ops import Sum
@@ -286,27 +288,35 @@ def measure_network(repeats=9, ring_sizes=RING_SIZES, doubling_sizes=RECURSIVE_D
     network = dataclasses.replace(network, round_seconds=max(float(fixed), 0.0),
                                   tensor_seconds=max(float(per_tensor), 0.0))
 
-    # A whole DistributedOptimizer step on a spread of gradient sizes (a fixed calibration set,
-    # not the model's), against the same step on one rank. What it costs beyond the collectives'
-    # model, per byte, is the step overhead: its new output arrays (it allreduces out of place,
-    # and fresh memory costs page faults) and what the microbenchmarks miss about a real step
-    # (cold caches after the update, the engine thread). It may be negative, down to half the
-    # collectives' time.
-    one, whole = time_training_step(CALIBRATION_SIZES, 0.001, steps=repeats + 4, warmup_steps=3)
-    calibration_bytes = [4 * n for n in CALIBRATION_SIZES]
-    collectives_only = network.step_communication_seconds(calibration_bytes, ranks, in_place=True)
-    beyond = max(whole - one - collectives_only, -collectives_only / 2)
-    network = dataclasses.replace(network, step_overhead=float(beyond) / sum(calibration_bytes))
-
+    # Last, a whole DistributedOptimizer step on a spread of gradient sizes (a fixed calibration
+    # set, not the model's) against the same step on one rank: see calibrated().
     fitted = [network._seconds(row) for row in rows]
     samples = [(what, nbytes, float(t), f) for (what, nbytes), t, f in zip(labels, slowest, fitted)]
     samples += [(f"engine step of {k} tensors", 4 * k, float(t),
                  network.step_communication_seconds([4] * k, ranks, in_place=True))
                 for k, t in zip(ENGINE_TENSOR_COUNTS, engine_times)]
-    samples += [(f"DistributedOptimizer step of {len(CALIBRATION_SIZES)} tensors, beyond one rank's",
-                 sum(calibration_bytes), float(whole - one), network.step_communication_seconds(calibration_bytes, ranks))]
     error = max(abs(f - t) / t for _, _, t, f in samples)
-    return dataclasses.replace(network, fit_error=float(error), samples=tuple(samples))
+    network = dataclasses.replace(network, fit_error=float(error), samples=tuple(samples))
+    if calibrate:
+        one, whole = time_training_step(CALIBRATION_SIZES, 0.001, steps=repeats + 4, warmup_steps=3)
+        network = calibrated(network, one, whole)
+    return network
+
+
+def calibrated(network, one_rank_step, whole_step):
+    """The network with its step overhead fitted to a measured DistributedOptimizer step of the
+    CALIBRATION_SIZES gradients: what the step costs beyond the collectives' model, per byte.
+    That is its new output arrays (it allreduces out of place, and fresh memory costs page
+    faults) and what microbenchmarks miss about a real step (caches cold after the update, the
+    engine thread). It may be negative, down to half the collectives' time."""
+    calibration_bytes = [4 * n for n in CALIBRATION_SIZES]
+    collectives_only = network.step_communication_seconds(calibration_bytes, network.ranks, in_place=True)
+    beyond = max(whole_step - one_rank_step - collectives_only, -collectives_only / 2)
+    network = dataclasses.replace(network, step_overhead=float(beyond) / sum(calibration_bytes))
+    sample = (f"DistributedOptimizer step of {len(CALIBRATION_SIZES)} tensors, beyond one rank's (calibration)",
+              sum(calibration_bytes), float(whole_step - one_rank_step),
+              network.step_communication_seconds(calibration_bytes, network.ranks))
+    return dataclasses.replace(network, samples=network.samples + (sample,))
 
 
 # --- the model's inputs ----------------------------------------------------------------------
@@ -466,44 +476,48 @@ def plan(model, compute_seconds, batch_size, np=2, network=None, backend="mpi", 
 
 
 # --- validation: a real training step, to compare with the prediction ------------------------
-def time_training_step(sizes, compute_seconds, steps=30, warmup_steps=10, bytes_per_element=4, seed=0):
+def time_training_step(sizes, compute_seconds, steps=30, warmup_steps=10, seed=0):
     """Time a data-parallel training step on this job, for comparison with a Plan. Collective.
 
     A step is `compute_seconds` of waiting (the forward and backward passes, which the model
-    takes as given), then DistributedOptimizer.step() with SGD on parameters of `sizes`.
-    Returns (one-rank step, whole-job step), medians in seconds, the slowest rank's: the same
-    step on a process set of this rank alone (no communication, as on one process), and on
-    every rank, measured in alternation so that load on the machine hits both alike."""
+    takes as given), then DistributedOptimizer.step() with SGD on float32 parameters of
+    `sizes`. Returns (one-rank step, whole-job step), medians in seconds, the slowest rank's:
+    the same step on a process set of this rank alone (no communication, as on one process),
+    and on every rank, measured in alternation so that load on the machine hits both alike."""
+    return time_training_steps([sizes], compute_seconds, steps, warmup_steps, seed)[0]
+
+
+def time_training_steps(workloads, compute_seconds, steps=30, warmup_steps=10, seed=0):
+    """time_training_step for several gradient lists at once, their steps taking turns."""
     from . import collectives, runtime, training
     from .optim import SGD
 
     live = runtime.current("time_training_step")
-    if bytes_per_element != 4:
-        raise ValueError("time_training_step() trains float32 parameters: bytes_per_element must be 4")
-    sizes = parameter_sizes(sizes)
+    workloads = [parameter_sizes(sizes) for sizes in workloads]
     rng = np.random.default_rng(seed)
-    grads = [rng.standard_normal(n).astype(np.float32) for n in sizes]
     alone = [collectives.add_process_set([r]) for r in range(live.size)]
     try:
-        optimizers = {
-            "one": training.DistributedOptimizer(SGD([np.zeros(n, np.float32) for n in sizes], lr=1e-6),
-                                                 process_set=alone[live.rank]),
-            "all": training.DistributedOptimizer(SGD([np.zeros(n, np.float32) for n in sizes], lr=1e-6)),
-        }
-        samples = {"one": [], "all": []}
+        runs = []  # (gradients, optimizer, samples) for each workload, on one rank and on all
+        for w, sizes in enumerate(workloads):
+            grads = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+            names = [(f"ringtrain.plan.step.{w}.{i}", None) for i in range(len(sizes))]
+            for process_set in (alone[live.rank], collectives.global_process_set):
+                sgd = SGD([np.zeros(n, np.float32) for n in sizes], lr=1e-6)
+                runs.append((grads, training.DistributedOptimizer(sgd, named_parameters=names,
+                                                                  process_set=process_set), []))
         for step in range(warmup_steps + steps):
-            for kind, opt in optimizers.items():
+            for grads, opt, samples in runs:
                 collectives.barrier()
                 start = time.perf_counter()
                 time.sleep(compute_seconds)
                 opt.step(grads)
                 if step >= warmup_steps:  # the first steps negotiate names and warm the caches
-                    samples[kind].append(time.perf_counter() - start)
+                    samples.append(time.perf_counter() - start)
     finally:
         for process_set in reversed(alone):
             collectives.remove_process_set(process_set)
-    one, whole = _slowest(live.comm, [statistics.median(samples["one"]), statistics.median(samples["all"])])
-    return float(one), float(whole)
+    medians = _slowest(live.comm, [statistics.median(samples) for _, _, samples in runs])
+    return [(float(medians[i]), float(medians[i + 1])) for i in range(0, len(medians), 2)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -538,8 +552,12 @@ def validate(sizes, compute_seconds, rounds=3, steps=20):
     ranks = runtime.current("validate").size
     results = []
     for _ in range(rounds):
-        network = measure_network()
-        one, whole = time_training_step(sizes, compute_seconds, steps=steps)
+        network = measure_network(calibrate=False)
+        # The calibration step and the predicted one take turns, so that both see the same load
+        # on the machine. The prediction uses only the calibration's timings (and the fit).
+        (calibration_one, calibration_whole), (one, whole) = time_training_steps(
+            [CALIBRATION_SIZES, sizes], compute_seconds, steps=steps)
+        network = calibrated(network, calibration_one, calibration_whole)
         predicted = Plan(network, sizes, 4, one, 1, 0.75, ranks).step_seconds(ranks)
         results.append(Validation(ranks, one, predicted, whole, network))
     return sorted(results, key=lambda v: v.ratio)[len(results) // 2]
