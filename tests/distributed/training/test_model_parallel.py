@@ -134,3 +134,17 @@ def test_bad_shapes_fail_before_any_communication():
         RowParallelLinear(4, 3, weight=np.zeros((3, 4)))
     with pytest.raises(ValueError, match="out_features=0"):
         ColumnParallelLinear(4, 0)
+
+
+def test_ranks_that_disagree_on_the_batch_get_an_error_not_a_hang():
+    """A batch that differs between the ranks of a model-parallel group is a clear error on every rank."""
+    layer = RowParallelLinear(6, 3, name="mismatch.row")
+    x = np.ones((4 + rt.rank(), 6), np.float32)
+    if rt.size() == 1:
+        assert layer.forward(x).shape == (4, 3)
+        return
+    with pytest.raises(rt.RingtrainError, match=r"Mismatched allreduce shapes for 'mismatch.row.forward'"):
+        layer.forward(x)
+    # the group goes on working afterwards
+    np.testing.assert_allclose(layer.forward(np.ones((2, 6), np.float32)),
+                               np.ones((2, 6)) @ np.random.default_rng(0).normal(0, np.sqrt(2 / 6), (6, 3)), rtol=1e-5)
