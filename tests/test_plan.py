@@ -1,7 +1,6 @@
 """The cost model and advisor: its formulas against a hand computation, its inputs, bad input,
 and the prediction against a real job's measured training step (rt.plan / `ringtrain plan`)."""
 import math
-import os
 import re
 import subprocess
 import sys
