@@ -153,8 +153,8 @@ class Network:
         return (f"alpha {self.alpha * 1e6:.2f} us/message, beta {self.beta * 1e9:.3f} ns/byte "
                 f"({1e-9 / self.beta if self.beta else float('inf'):.2f} GB/s), gamma {self.gamma * 1e9:.3f} ns/byte, "
                 f"copy {self.copy * 1e9:.3f} ns/byte, engine {self.round_seconds * 1e6:.1f} us/round + "
-                f"{self.tensor_seconds * 1e6:.1f} us/tensor, step overhead {self.step_overhead * 1e9:+.3f} ns/byte (measured on {self.ranks} ranks; fit error "
-                f"{self.fit_error:.0%})")
+                f"{self.tensor_seconds * 1e6:.1f} us/tensor, step overhead {self.step_overhead * 1e9:+.3f} ns/byte "
+                f"(measured on {self.ranks} ranks; fit error {self.fit_error:.0%})")
 
 
 # --- measurement ----------------------------------------------------------------------------
