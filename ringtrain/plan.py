@@ -17,9 +17,9 @@ byte reduced gamma, a byte copied into or out of a fusion buffer `copy`):
     a training step: the engine's round (a fixed cost plus its 8-byte negotiation allreduce),
         a cost per tensor, then the fusion groups that executor.plan_fusion forms from the
         gradients (the same function the engine uses), each one allreduce plus, for a group of
-        several tensors, 2 n copy for packing and unpacking; and n `step_overhead`: what a
-        DistributedOptimizer step costs beyond the collectives' model, per byte, calibrated on
-        a fixed spread of gradient sizes. It allreduces out of place, and the new output
+        several tensors, 2 n copy for packing and unpacking; and what a DistributedOptimizer
+        step costs beyond the collectives' model, per byte (`step_overhead`) and per tensor,
+        calibrated on two fixed gradient lists. It allreduces out of place, and the new output
         arrays' first touch (page faults) can cost more than the wire on a VM.
 
 Predict: step(p) = compute + communication(p), with no overlap of the two (gradients handed
@@ -49,7 +49,11 @@ SMALL_CANDIDATES = [1 << s for s in range(6, 23)]                  # 64 B .. 4 M
 RING_SIZES = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20]
 RECURSIVE_DOUBLING_SIZES = [8, 64, 512, 4 << 10, 32 << 10]
 ENGINE_TENSOR_COUNTS = [1, 8, 32, 96]
-CALIBRATION_SIZES = [1 << 21, 1 << 19, 1 << 17, 1 << 15, 1 << 13, 1 << 11, 1 << 9, 1 << 7]  # 10.9 MB in float32
+# Two calibration steps (not the model's gradients): a spread of sizes, 10.9 MB in float32, and
+# many small tensors, 512 KB; together they separate a cost per byte from a cost per tensor.
+CALIBRATION_SIZES = [1 << 21, 1 << 19, 1 << 17, 1 << 15, 1 << 13, 1 << 11, 1 << 9, 1 << 7]
+CALIBRATION_SMALL_SIZES = [1 << 10] * 128
+CALIBRATIONS = [CALIBRATION_SIZES, CALIBRATION_SMALL_SIZES]
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -104,6 +108,7 @@ class Network:
     round_seconds: float              # an engine round, beyond its negotiation allreduce
     tensor_seconds: float             # each tensor in a round
     step_overhead: float              # a DistributedOptimizer step per gradient byte, beyond the collectives' model
+    step_tensor_overhead: float       # ... and per gradient tensor
     small_allreduce_threshold: int    # the settings it was measured with
     segment_bytes: int
     fusion_threshold: int
@@ -132,7 +137,9 @@ class Network:
             return 0.0  # one rank averages nothing (DistributedOptimizer's shortcut)
         threshold = self.fusion_threshold if fusion_threshold is None else fusion_threshold
         total = (self.round_seconds + self.allreduce_seconds(NEGOTIATION_BYTES, ranks, small_allreduce_threshold)
-                 + self.tensor_seconds * len(sizes_bytes) + (0.0 if in_place else self.step_overhead * sum(sizes_bytes)))
+                 + self.tensor_seconds * len(sizes_bytes))
+        if not in_place:
+            total += self.step_overhead * sum(sizes_bytes) + self.step_tensor_overhead * len(sizes_bytes)
         for group in plan_fusion([_Gradient(n) for n in sizes_bytes], threshold, self.segment_bytes):
             nbytes = sum(g.nbytes for g in group)
             total += self.allreduce_seconds(nbytes, ranks, small_allreduce_threshold)
@@ -154,6 +161,7 @@ class Network:
                 f"({1e-9 / self.beta if self.beta else float('inf'):.2f} GB/s), gamma {self.gamma * 1e9:.3f} ns/byte, "
                 f"copy {self.copy * 1e9:.3f} ns/byte, engine {self.round_seconds * 1e6:.1f} us/round + "
                 f"{self.tensor_seconds * 1e6:.1f} us/tensor, step overhead {self.step_overhead * 1e9:+.3f} ns/byte "
+                f"{self.step_tensor_overhead * 1e6:+.1f} us/tensor "
                 f"(measured on {self.ranks} ranks; fit error {self.fit_error:.0%})")
 
 
@@ -265,7 +273,7 @@ def measure_network(repeats=9, ring_sizes=RING_SIZES, doubling_sizes=RECURSIVE_D
     copy_per_byte = float(slowest[-1]) / fused.nbytes
     slowest = slowest[:-1]
     alpha, beta, gamma = _non_negative_least_squares(rows, slowest)
-    network = Network(ranks, alpha, beta, gamma, copy_per_byte, 0.0, 0.0, 0.0, tuning.small_allreduce_threshold,
+    network = Network(ranks, alpha, beta, gamma, copy_per_byte, 0.0, 0.0, 0.0, 0.0, tuning.small_allreduce_threshold,
                       segment, tuning.fusion_threshold)
 
     # The engine, through the public API as a training step uses it: k small gradients handed
@@ -298,25 +306,35 @@ def measure_network(repeats=9, ring_sizes=RING_SIZES, doubling_sizes=RECURSIVE_D
     error = max(abs(f - t) / t for _, _, t, f in samples)
     network = dataclasses.replace(network, fit_error=float(error), samples=tuple(samples))
     if calibrate:
-        one, whole = time_training_step(CALIBRATION_SIZES, 0.001, steps=repeats + 4, warmup_steps=3)
-        network = calibrated(network, one, whole)
+        network = calibrated(network, time_training_steps(CALIBRATIONS, 0.001, steps=repeats + 4, warmup_steps=3))
     return network
 
 
-def calibrated(network, one_rank_step, whole_step):
-    """The network with its step overhead fitted to a measured DistributedOptimizer step of the
-    CALIBRATION_SIZES gradients: what the step costs beyond the collectives' model, per byte.
-    That is its new output arrays (it allreduces out of place, and fresh memory costs page
-    faults) and what microbenchmarks miss about a real step (caches cold after the update, the
-    engine thread). It may be negative, down to half the collectives' time."""
-    calibration_bytes = [4 * n for n in CALIBRATION_SIZES]
-    collectives_only = network.step_communication_seconds(calibration_bytes, network.ranks, in_place=True)
-    beyond = max(whole_step - one_rank_step - collectives_only, -collectives_only / 2)
-    network = dataclasses.replace(network, step_overhead=float(beyond) / sum(calibration_bytes))
-    sample = (f"DistributedOptimizer step of {len(CALIBRATION_SIZES)} tensors, beyond one rank's (calibration)",
-              sum(calibration_bytes), float(whole_step - one_rank_step),
-              network.step_communication_seconds(calibration_bytes, network.ranks))
-    return dataclasses.replace(network, samples=network.samples + (sample,))
+def calibrated(network, timings):
+    """The network with its step overheads fitted to measured DistributedOptimizer steps of the
+    CALIBRATIONS gradient lists, `timings` being their (one-rank, whole-job) step times: what a
+    step costs beyond the collectives' model, per byte and per tensor. Per byte, that is its new
+    output arrays (it allreduces out of place, and fresh memory costs page faults) and what
+    microbenchmarks miss about a real step (caches cold after the update); per tensor, its
+    Python bookkeeping. The byte cost may be negative, down to half the collectives' time;
+    the tensor cost is at least 0."""
+    rows, residuals, model = [], [], []
+    for sizes, (one, whole) in zip(CALIBRATIONS, timings):
+        sizes_bytes = [4 * n for n in sizes]
+        collectives_only = network.step_communication_seconds(sizes_bytes, network.ranks, in_place=True)
+        rows.append((sum(sizes_bytes), len(sizes)))
+        residuals.append(whole - one - collectives_only)
+        model.append(collectives_only)
+    per_byte, per_tensor = np.linalg.solve(np.array(rows, dtype=np.float64), np.array(residuals))
+    if per_tensor < 0:  # noise: put it all on the bytes of the large calibration
+        per_byte, per_tensor = residuals[0] / rows[0][0], 0.0
+    per_byte = max(per_byte, -model[0] / 2 / rows[0][0])
+    network = dataclasses.replace(network, step_overhead=float(per_byte), step_tensor_overhead=float(per_tensor))
+    samples = tuple((f"DistributedOptimizer step of {len(sizes)} tensors, beyond one rank's (calibration)",
+                     4 * sum(sizes), float(whole - one),
+                     network.step_communication_seconds([4 * n for n in sizes], network.ranks))
+                    for sizes, (one, whole) in zip(CALIBRATIONS, timings))
+    return dataclasses.replace(network, samples=network.samples + samples)
 
 
 # --- the model's inputs ----------------------------------------------------------------------
@@ -555,9 +573,8 @@ def validate(sizes, compute_seconds, rounds=3, steps=20):
         network = measure_network(calibrate=False)
         # The calibration step and the predicted one take turns, so that both see the same load
         # on the machine. The prediction uses only the calibration's timings (and the fit).
-        (calibration_one, calibration_whole), (one, whole) = time_training_steps(
-            [CALIBRATION_SIZES, sizes], compute_seconds, steps=steps)
-        network = calibrated(network, calibration_one, calibration_whole)
+        *calibration, (one, whole) = time_training_steps([*CALIBRATIONS, sizes], compute_seconds, steps=steps)
+        network = calibrated(network, calibration)
         predicted = Plan(network, sizes, 4, one, 1, 0.75, ranks).step_seconds(ranks)
         results.append(Validation(ranks, one, predicted, whole, network))
     return sorted(results, key=lambda v: v.ratio)[len(results) // 2]

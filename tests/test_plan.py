@@ -18,7 +18,8 @@ CLI_DEADLINE_SECONDS = 300
 
 def made_up_network(**changes):
     values = dict(ranks=2, alpha=5e-6, beta=1e-10, gamma=3e-10, copy=5e-11, round_seconds=2e-5,
-                  tensor_seconds=8e-6, step_overhead=2e-10, small_allreduce_threshold=8192, segment_bytes=1 << 20,
+                  tensor_seconds=8e-6, step_overhead=2e-10, step_tensor_overhead=3e-6,
+                  small_allreduce_threshold=8192, segment_bytes=1 << 20,
                   fusion_threshold=64 << 20)
     values.update(changes)
     return Network(**values)
@@ -42,13 +43,14 @@ def test_a_step_fuses_small_gradients_and_runs_large_ones_alone():
     net = made_up_network()
     sizes = [100, 200, 4 << 20, 300]  # bytes
     expected = (net.round_seconds + net.allreduce_seconds(8, 2) + 4 * net.tensor_seconds
-                + sum(sizes) * net.step_overhead                              # new output arrays
+                + sum(sizes) * net.step_overhead + 4 * net.step_tensor_overhead  # DistributedOptimizer's own
                 + net.allreduce_seconds(300, 2) + 2 * 300 * net.copy   # the first two, fused
                 + net.allreduce_seconds(4 << 20, 2)                    # at least a segment: alone
                 + net.allreduce_seconds(300, 2))                       # alone after it
     assert net.step_communication_seconds(sizes, 2) == pytest.approx(expected)
     assert net.step_communication_seconds(sizes, 1) == 0
-    assert net.step_communication_seconds(sizes, 2, in_place=True) == pytest.approx(expected - sum(sizes) * net.step_overhead)
+    assert net.step_communication_seconds(sizes, 2, in_place=True) == pytest.approx(
+        expected - sum(sizes) * net.step_overhead - 4 * net.step_tensor_overhead)
     unfused = net.step_communication_seconds(sizes, 2, fusion_threshold=0)
     assert unfused == pytest.approx(expected - 2 * 300 * net.copy - net.allreduce_seconds(300, 2)
                                     + net.allreduce_seconds(100, 2) + net.allreduce_seconds(200, 2))

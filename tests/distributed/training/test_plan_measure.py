@@ -17,7 +17,7 @@ def test_measure_network_fits_the_job_it_runs_on():
     assert min(network.alpha, network.beta, network.gamma, network.round_seconds, network.tensor_seconds) >= 0
     # every timing was the slowest rank's, so every rank fitted the same numbers
     mine = np.array([network.alpha, network.beta, network.gamma, network.round_seconds, network.tensor_seconds,
-                     network.step_overhead])
+                     network.step_overhead, network.step_tensor_overhead])
     assert (rt.allgather(mine[None]) == mine).all()
     kinds = {what.split(" of ")[0] for what, *_ in network.samples}
     assert kinds == {"recursive doubling allreduce", "ring allreduce", "ring allgather", "engine step",
