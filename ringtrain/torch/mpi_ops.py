@@ -14,6 +14,8 @@ runs everything. What is left here is what Horovod does differently at the edge:
   (0+1)+(2+3), ...). This costs an allgather, not an allreduce, and like Horovod's CPU Adasum it
   needs a power-of-two number of ranks; other sizes raise ValueError.
 * sparse_allreduce_async: Horovod's allgather of indices and values."""
+import collections
+import itertools
 import warnings
 
 import numpy as np
@@ -104,11 +106,16 @@ class _Ready(Handle):
 
 # (process set id, name) -> Handle, for Horovod's duplicate-name check
 _in_flight = {}
+# Unnamed operations are numbered per (kind, process set): every member of a set makes the same
+# calls on it, but ranks outside the set do not, so one global counter would drift apart.
+_unnamed = collections.defaultdict(itertools.count)
 
 
 def _claim(name, process_set, kind):
+    """(name to submit under, duplicate-check key). A name already in flight is a ValueError."""
     if name is None:
-        return None
+        set_id = process_set.process_set_id
+        return f"{kind}.noname.{set_id}.{next(_unnamed[kind, set_id])}", None
     if not isinstance(name, str):
         raise TypeError(f"name={name!r} must be a str")
     key = (process_set.process_set_id, name)
@@ -116,7 +123,7 @@ def _claim(name, process_set, kind):
     if previous is not None and not previous.poll():
         raise ValueError(f"{kind}: an operation named '{name}' is already in flight on rank {runtime.rank()}; "
                          "names of concurrent operations must be unique")
-    return key
+    return name, key
 
 
 def _track(handle):
@@ -168,7 +175,7 @@ def _set_rank(process_set, global_rank, arg="root_rank"):
 # --- allreduce ------------------------------------------------------------------------------
 def _allreduce_async(kind, tensors, in_place, name, op, prescale_factor, postscale_factor, process_set):
     grouped = kind.startswith("grouped")
-    key = _claim(name, process_set, kind)
+    name, key = _claim(name, process_set, kind)
     items = list(tensors) if grouped else [tensors]
     if not in_place:
         items = [contiguous(t) for t in items]
@@ -253,7 +260,7 @@ def _adasum_async(tensors, arrays, grouped, in_place, name, prescale_factor, pos
             raise TypeError(f"op=Adasum needs floating-point tensors; tensors[{i}] has dtype {tensors[i].dtype}")
     # One row per tensor element, gathered in rank order; the combination is done in float64.
     flat = [np.ascontiguousarray(a.reshape(1, -1)) for a in arrays]
-    parts = [_track(Handle(core.allgather_async(f, name=None if name is None else f"{name}.adasum.{i}",
+    parts = [_track(Handle(core.allgather_async(f, name=f"{name}.adasum.{i}",
                                                 process_set=process_set), lambda v: v)) for i, f in enumerate(flat)]
 
     def finish(gathered):
@@ -273,13 +280,13 @@ def _adasum_async(tensors, arrays, grouped, in_place, name, prescale_factor, pos
 
 # --- allgather ------------------------------------------------------------------------------
 def allgather_async(tensor, name=None, process_set=global_process_set):
-    key = _claim(name, process_set, "allgather")
+    name, key = _claim(name, process_set, "allgather")
     handle = core.allgather_async(to_numpy(contiguous(tensor)), name=name, process_set=process_set)
     return _track(Handle(handle, from_numpy, key))
 
 
 def grouped_allgather_async(tensors, name=None, process_set=global_process_set):
-    key = _claim(name, process_set, "grouped_allgather")
+    name, key = _claim(name, process_set, "grouped_allgather")
     arrays = [to_numpy(contiguous(t), f"tensors[{i}]") for i, t in enumerate(tensors)]
     handle = core.grouped_allgather_async(arrays, name=name, process_set=process_set)
     return _track(Handle(handle, _tensor_list, key))
@@ -287,7 +294,7 @@ def grouped_allgather_async(tensors, name=None, process_set=global_process_set):
 
 # --- broadcast ------------------------------------------------------------------------------
 def _broadcast_async(tensor, root_rank, name, process_set, in_place):
-    key = _claim(name, process_set, "broadcast")
+    name, key = _claim(name, process_set, "broadcast")
     root = _set_rank(process_set, root_rank)
     if in_place:
         handle = core.broadcast_async_(to_numpy(tensor), root, name=name, process_set=process_set)
@@ -328,7 +335,7 @@ def _splits(splits, size, rows):
 
 def alltoall_async(tensor, splits=None, name=None, process_set=global_process_set):
     """synchronize() returns (output, received_splits)."""
-    key = _claim(name, process_set, "alltoall")
+    name, key = _claim(name, process_set, "alltoall")
     tensor = contiguous(tensor)
     if tensor.dim() == 0:
         raise ValueError("alltoall needs a tensor with at least one dimension")
@@ -346,7 +353,7 @@ def alltoall_async(tensor, splits=None, name=None, process_set=global_process_se
 def _reducescatter_async(kind, tensors, name, op, prescale_factor, postscale_factor, process_set):
     if op is Adasum:
         raise NotImplementedError(f"{kind} does not support op=Adasum (nor does Horovod's)")
-    key = _claim(name, process_set, kind)
+    name, key = _claim(name, process_set, kind)
     grouped = kind.startswith("grouped")
     if grouped:
         arrays = [to_numpy(contiguous(t), f"tensors[{i}]") for i, t in enumerate(tensors)]
@@ -379,14 +386,14 @@ def sparse_allreduce_async(tensor, name=None, op=Average, process_set=global_pro
         raise ValueError(f"sparse_allreduce_async supports op=Sum and op=Average, got {op!r}")
     if not isinstance(tensor, torch.Tensor) or not tensor.is_sparse:
         raise TypeError("sparse_allreduce_async needs a sparse COO torch.Tensor")
-    key = _claim(name, process_set, "sparse_allreduce")
+    name, key = _claim(name, process_set, "sparse_allreduce")
     t = tensor.coalesce()
     indices = t.indices().t().contiguous()      # one row per non-zero, so the ragged dim is first
     values = t.values().contiguous()
     parts = [
-        _track(Handle(core.allgather_async(to_numpy(indices), name=None if name is None else f"{name}.indices",
+        _track(Handle(core.allgather_async(to_numpy(indices), name=f"{name}.indices",
                                            process_set=process_set), from_numpy)),
-        _track(Handle(core.allgather_async(to_numpy(values), name=None if name is None else f"{name}.values",
+        _track(Handle(core.allgather_async(to_numpy(values), name=f"{name}.values",
                                            process_set=process_set), from_numpy)),
     ]
     size, shape = process_set.size(), t.shape

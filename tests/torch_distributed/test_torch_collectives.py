@@ -240,6 +240,22 @@ def test_process_sets_with_global_root_ranks():
             hvd.remove_process_set(s)
 
 
+def test_unnamed_ops_in_process_sets_do_not_shift_global_names():
+    """Members of a set make calls on it that other ranks do not make; unnamed global calls
+    afterwards must still pair up (names are numbered per process set)."""
+    sets, mine, members = even_odd_sets()
+    try:
+        for _ in range(len(members) + 1):  # a different number of unnamed calls per set
+            hvd.allreduce(torch.ones(2), process_set=mine)
+            hvd.broadcast(torch.ones(2), members[0], process_set=mine)
+    finally:
+        for s in reversed(sets):
+            hvd.remove_process_set(s)
+    for root in range(hvd.size()):
+        assert torch.equal(hvd.broadcast(torch.full((2,), float(hvd.rank())), root), torch.full((2,), float(root)))
+    assert int(hvd.allreduce(torch.ones(1), op=hvd.Sum)) == hvd.size()
+
+
 def test_objects_join_barrier_and_queries():
     obj = {"hello": 123, 0: [1, 2]} if hvd.rank() == 0 else {}
     assert hvd.broadcast_object(obj, root_rank=0) == {"hello": 123, 0: [1, 2]}
