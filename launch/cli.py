@@ -103,8 +103,6 @@ def add_plan_parser(sub):
     plan.add_argument("--max-workers", type=_positive_int, default=64, help="largest number of workers considered")
     plan.add_argument("--min-efficiency", type=float, default=0.75,
                       help="a worker count is worthwhile while its scaling efficiency is at least this")
-    plan.add_argument("--backend", choices=("mpi", "spark"), default="mpi",
-                      help="start the measurement job under mpiexec (default) or as a Spark barrier job")
     plan.add_argument("--validate", action="store_true",
                       help="also time a real training step with these gradients (and --compute-ms of waiting) "
                            "on the job, next to its prediction")
@@ -113,7 +111,8 @@ def add_plan_parser(sub):
 
 
 def plan_command(args, parser):
-    """ringtrain plan: one measurement job, then the table (and the validation, if asked)."""
+    """ringtrain plan: one measurement job under mpiexec, then the table (and the validation, if
+    asked). On Spark, call rt.plan(..., backend="spark") from the driver instead."""
     from ringtrain.launcher import run
     from ringtrain.plan import measure_network, plan, validate
 
@@ -125,10 +124,10 @@ def plan_command(args, parser):
         parser.error("--validate trains float32 parameters: use --bytes-per-element 4")
     compute = args.compute_ms / 1e3
     if args.validate:
-        validation = run(validate, args=(args.sizes, compute), np=args.np, backend=args.backend)
+        validation = run(validate, args=(args.sizes, compute), np=args.np)
         network = validation.network
     else:
-        network = run(measure_network, np=args.np, backend=args.backend)
+        network = run(measure_network, np=args.np)
     result = plan(args.sizes, compute, args.batch_size, np=args.np, network=network,
                            min_efficiency=args.min_efficiency, max_workers=args.max_workers,
                            bytes_per_element=args.bytes_per_element)
