@@ -378,33 +378,61 @@ def grouped_reducescatter_async(tensors, name=None, op=Average, prescale_factor=
 
 
 # --- sparse ---------------------------------------------------------------------------------
+class _Deferred(Handle):
+    """A sparse allreduce: ringtrain.sparse.sparse_allreduce runs when the handle is waited on (or
+    called, as Horovod's sparse handles are)."""
+
+    __slots__ = ("_run",)
+
+    def __init__(self, run, key):
+        super().__init__(None, None, key)
+        self._run = run
+
+    def poll(self):
+        return self._done
+
+    def wait(self):
+        if not self._done:
+            try:
+                self._result, self._done = self._run(), True
+            finally:
+                _in_flight.pop(self._key, None)
+        return self._result
+
+    __call__ = wait
+
+
 def sparse_allreduce_async(tensor, name=None, op=Average, process_set=global_process_set):
-    """Allreduce of a sparse COO tensor by allgathering its indices and values (Horovod's way);
-    the handle is called (or synchronized) for the coalesced sparse result."""
+    """Allreduce of a sparse COO tensor through ringtrain.sparse (method "auto": Horovod's
+    allgather of indices and values, owner-sharded reduction or dense, whichever its cost model
+    picks). The sparse dimensions are flattened into one row index, as ringtrain.sparse wants
+    row-sparse gradients. Every rank must wait on its handles in the same order; the result is
+    a coalesced sparse tensor."""
+    from .. import sparse
+
     op = _op(op, None)
     if op not in (Sum, Average):
         raise ValueError(f"sparse_allreduce_async supports op=Sum and op=Average, got {op!r}")
     if not isinstance(tensor, torch.Tensor) or not tensor.is_sparse:
         raise TypeError("sparse_allreduce_async needs a sparse COO torch.Tensor")
     name, key = _claim(name, process_set, "sparse_allreduce")
-    t = tensor.coalesce()
-    indices = t.indices().t().contiguous()      # one row per non-zero, so the ragged dim is first
-    values = t.values().contiguous()
-    parts = [
-        _track(Handle(core.allgather_async(to_numpy(indices), name=f"{name}.indices",
-                                           process_set=process_set), from_numpy)),
-        _track(Handle(core.allgather_async(to_numpy(values), name=f"{name}.values",
-                                           process_set=process_set), from_numpy)),
-    ]
-    size, shape = process_set.size(), t.shape
+    t = tensor.detach().coalesce()
+    shape, k = tuple(t.shape), t.sparse_dim()
+    row_dims = shape[:k]
+    rows = np.ravel_multi_index(t.indices().numpy(), row_dims) if k else np.zeros(t.values().shape[0], np.int64)
+    work = torch.float64 if t.dtype == torch.float64 else torch.float32
+    values = t.values().to(work).numpy()
+    grad = sparse.SparseGradient(rows, values.reshape((-1,) + shape[k:]), (int(np.prod(row_dims)),) + shape[k:])
 
-    def finish(results):
-        all_indices, all_values = results
-        if op == Average:
-            all_values = all_values / size
-        return torch.sparse_coo_tensor(all_indices.t(), all_values, shape, check_invariants=False).coalesce()
+    def run():
+        reduced = sparse.sparse_allreduce(grad, op=op, name=name, process_set=process_set)
+        if isinstance(reduced, np.ndarray):  # the "dense" method
+            return torch.from_numpy(reduced).reshape(shape).to(t.dtype).to_sparse(k)
+        indices = torch.from_numpy(np.stack(np.unravel_index(reduced.indices, row_dims)).astype(np.int64))
+        values = torch.from_numpy(np.ascontiguousarray(reduced.values)).to(t.dtype)
+        return torch.sparse_coo_tensor(indices, values, shape, check_invariants=False).coalesce()
 
-    return _track(_Ready(parts, finish, key))
+    return _track(_Deferred(run, key))
 
 
 # --- synchronisation and process sets -------------------------------------------------------

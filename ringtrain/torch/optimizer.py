@@ -108,7 +108,9 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         for p, (handle, context) in list(self._handles.items()):
             if handle is None:
                 self._handles[p] = self._allreduce_grad_async(p)
-        for p, (handle, context) in self._handles.items():
+        # Name order: sparse gradients are reduced when waited on, so every rank must wait in one order.
+        for p in sorted(self._handles, key=self._parameter_names.get):
+            handle, context = self._handles[p]
             output = synchronize(handle)
             self._allreduce_delay[p] = self.backward_passes_per_step
             if p.grad.is_sparse:

@@ -280,6 +280,14 @@ def test_sparse_allreduce_matches_dense():
         dense = [torch.where(t > 1.5, t, torch.zeros_like(t)) for t in dense]
         handle = hvd.sparse_allreduce_async(dense[hvd.rank()].to_sparse(), name=f"sparse.{i}", op=hvd.Average)
         torch.testing.assert_close(handle().to_dense(), torch.stack(dense).mean(0))
+    # row-sparse (an embedding gradient: sparse_dim 1) in float16 and float64, unnamed, Sum
+    for dtype in (torch.float16, torch.float64):
+        dense = [rank_tensor(r, (9, 2, 3), dtype, seed=65) for r in range(hvd.size())]
+        dense = [torch.where(t > 1.2, t, torch.zeros_like(t)) for t in dense]
+        result = hvd.sparse_allreduce_async(dense[hvd.rank()].to_sparse(1), op=hvd.Sum)()
+        assert result.is_sparse and result.dtype == dtype and result.sparse_dim() == 1
+        expected = torch.stack([t.double() for t in dense]).sum(0)
+        torch.testing.assert_close(result.to_dense().double(), expected, rtol=2e-3, atol=0)
 
 
 def test_adasum_matches_reference_or_refuses_non_power_of_two():
