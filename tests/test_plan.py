@@ -133,7 +133,7 @@ def test_cli_rejects_bad_input_without_starting_a_job(args, message):
 def test_plan_measures_a_new_job_when_given_no_network():
     plan = rt.plan(SIZES, compute_seconds=0.01, batch_size=16, np=2, timeout=CLI_DEADLINE_SECONDS)
     net = plan.network
-    assert net.ranks == 2 and net.alpha > 0 and net.beta > 0
+    assert net.ranks == 2 and net.allreduce_seconds(16 << 20, 2) > net.allreduce_seconds(64 << 10, 2) > 0
     assert len(net.samples) >= 10 and plan.communication_seconds(2) > 0
     assert plan.step_seconds(4) > plan.step_seconds(2) > plan.step_seconds(1) == 0.01
 
@@ -165,10 +165,12 @@ def test_the_network_can_be_measured_in_a_spark_barrier_job():
 
     session = spark_session("local[2]")
     try:
-        network = rt.run(measure_network, kwargs=dict(repeats=3, warmup_seconds=0.0), np=2, backend="spark",
+        network = rt.run(measure_network, kwargs=dict(repeats=5, warmup_seconds=0.5), np=2, backend="spark",
                          timeout=CLI_DEADLINE_SECONDS)
     finally:
         session.stop()
-    assert isinstance(network, Network) and network.ranks == 2 and network.alpha > 0 and network.beta > 0
+    # Under heavy load a fit may pin one coefficient at zero; the model must still price bytes.
+    assert isinstance(network, Network) and network.ranks == 2 and len(network.samples) >= 10
+    assert network.allreduce_seconds(16 << 20, 2) > network.allreduce_seconds(64 << 10, 2) > 0
     plan = rt.plan(SIZES, compute_seconds=0.01, batch_size=16, network=network)
     assert plan.step_seconds(2) > plan.step_seconds(1)
