@@ -5,9 +5,11 @@ import collections
 
 import torch
 
+from .. import training
 from ..process_sets import global_process_set
 from . import mpi_ops
 from .objects import broadcast_object
+from .tensors import to_numpy
 
 
 def broadcast_parameters(params, root_rank, process_set=global_process_set):
@@ -21,16 +23,14 @@ def broadcast_parameters(params, root_rank, process_set=global_process_set):
     if not isinstance(params, list) or any(not isinstance(pair, tuple) or len(pair) != 2 for pair in params):
         raise ValueError("params must be a dict (e.g. model.state_dict()) or (name, tensor) pairs "
                          "(e.g. model.named_parameters())")
-    handles = []
     for name, p in params:
-        if p is None:
-            continue
-        if not isinstance(p, torch.Tensor):
+        if p is not None and not isinstance(p, torch.Tensor):
             raise ValueError(f"params['{name}'] is a {type(p).__name__}, not a tensor")
-        handles.append(mpi_ops.broadcast_async_(p.data, root_rank, name=f"broadcast_parameters.{name}",
-                                                process_set=process_set))
-    for handle in handles:
-        mpi_ops.synchronize(handle)
+    # The numpy core's broadcast_parameters, on views of the tensors' memory; it counts root_rank
+    # within the process set, Horovod globally.
+    training.broadcast_parameters([(name, to_numpy(p.data, f"params['{name}']")) for name, p in params
+                                   if p is not None],
+                                  root_rank=mpi_ops._set_rank(process_set, root_rank), process_set=process_set)
 
 
 def broadcast_optimizer_state(optimizer, root_rank, process_set=global_process_set):
