@@ -11,10 +11,14 @@ import torch
 from ..dtypes import bfloat16 as _NUMPY_BFLOAT16
 
 
-def to_numpy(tensor, arg="tensor"):
-    """A numpy array sharing `tensor`'s memory (no copy, whatever the dtype)."""
+def _check_tensor(tensor, arg):
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{arg} must be a torch.Tensor, got {type(tensor).__name__}")
+
+
+def to_numpy(tensor, arg="tensor"):
+    """A numpy array sharing `tensor`'s memory (no copy, whatever the dtype)."""
+    _check_tensor(tensor, arg)
     if tensor.device.type != "cpu":
         raise ValueError(f"{arg} is on device {tensor.device}; ringtrain.torch reduces CPU tensors only")
     if tensor.layout != torch.strided:
@@ -35,7 +39,8 @@ def from_numpy(array):
     return torch.from_numpy(array)
 
 
-def contiguous(tensor):
+def contiguous(tensor, arg="tensor"):
     """`tensor` itself when it is contiguous; a contiguous copy only when it is not (the out-of-place
     collectives accept any layout, as Horovod's do)."""
-    return tensor if tensor.is_contiguous() else tensor.contiguous()
+    _check_tensor(tensor, arg)
+    return tensor if tensor.layout != torch.strided or tensor.is_contiguous() else tensor.contiguous()

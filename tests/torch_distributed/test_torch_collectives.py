@@ -5,6 +5,7 @@ import os
 import shutil
 import tempfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -198,6 +199,26 @@ def test_reducescatter_bad_input():
         hvd.reducescatter(torch.tensor(1.0))
     with pytest.raises(NotImplementedError):
         hvd.reducescatter(torch.ones(4), op=hvd.Adasum)
+
+
+def test_bad_input_fails_before_communicating():
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        hvd.allreduce(np.ones(3))
+    with pytest.raises(TypeError, match="complex64"):
+        hvd.allreduce(torch.ones(3, dtype=torch.complex64))
+    with pytest.raises(TypeError, match="sparse"):
+        hvd.allreduce_async_(torch.ones(3).to_sparse())
+    with pytest.raises(TypeError, match="name"):
+        hvd.allreduce(torch.ones(3), name=7)
+    with pytest.raises(ValueError, match="op="):
+        hvd.allreduce(torch.ones(3), op="median")
+    with pytest.raises(ValueError, match="root_rank"):
+        hvd.broadcast(torch.ones(3), hvd.size())
+    with pytest.raises(ValueError, match="contiguous"):
+        hvd.allreduce_(torch.ones(4, 4).t())  # in place needs the tensor's own contiguous memory
+    t = torch.ones(4, 4).t()  # out of place accepts any layout, as Horovod does
+    assert torch.equal(hvd.allreduce(t, op=hvd.Max), t)
+    hvd.barrier()  # every rank is still in step
 
 
 def test_mismatches_raise_on_every_rank():
