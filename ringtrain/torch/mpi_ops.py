@@ -13,7 +13,9 @@ runs everything. What is left here is what Horovod does differently at the edge:
   tensors, combined pairwise in the order of Horovod's recursive halving (ranks 0+1, 2+3, then
   (0+1)+(2+3), ...). This costs an allgather, not an allreduce, and like Horovod's CPU Adasum it
   needs a power-of-two number of ranks; other sizes raise ValueError.
-* sparse_allreduce_async: Horovod's allgather of indices and values."""
+* sparse_allreduce_async: through ringtrain.sparse, its cost model choosing the method.
+* unnamed operations are numbered per (kind, process set), so that calls some ranks make on a
+  set they belong to cannot shift the names of later calls on other sets."""
 import collections
 import itertools
 import warnings
@@ -81,7 +83,7 @@ class Handle:
 
 
 class _Ready(Handle):
-    """A handle over several core handles (Adasum, sparse): finish receives their results."""
+    """A handle over several handles (Adasum's allgathers): finish receives their results."""
 
     __slots__ = ("_parts",)
 
@@ -113,6 +115,8 @@ _unnamed = collections.defaultdict(itertools.count)
 
 def _claim(name, process_set, kind):
     """(name to submit under, duplicate-check key). A name already in flight is a ValueError."""
+    if not isinstance(process_set, _CoreProcessSet):
+        raise TypeError(f"process_set={process_set!r} must be a ringtrain.torch.ProcessSet")
     if name is None:
         set_id = process_set.process_set_id
         return f"{kind}.noname.{set_id}.{next(_unnamed[kind, set_id])}", None
