@@ -12,6 +12,7 @@ k backward passes before they are communicated (they are summed, not divided by 
 gradient_predivide_factor=f divides by f before the sum and by size/f after it; parameters
 that got no gradient on this rank are reduced as zeros, so every rank submits the same
 tensors; sparse gradients go through sparse_allreduce_async unless sparse_as_dense=True."""
+import collections
 import contextlib
 import warnings
 
@@ -54,8 +55,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         if any(not isinstance(pair, tuple) or len(pair) != 2 for pair in named_parameters):
             raise ValueError("named_parameters should be a sequence of (name, parameter) tuples, "
                              "usually model.named_parameters()")
-        names = [name for name, _ in named_parameters]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = sorted(n for n, count in collections.Counter(name for name, _ in named_parameters).items()
+                            if count > 1)
         if duplicates:
             raise ValueError(f"Parameter names in named_parameters must be unique; duplicated: {duplicates}")
         named = {p: name for name, p in named_parameters}
