@@ -52,6 +52,7 @@ class DistributedOptimizer:
         self._count = 0
         self._passes = 0
         self._in_flight = [None] * n  # (handle, compression context), or (None, gradient)
+        self._buffers = [None] * n    # per parameter, reused every step: accumulation and the wire
         self._alone = None            # a one-rank set: nothing to average, nothing to compress for
         if sparse_method not in SPARSE_METHODS:
             raise ValueError(f"sparse_method={sparse_method!r} must be one of {', '.join(map(repr, SPARSE_METHODS))}")
@@ -76,11 +77,11 @@ class DistributedOptimizer:
             grad = np.asarray(grad, dtype=np.float32)
         k = self.backward_passes_per_step
         if self._passes == 0:
-            self._accumulated[index] = grad.copy() if k > 1 else grad
+            self._accumulated[index] = self._reusable(index, grad) if k > 1 else grad
+        elif index in self._sparse:  # earlier passes of this window were sparse: fold them in
+            grad = grad + sum(g.to_dense() for g in self._sparse.pop(index)).astype(np.float32)
+            self._accumulated[index] = self._reusable(index, grad)
         else:
-            if index in self._sparse:  # earlier passes of this window were sparse: fold them in
-                grad = grad + sum(g.to_dense() for g in self._sparse.pop(index)).astype(np.float32)
-                self._accumulated[index] = np.zeros_like(grad)
             self._accumulated[index] += grad
         if self._passes + 1 < k:
             return
@@ -90,10 +91,23 @@ class DistributedOptimizer:
         if self._alone:  # the average over one rank is the local mean itself
             self._in_flight[index] = (None, self._accumulated[index] / k if k > 1 else self._accumulated[index])
             return
-        tensor, context = self.compression.compress(np.ascontiguousarray(self._accumulated[index]))
-        handle = collectives.allreduce_async(tensor, op=self.op, name=self.names[index], prescale_factor=1.0 / k,
-                                             process_set=self.process_set)
+        accumulated = self._accumulated[index]
+        tensor, context = self.compression.compress(np.ascontiguousarray(accumulated))
+        if tensor is accumulated and tensor is not self._buffers[index]:
+            tensor = self._reusable(index, tensor)  # the caller's own array: reduce a copy
+        # in place, in a buffer kept across steps: a fresh output array each step costs page
+        # faults that are slower than the copy
+        handle = collectives.allreduce_async_(tensor, op=self.op, name=self.names[index], prescale_factor=1.0 / k,
+                                              process_set=self.process_set)
         self._in_flight[index] = (handle, context)
+
+    def _reusable(self, index, source):
+        """`source` copied into parameter `index`'s persistent float32 buffer."""
+        buffer = self._buffers[index]
+        if buffer is None or buffer.shape != source.shape:
+            buffer = self._buffers[index] = np.empty(source.shape, dtype=np.float32)
+        np.copyto(buffer, source)
+        return buffer
 
     def step(self, grads=None):
         n = len(self._seen)

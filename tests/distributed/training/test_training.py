@@ -103,3 +103,23 @@ def test_checkpoint_saved_by_rank_zero_and_loaded_everywhere():
 
 def test_metric_average():
     assert rt.metric_average(float(rt.rank())) == pytest.approx((rt.size() - 1) / 2)
+
+
+@pytest.mark.parametrize("passes", [1, 3])
+def test_the_callers_gradients_are_left_as_they_were(passes):
+    """The optimizer reduces in buffers of its own, reused every step, never in the caller's arrays."""
+    size, rank = rt.size(), rt.rank()
+    params = [np.zeros((3, 5), np.float32), np.zeros(7, np.float32)]
+    opt = rt.DistributedOptimizer(rt.optim.SGD(params, lr=1.0), backward_passes_per_step=passes)
+    for step in range(3):
+        for p in range(passes):
+            grads = [np.full((3, 5), rank + step + p, np.float32), np.arange(7, dtype=np.float32) * (rank + 1)]
+            kept = [g.copy() for g in grads]
+            opt.step(grads)
+            for g, k in zip(grads, kept):
+                np.testing.assert_array_equal(g, k)
+    # three updates of lr=1 with the average over ranks and passes
+    mean_rank = (size - 1) / 2
+    expected0 = -sum(mean_rank + step + (passes - 1) / 2 for step in range(3))
+    np.testing.assert_allclose(params[0], np.full((3, 5), expected0, np.float32), rtol=1e-6)
+    np.testing.assert_allclose(params[1], -3 * np.arange(7, dtype=np.float32) * (size + 1) / 2, rtol=1e-6)
