@@ -4,7 +4,8 @@ Each call validates its arguments completely (type, dtype, layout, op, root, spl
 anything is queued, so bad input raises on the rank that has it and leaves all buffers
 untouched. Then it becomes a Request for the background engine (engine.py); the *_async
 variants return its Handle, the plain calls wait for it. Names are optional: unnamed calls get
-deterministic names (the n-th unnamed allreduce is "allreduce.noname.n" on every rank)."""
+deterministic names (the n-th unnamed allreduce on a process set has the same name on every
+member). The grouped_* calls always return lists, one-tensor groups included."""
 import collections
 import itertools
 import math
@@ -23,9 +24,12 @@ _PLAIN_NUMBERS = (int, float)
 _unnamed = collections.defaultdict(itertools.count)
 
 
-def _name(kind, name):
+def _name(kind, name, process_set_id=0):
+    # Numbered per (kind, process set): the members of a set make the same calls on it, but
+    # ranks outside it do not, so one counter per kind would drift apart between ranks.
     if name is None:
-        return f"{kind}.noname.{next(_unnamed[kind])}"
+        number = next(_unnamed[kind, process_set_id])
+        return f"{kind}.noname.{number}" if process_set_id == 0 else f"{kind}.noname.set{process_set_id}.{number}"
     if not isinstance(name, str):
         raise TypeError(f"name={name!r} must be a str")
     return name
@@ -95,7 +99,8 @@ def _allreduce(kind, tensors, op, name, prescale_factor, postscale_factor, proce
     arrays, code = _tensors(tensors, in_place, kind)
     op, pre, post = _check_reduction(op, code, prescale_factor, postscale_factor)
     outputs = arrays if in_place else [np.empty_like(a) for a in arrays]
-    request = Request("allreduce", _name(kind, name), state.id, arrays, outputs, code, int(op), -1, pre, post)
+    request = Request("allreduce", _name(kind, name, state.id), state.id, arrays, outputs, code, int(op), -1, pre,
+                      post, grouped=kind.startswith("grouped_"))
     result = _submit(engine, request, wait)
     if wait and in_place:
         return tensors
@@ -159,7 +164,8 @@ def _allgather(kind, tensors, name, process_set, wait):
     arrays, code = _tensors(tensors, False, kind)
     for a in arrays:
         _check_rows(a, "tensor", "allgather")
-    request = Request("allgather", _name(kind, name), state.id, arrays, [], code)
+    request = Request("allgather", _name(kind, name, state.id), state.id, arrays, [], code,
+                      grouped=kind.startswith("grouped_"))
     return _submit(engine, request, wait)
 
 
@@ -196,7 +202,7 @@ def _broadcast(tensor, root_rank, name, process_set, in_place, wait):
     array, code = as_array(tensor, writable=in_place)
     root = _check_root(state.size, root_rank)
     out = array if in_place else np.empty_like(array)
-    request = Request("broadcast", _name("broadcast", name), state.id, [array], [out], code, 0, root)
+    request = Request("broadcast", _name("broadcast", name, state.id), state.id, [array], [out], code, 0, root)
     result = _submit(engine, request, wait)
     return tensor if (wait and in_place) else result
 
@@ -226,7 +232,8 @@ def _reducescatter(kind, tensors, op, name, prescale_factor, postscale_factor, p
     for a in arrays:
         _check_rows(a, "tensor", "reducescatter")
     op, pre, post = _check_reduction(op, code, prescale_factor, postscale_factor)
-    request = Request("reducescatter", _name(kind, name), state.id, arrays, [], code, int(op), -1, pre, post)
+    request = Request("reducescatter", _name(kind, name, state.id), state.id, arrays, [], code, int(op), -1, pre,
+                      post, grouped=kind.startswith("grouped_"))
     return _submit(engine, request, wait)
 
 
@@ -278,7 +285,7 @@ def _alltoall(tensor, splits, name, process_set, wait):
     engine, state = _set(process_set, "alltoall")
     array, code = as_array(tensor)
     _check_rows(array, "tensor", "alltoall")
-    request = Request("alltoall", _name("alltoall", name), state.id, [array], [], code,
+    request = Request("alltoall", _name("alltoall", name, state.id), state.id, [array], [], code,
                       splits=_check_splits(state.size, splits, array.shape[0]))
     return _submit(engine, request, wait)
 
@@ -299,7 +306,7 @@ def alltoall_async(tensor, splits=None, name=None, process_set=global_process_se
 def barrier(process_set=global_process_set):
     """Block until every rank of the set has called barrier()."""
     engine, state = _set(process_set, "barrier")
-    _submit(engine, Request("barrier", _name("barrier", None), state.id), True)
+    _submit(engine, Request("barrier", _name("barrier", None, state.id), state.id), True)
 
 
 def join():

@@ -29,6 +29,8 @@ class Handle:
         self.error = None
 
     def complete(self, result):
+        if self.request.grouped and not isinstance(result, list):  # a one-tensor group is still a group
+            result = [result]
         self.result, self.done = result, True
 
     def fail(self, error):
@@ -54,6 +56,7 @@ class Request:
     postscale: float = 1.0
     splits: object = None           # alltoall's send splits (legitimately differ between ranks)
     payload: object = None          # control requests: e.g. the ranks of a new process set
+    grouped: bool = False           # a grouped_* call: its result is a list, even of one tensor
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
     handle: Handle = None
     _signature: list = None

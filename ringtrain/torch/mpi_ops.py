@@ -137,8 +137,7 @@ def _track(handle):
 
 
 def _tensor_list(outputs):
-    """The core completes a one-tensor grouped op with the bare array; grouped calls return lists."""
-    return [from_numpy(o) for o in (outputs if isinstance(outputs, list) else [outputs])]
+    return [from_numpy(o) for o in outputs]
 
 
 def poll(handle):

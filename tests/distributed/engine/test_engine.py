@@ -252,3 +252,33 @@ def test_background_thread_reduces_while_python_computes():
     assert rt.poll(handle), "the background engine did not complete the allreduce"
     assert work > 0
     assert (rt.synchronize(handle) == rt.size()).all()
+
+
+def test_unnamed_calls_on_a_set_do_not_shift_the_global_names():
+    """Only rank 0's set runs unnamed ops; the unnamed global ops after them still match up."""
+    size, rank = rt.size(), rt.rank()
+    solo = rt.add_process_set([0])
+    try:
+        if rank == 0:
+            for _ in range(3):
+                assert rt.allreduce(np.ones(2), op=rt.Sum, process_set=solo).tolist() == [1, 1]
+            assert rt.broadcast_object({"from": "set"}, process_set=solo, name="solo.obj") == {"from": "set"}
+            assert rt.allgather_object(rank, process_set=solo) == [0]
+        handles = [rt.allreduce_async(np.full(3, float(rank)), op=rt.Sum) for _ in range(2)]
+        expected = float(sum(range(size)))
+        assert all(rt.synchronize(h).tolist() == [expected] * 3 for h in handles)
+    finally:
+        rt.remove_process_set(solo)
+
+
+def test_grouped_calls_return_lists_even_for_one_tensor():
+    size, rank = rt.size(), rt.rank()
+    out = rt.grouped_allreduce([np.full(2, float(rank))], op=rt.Sum)
+    assert isinstance(out, list) and len(out) == 1 and out[0].tolist() == [float(sum(range(size)))] * 2
+    gathered = rt.synchronize(rt.grouped_allgather_async([np.array([rank])]))
+    assert isinstance(gathered, list) and gathered[0].tolist() == list(range(size))
+    shares = rt.grouped_reducescatter([np.ones((size, 2))], op=rt.Sum)
+    assert isinstance(shares, list) and shares[0].tolist() == [[size, size]]
+    buf = [np.ones(3)]
+    out = rt.grouped_allreduce_(buf, op=rt.Sum)
+    assert isinstance(out, list) and out[0] is buf[0] and buf[0].tolist() == [size] * 3
