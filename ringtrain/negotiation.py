@@ -70,6 +70,9 @@ class Coordinator:
         # name -> (error text, ranks that have not announced it yet): a failed name is failed
         # for the latecomers too when they get there, instead of leaving them waiting forever.
         self.owed = {}
+        # names failed because a rank had joined: a rank that still owes them would have
+        # announced them before its own join, so they expire when the join completes
+        self.owed_for_join = set()
 
     def needs_slow_round(self, now):
         return self.stalls.wants_a_look(self.table, now)
@@ -110,10 +113,15 @@ class Coordinator:
             entry = self.table[name]
             present = set(entry.signatures)
             kinds = {sig[0] for sig in entry.signatures.values()}
+            if kinds != {"allreduce"} and joined - present:
+                # a joined rank contributes zeros to allreduces only; nothing else can complete
+                # now, so fail at once rather than wait for the other ranks' submissions
+                self._fail(response, name, f"{kinds.pop()} '{name}' cannot complete: rank(s) "
+                           f"{sorted(joined - present)} have already joined")
+                if name in self.owed:
+                    self.owed_for_join.add(name)
+                continue
             if len(present | (joined if kinds == {"allreduce"} else set())) < self.size:
-                if joined and kinds != {"allreduce"} and len(present | joined) == self.size:
-                    self._fail(response, name, f"{kinds.pop()} '{name}' cannot complete: rank(s) "
-                               f"{sorted(joined - present)} have already joined")
                 continue
             del self.table[name]
             problem = mismatch_message(name, entry.signatures)
@@ -134,6 +142,9 @@ class Coordinator:
         if len(joined) == self.size:
             response["join_done"] = self.joined[-1]
             self.joined = []
+            for name in self.owed_for_join:
+                self.owed.pop(name, None)
+            self.owed_for_join.clear()
         return response
 
     def _fail(self, response, name, text, also_present=()):

@@ -210,6 +210,21 @@ def test_join_with_uneven_batches():
     assert rt.allreduce(np.ones(1), op=rt.Sum, name="after.join").tolist() == [size]
 
 
+def test_allgather_after_a_rank_joined_fails_at_once_on_every_other_rank():
+    """Horovod's pattern: each rank in turn joins while the others call an unnamed allgather.
+    The others' unnamed counters drift apart (the joined rank skipped a call), so their names
+    differ; the op must fail at once, not wait for a name that never comes."""
+    size, rank = rt.size(), rt.rank()
+    if size == 1:
+        pytest.skip("needs a second rank")
+    for first in range(size):
+        if rank != first:
+            with pytest.raises(rt.RingtrainError, match=rf"cannot complete: rank\(s\) \[{first}\] have already joined"):
+                rt.allgather(np.ones((2, 3), np.float32))
+        assert rt.join() != first
+    assert rt.allgather_object(rank, name="after.join.objects") == list(range(size))
+
+
 def test_process_sets_run_independently():
     size, rank = rt.size(), rt.rank()
     evens = rt.add_process_set([r for r in range(size) if r % 2 == 0])
