@@ -134,3 +134,19 @@ def test_half_precision_special_values():
         one = np.array([1.0], dtype=dtype)
         _core.reduce(big, one, CODES[np.dtype(dtype)], int(rt.Sum))
         assert big.astype(np.float32)[0] == np.float32(np.array([2049.0], np.float32).astype(dtype)[0])
+
+
+def test_adasum_arithmetic():
+    """Parallel gradients average, orthogonal ones add; four ranks combine (0+1)+(2+3)."""
+    from ringtrain import adasum
+    np.testing.assert_allclose(adasum.combine(np.array([[2.0, 0.0], [2.0, 0.0]])), [2.0, 0.0])
+    np.testing.assert_allclose(adasum.combine(np.array([[1.0, 0.0], [0.0, 3.0]])), [1.0, 3.0])
+    rows = np.random.default_rng(0).standard_normal((4, 5))
+    np.testing.assert_allclose(adasum.combine(rows),
+                               adasum.pair(adasum.pair(rows[0], rows[1]), adasum.pair(rows[2], rows[3])))
+    np.testing.assert_allclose(adasum.combine(np.zeros((2, 3))), np.zeros(3))
+    with pytest.raises(ValueError, match="power-of-two number of ranks.*has 3"):
+        adasum.check(3, [np.float32])
+    with pytest.raises(TypeError, match=r"tensors\[1\] has dtype int32"):
+        adasum.check(2, [np.float16, np.int32])
+    adasum.check(4, [np.float32, np.float16, rt.bfloat16])

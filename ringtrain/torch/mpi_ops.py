@@ -9,8 +9,8 @@ runs everything. What is left here is what Horovod does differently at the edge:
   synchronize() returns torch tensors. A second in-flight operation with the same name is a
   ValueError at once, on the rank that made it (Horovod's behaviour), rather than a failed
   handle later.
-* Adasum: the core has no Adasum op. It is computed here from an allgather of the ranks'
-  tensors, combined pairwise in the order of Horovod's recursive halving (ranks 0+1, 2+3, then
+* Adasum: the core has no Adasum collective. The tensors are allgathered here and combined by
+  ringtrain.adasum, pairwise in the order of Horovod's recursive halving (ranks 0+1, 2+3, then
   (0+1)+(2+3), ...). This costs an allgather, not an allreduce, and like Horovod's CPU Adasum it
   needs a power-of-two number of ranks; other sizes raise ValueError.
 * sparse_allreduce_async: through ringtrain.sparse, its cost model choosing the method.
@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 import torch
 
+from .. import adasum
 from .. import collectives as core
 from .. import runtime
 from ..ops import Average, Max, Min, Product, Sum, as_op
@@ -236,31 +237,10 @@ def grouped_allreduce_(tensors, average=None, name=None, op=None, prescale_facto
 
 
 # --- Adasum ---------------------------------------------------------------------------------
-def _adasum_pair(a, b):
-    """Horovod's Adasum of two gradients: each is scaled down by half its projection on the
-    other, so parallel gradients average and orthogonal ones add."""
-    dot, a2, b2 = float(np.vdot(a, b)), float(np.vdot(a, a)), float(np.vdot(b, b))
-    ca = 1.0 - dot / (2 * a2) if a2 > 0 else 1.0
-    cb = 1.0 - dot / (2 * b2) if b2 > 0 else 1.0
-    return ca * a + cb * b
-
-
-def adasum_reference(vectors):
-    """Adasum of the ranks' vectors (float64), in recursive-halving order."""
-    level = list(vectors)
-    while len(level) > 1:
-        level = [_adasum_pair(level[i], level[i + 1]) for i in range(0, len(level), 2)]
-    return level[0]
-
+adasum_reference = adasum.combine  # kept under this name for the binding's tests
 
 def _adasum_async(tensors, arrays, grouped, in_place, name, prescale_factor, postscale_factor, process_set, key):
-    size = process_set.size()
-    if size & (size - 1):
-        raise ValueError(f"op=Adasum needs a power-of-two number of ranks (as Horovod's CPU Adasum does); "
-                         f"this process set has {size}")
-    for i, t in enumerate(tensors):
-        if not t.dtype.is_floating_point:
-            raise TypeError(f"op=Adasum needs floating-point tensors; tensors[{i}] has dtype {tensors[i].dtype}")
+    adasum.check(process_set.size(), [a.dtype for a in arrays])
     # One row per tensor element, gathered in rank order; the combination is done in float64.
     flat = [np.ascontiguousarray(a.reshape(1, -1)) for a in arrays]
     parts = [_track(Handle(core.allgather_async(f, name=f"{name}.adasum.{i}",
@@ -269,7 +249,7 @@ def _adasum_async(tensors, arrays, grouped, in_place, name, prescale_factor, pos
     def finish(gathered):
         outputs = []
         for tensor, array, rows in zip(tensors, arrays, gathered):
-            combined = adasum_reference(rows.astype(np.float64) * prescale_factor) * postscale_factor
+            combined = adasum.combine(rows.astype(np.float64) * prescale_factor) * postscale_factor
             result = combined.reshape(array.shape).astype(array.dtype)
             if in_place:
                 array[...] = result
