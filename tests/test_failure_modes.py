@@ -31,7 +31,14 @@ def test_mismatched_program_fails_on_every_rank_in_bounded_time(ranks):
         r = rt.rank()
         # the last rank builds its gradient with the dimensions swapped
         grad = np.zeros((64, 128) if r == rt.size() - 1 else (128, 64), dtype=np.float32)
-        rt.allreduce(grad, name="grad/fc1")
+        try:
+            rt.allreduce(grad, name="grad/fc1")
+        except rt.RingtrainError as error:
+            print(f"caught {type(error).__module__}.{type(error).__name__}: {error}", flush=True)
+            # The engine still works after a mismatch. The barrier also makes every rank print before the
+            # first one exits: mpiexec kills the rest as soon as one rank exits non-zero.
+            rt.barrier()
+            raise
         print("unreachable")
     """)
     run = run_mpiexec(ranks, [sys.executable, path], timeout=DEADLINE + 30, env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -42,7 +49,7 @@ def test_mismatched_program_fails_on_every_rank_in_bounded_time(ranks):
     message = (f"Mismatched allreduce shapes for 'grad/fc1': rank 0 has (128, 64), "
                f"but rank {ranks - 1} has (64, 128)")
     for rank in range(ranks):
-        assert f"ringtrain.errors.RingtrainError: {message}" in run.rank_output(rank), run.output[-3000:]
+        assert f"caught ringtrain.errors.RingtrainError: {message}" in run.rank_output(rank), run.output[-3000:]
     assert "unreachable" not in run.output
 
 
