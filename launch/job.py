@@ -2,7 +2,12 @@
 report the rank that failed. Used by `ringtrain run` and by the decorator.
 
 The job runs in its own session: Ctrl-C or SIGTERM to this process kill the whole process
-group (mpiexec, its proxies, every rank), so nothing is left behind."""
+group (mpiexec, its proxies, every rank), so nothing is left behind.
+
+When a rank exits non-zero, hydra is meant to kill the others, but its clean-up races between
+the PMI socket closing and waitpid (pmodels/mpich#7057) and can leave the rest waiting forever
+in a collective. So the launcher watches the ranks' exit records itself and ends the job
+FAILURE_GRACE seconds after the first failure if mpiexec has not."""
 import dataclasses
 import os
 import signal
@@ -13,6 +18,8 @@ import threading
 
 from .mpiexec import die_with_parent, find_mpiexec, kill_process_group
 from .rank_output import PREPEND_PATTERN, RankLines
+
+FAILURE_GRACE = 3.0  # seconds the other ranks get to report their own errors after one fails
 
 
 @dataclasses.dataclass
@@ -60,6 +67,10 @@ def run_job(np, command, env=None, mpi_args=(), stdout=None, stderr=None, timeou
     def kill_job(*_):
         kill_process_group(process.pid)
 
+    ended = threading.Event()
+    watchdog = threading.Thread(target=_end_after_a_failure, args=(status_dir, process, ended, kill_job), daemon=True)
+    watchdog.start()
+
     def interrupted(signum, _frame):
         kill_job()
         raise KeyboardInterrupt(f"ringtrain: stopped by signal {signum}; every rank was killed")
@@ -75,6 +86,8 @@ def run_job(np, command, env=None, mpi_args=(), stdout=None, stderr=None, timeou
         process.wait()
         raise
     finally:
+        ended.set()
+        watchdog.join()
         kill_job()  # ranks that outlived mpiexec must not linger
         for t in pumps:
             t.join(timeout=5)
@@ -86,9 +99,29 @@ def run_job(np, command, env=None, mpi_args=(), stdout=None, stderr=None, timeou
     return JobResult(returncode, failed_rank, failed_status, last)
 
 
+def _failed(status_dir):
+    for name in os.listdir(status_dir):
+        if name.startswith("rank-") and not name.endswith(".tmp"):
+            with open(os.path.join(status_dir, name)) as f:
+                if int(f.read().split()[0]) != 0:
+                    return True
+    return False
+
+
+def _end_after_a_failure(status_dir, process, ended, kill_job, poll=0.1):
+    while not ended.wait(poll):
+        if _failed(status_dir):
+            if not ended.wait(FAILURE_GRACE) and process.poll() is None:
+                kill_job()
+            return
+
+
 def _first_failure(status_dir):
     ended = []
     for name in os.listdir(status_dir):
+        if name.endswith(".tmp"):  # a rank killed while writing its record
+            os.unlink(os.path.join(status_dir, name))
+            continue
         with open(os.path.join(status_dir, name)) as f:
             status, when = f.read().split()
         os.unlink(os.path.join(status_dir, name))

@@ -26,8 +26,10 @@ def main():
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, forward)
     status = child.wait()
-    with open(os.path.join(status_dir, f"rank-{rank}"), "w") as f:
+    path = os.path.join(status_dir, f"rank-{rank}")
+    with open(path + ".tmp", "w") as f:  # renamed into place: the launcher polls for these files
         f.write(f"{status} {time.time():.6f}\n")
+    os.replace(path + ".tmp", path)
     sys.exit(status if status >= 0 else 128 - status)
 
 

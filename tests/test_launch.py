@@ -74,6 +74,31 @@ def test_a_failing_rank_is_named_with_its_last_lines_and_nothing_survives():
     assert not leftovers(marker), "a rank outlived the failed job"
 
 
+def test_a_rank_that_fails_before_mpi_starts_ends_the_job():
+    # hydra kills the other ranks only when a rank dies after MPI's PMI init, and even then it races
+    # (pmodels/mpich#7057). Here rank 1 exits before init, and rank 0 would wait in MPI_Init
+    # forever: only the launcher's own watchdog can end the job.
+    marker = "ringtrain-cli-before-init-marker-5d0e"
+    path = write(f"""
+        # {marker}
+        import os, sys
+        if os.environ["PMI_RANK"] == "1":
+            sys.exit("rank 1 could not read its shard")
+        import ringtrain as rt
+        rt.init()
+        rt.barrier()
+    """)
+    started = time.monotonic()
+    result = ringtrain_run("-np", "2", "python", path, marker, timeout=60)
+    os.unlink(path)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert time.monotonic() - started < 30
+    assert "ringtrain run: rank 1 failed with exit status 1; its last output:" in result.stderr
+    assert "rank 1 could not read its shard" in result.stderr.split("its last output:")[1]
+    time.sleep(0.5)
+    assert not leftovers(marker), "a rank outlived the failed job"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupting_the_launcher_stops_every_rank(signum):
     marker = f"ringtrain-cli-interrupt-marker-{signum}"
