@@ -5,10 +5,9 @@ sets. Each test leaves the engine usable for the next one: that is part of what 
 import json
 import logging
 import os
+import re
 import tempfile
 import time
-
-import re
 
 import numpy as np
 import pytest
