@@ -68,7 +68,8 @@ def run_job(np, command, env=None, mpi_args=(), stdout=None, stderr=None, timeou
         kill_process_group(process.pid)
 
     ended = threading.Event()
-    watchdog = threading.Thread(target=_end_after_a_failure, args=(status_dir, process, ended, kill_job), daemon=True)
+    watchdog = threading.Thread(target=end_after_a_failure, daemon=True,
+                                args=(lambda: a_rank_failed(status_dir), ended, kill_job))
     watchdog.start()
 
     def interrupted(signum, _frame):
@@ -99,7 +100,8 @@ def run_job(np, command, env=None, mpi_args=(), stdout=None, stderr=None, timeou
     return JobResult(returncode, failed_rank, failed_status, last)
 
 
-def _failed(status_dir):
+def a_rank_failed(status_dir):
+    """Whether a rank_exec record in status_dir shows a non-zero exit."""
     for name in os.listdir(status_dir):
         if name.startswith("rank-") and not name.endswith(".tmp"):
             with open(os.path.join(status_dir, name)) as f:
@@ -108,10 +110,14 @@ def _failed(status_dir):
     return False
 
 
-def _end_after_a_failure(status_dir, process, ended, kill_job, poll=0.1):
+def end_after_a_failure(failed, ended, kill_job, poll=0.1):
+    """Until `ended` is set: once failed() is true, give the job FAILURE_GRACE seconds to end
+    by itself, then kill_job(). For a watchdog thread beside whatever waits for the job. It
+    kills even when the launcher process has exited: what it started may still hold the job's
+    pipes open (a rank's own helper process, say)."""
     while not ended.wait(poll):
-        if _failed(status_dir):
-            if not ended.wait(FAILURE_GRACE) and process.poll() is None:
+        if failed():
+            if not ended.wait(FAILURE_GRACE):
                 kill_job()
             return
 

@@ -5,7 +5,8 @@
 mpiexec itself does not say which rank failed, only that one did. This wrapper runs the
 command as its child (inheriting the PMI file descriptors MPI needs), writes
 STATUS_DIR/rank-<r> with the exit status and the time it ended, and exits with the same status.
-The child is tied to this process (PR_SET_PDEATHSIG), so killing the job cannot orphan it."""
+This process is tied to its parent, the proxy, and the child to this process (PR_SET_PDEATHSIG),
+so killing the job cannot orphan either."""
 import os
 import signal
 import subprocess
@@ -18,6 +19,9 @@ def main():
     rank = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or "unknown"
     from ringtrain.launch.mpiexec import die_with_parent
 
+    die_with_parent()  # hydra's proxy may give its ranks their own process group: tie them to it
+    if os.getppid() == 1:  # the proxy was already gone
+        sys.exit(128 + signal.SIGKILL)
     child = subprocess.Popen(command, close_fds=False, preexec_fn=die_with_parent)
 
     def forward(signum, _frame):

@@ -121,10 +121,7 @@ class Executor:
         finished = time.perf_counter()
         for item in group:
             self.bytes_reduced += item.nbytes
-            if item.request is not None:
-                item.request.handle.complete(item.request.outputs[0] if len(item.request.outputs) == 1
-                                             else list(item.request.outputs))
-            if timeline is not None:
+            if timeline is not None:  # before complete(): a waiter may stop the timeline at once
                 name = item.name
                 if item.request is not None:
                     timeline.span(name, "NEGOTIATE_ALLREDUCE", item.request.submitted, item.ready_at)
@@ -136,6 +133,9 @@ class Executor:
                     timeline.span(name, "MEMCPY_OUT_FUSION_BUFFER", copied_out, finished)
                 else:
                     timeline.span(name, ALGORITHM_NAMES[algorithm], started, finished, bytes=int(tensors[0].nbytes))
+            if item.request is not None:
+                item.request.handle.complete(item.request.outputs[0] if len(item.request.outputs) == 1
+                                             else list(item.request.outputs))
 
     # --- the other collectives -----------------------------------------------------------
     def _allgather(self, ps, item):

@@ -72,6 +72,25 @@ def test_a_rank_that_raises_fails_the_job_with_its_traceback(spark):
     assert 'raise ValueError("bad shard on rank one")' in info.value.remote_traceback
 
 
+def test_a_failed_rank_ends_the_job_even_when_hydra_does_not_notice(spark):
+    import ringtrain.spark
+
+    def fn():
+        import subprocess
+        if rt.rank() == 1:
+            # a helper process holding the rank's output open: hydra then never ends the job
+            # (plain mpiexec waits for ever), so only ringtrain's own watchdog can stop rank 0
+            subprocess.Popen(["sleep", "100"], close_fds=False)
+            raise ValueError("bad shard on rank one")
+        rt.barrier()
+
+    started = time.monotonic()
+    with pytest.raises(rt.RemoteError) as info:
+        ringtrain.spark.run(fn, num_proc=slots(spark))
+    assert info.value.rank == 1 and "ValueError: bad shard on rank one" in str(info.value)
+    assert time.monotonic() - started < 60
+
+
 def test_a_rank_that_exits_hard_fails_the_job_and_leaves_no_process(spark):
     import ringtrain.spark
 
@@ -135,7 +154,9 @@ def test_the_channel_drops_unauthenticated_frames():
         good.send({"hello": 1})
         bad = Sender(("127.0.0.1", receiver.port), b"x" * 32)
         bad.send({"evil": 1})
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10  # the receiver's threads handle both frames in their own time
+        while not (got and receiver.rejected) and time.monotonic() < deadline:
+            time.sleep(0.01)
         good.close()
         bad.close()
     finally:

@@ -36,5 +36,6 @@ def test_attempts_stop_at_max_failures(spark_with_retries):
     def always_fails():
         raise RuntimeError(f"rank {rt.rank()} always fails")
 
-    with pytest.raises(rt.RemoteError, match="rank 0 raised RuntimeError: rank 0 always fails"):
+    # either rank may be reported: the first to fail can end the job before the other writes its error
+    with pytest.raises(rt.RemoteError, match=r"rank (\d) raised RuntimeError: rank \1 always fails"):
         ringtrain.spark.run(always_fails, num_proc=2)

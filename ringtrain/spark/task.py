@@ -56,6 +56,7 @@ def barrier_task(job, secret, payload):
     def run(rows):
         from pyspark import BarrierTaskContext
 
+        from ringtrain.launch.job import a_rank_failed, end_after_a_failure
         from ringtrain.launch.mpiexec import die_with_parent, find_mpiexec
         from ringtrain.launch.rank_output import PREPEND_PATTERN, RankLines
 
@@ -70,6 +71,7 @@ def barrier_task(job, secret, payload):
         env = dict(os.environ, **job["env"], PYTHONUNBUFFERED="1")
         mpiexec = proxy = None
         job_dir = None
+        finished = threading.Event()
         try:
             # One Spark barrier sync in all (each costs about a second): task 0 names this
             # attempt's job directory and starts mpiexec, then sends both with the proxy commands.
@@ -80,7 +82,8 @@ def barrier_task(job, secret, payload):
                 spec = ",".join(f"{h}:{len(tasks_of[h])}" for h in hosts)
                 mpiexec = subprocess.Popen(
                     [find_mpiexec(), "-launcher", "manual", "-hosts", spec, "-n", str(len(task_hosts)),
-                     "-prepend-pattern", PREPEND_PATTERN, sys.executable, "-m", "ringtrain.launch.worker", job_dir],
+                     "-prepend-pattern", PREPEND_PATTERN, sys.executable, "-m", "ringtrain.launch.rank_exec", job_dir,
+                     sys.executable, "-m", "ringtrain.launch.worker", job_dir],
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                     env=dict(env, RINGTRAIN_JOB_DIR=job_dir), start_new_session=True, preexec_fn=die_with_parent)
                 commands = []
@@ -103,7 +106,12 @@ def barrier_task(job, secret, payload):
                         os.mkfifo(fifo_path(job_dir, rank_of[task]), 0o600)
                 proxy = subprocess.Popen(shlex.split(commands[hosts.index(my_host)]), env=env,
                                          stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
-            finished = threading.Event()
+                # hydra's own kill-the-rest races (see launch/job.py): a rank of this host that
+                # failed ends this host's ranks (and mpiexec, on task 0), this task fails, and
+                # Spark ends the other tasks
+                watchdog = threading.Thread(target=end_after_a_failure, daemon=True, args=(
+                    lambda: a_rank_failed(job_dir), finished, lambda: [_kill_group(p) for p in (proxy, mpiexec)]))
+                watchdog.start()
             feeder = None
             if job["dataframe"]:
                 fifo = fifo_path(job_dir, rank_of[index])
@@ -153,6 +161,7 @@ def barrier_task(job, secret, payload):
                                    f"{proxy.returncode if proxy else None})")
             return iter(records)
         finally:
+            finished.set()
             _kill_group(mpiexec)
             _kill_group(proxy)
             sender.close()

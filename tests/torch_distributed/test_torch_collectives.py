@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import ringtrain.torch as hvd
+from ringtrain import runtime
 from torch_harness import ALL_DTYPES, INT_DTYPES, all_inputs, assert_close, even_odd_sets, \
     rank_tensor, reference
 
@@ -100,9 +101,11 @@ def test_async_handles_and_fusion():
 
 def test_duplicate_name_in_flight_is_a_value_error():
     t = torch.ones(5)
-    first = hvd.allreduce_async(t, name="dup.name")
-    with pytest.raises(ValueError, match="already in flight"):
-        hvd.allreduce_async(t, name="dup.name")
+    # no engine round between the two calls: the first cannot finish before the second is made
+    with runtime.current("test").engine._round_lock:
+        first = hvd.allreduce_async(t, name="dup.name")
+        with pytest.raises(ValueError, match="already in flight"):
+            hvd.allreduce_async(t, name="dup.name")
     assert torch.equal(hvd.synchronize(first), torch.ones(5))
     hvd.allreduce(t, name="dup.name")  # reusable once finished
 
