@@ -54,6 +54,7 @@ class DistributedOptimizer:
         self._in_flight = [None] * n  # (handle, compression context), or (None, gradient)
         self._buffers = [None] * n    # per parameter, reused every step: accumulation and the wire
         self._alone = None            # a one-rank set: nothing to average, nothing to compress for
+        self._direct = False          # ... and no accumulation: dense gradients pass straight through
         if sparse_method not in SPARSE_METHODS:
             raise ValueError(f"sparse_method={sparse_method!r} must be one of {', '.join(map(repr, SPARSE_METHODS))}")
         self.sparse_method = sparse_method
@@ -69,6 +70,9 @@ class DistributedOptimizer:
             raise ValueError(f"gradient {index} ({self.names[index]}) was already given in this pass")
         self._seen[index] = True
         self._count += 1
+        if self._direct and type(grad) is np.ndarray and grad.dtype == np.float32:
+            self._in_flight[index] = (None, grad)  # one rank, no accumulation: the gradient as it is
+            return
         if type(grad) is not np.ndarray or grad.dtype != np.float32:
             if isinstance(grad, SparseGradient):
                 if self._passes == 0 or index in self._sparse:
@@ -88,6 +92,7 @@ class DistributedOptimizer:
         # last pass of the window: send now, while the rest of the backward pass runs
         if self._alone is None:
             self._alone = self.process_set.size() == 1
+            self._direct = self._alone and k == 1
         if self._alone:  # the average over one rank is the local mean itself
             self._in_flight[index] = (None, self._accumulated[index] / k if k > 1 else self._accumulated[index])
             return

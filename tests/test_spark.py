@@ -80,7 +80,7 @@ def test_a_failed_rank_ends_the_job_even_when_hydra_does_not_notice(spark):
         if rt.rank() == 1:
             # a helper process holding the rank's output open: hydra then never ends the job
             # (plain mpiexec waits for ever), so only ringtrain's own watchdog can stop rank 0
-            subprocess.Popen(["sleep", "100"], close_fds=False)
+            subprocess.Popen(["sleep", "75"], close_fds=False)  # outlasts the bound below, then ends
             raise ValueError("bad shard on rank one")
         rt.barrier()
 

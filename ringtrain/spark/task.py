@@ -125,14 +125,22 @@ def barrier_task(job, secret, payload):
             done = os.path.join(job_dir, "done")
             if proxy is not None:
                 proxy.wait()
-                open(done, "w").close()
+                host_failed = proxy.returncode != 0 or a_rank_failed(job_dir)
+                with open(done + ".tmp", "w") as f:
+                    f.write("failed" if host_failed else "ok")
+                os.replace(done + ".tmp", done)
             else:  # keep this task (and its partition's feeder) alive until this host's ranks are done
                 while not os.path.exists(done):
                     time.sleep(0.02)
+                with open(done) as f:
+                    host_failed = f.read() != "ok"
             finished.set()
             if feeder is not None:
                 feeder.join(timeout=5)
-            failed = (mpiexec is not None and mpiexec.returncode != 0) or (proxy is not None and proxy.returncode != 0)
+            # Every task of a failed job fails, not only the leaders: Spark then retries the whole
+            # barrier stage. A task that succeeded would keep its map output, and the retry would
+            # be a stage of the failed tasks only, which waits for ever in its barrier.
+            failed = host_failed or (mpiexec is not None and mpiexec.returncode != 0)
             records = []
             if leader:
                 for task in tasks_of[my_host]:
