@@ -10,6 +10,8 @@ from .process_sets import global_process_set
 from .sparse import METHODS as SPARSE_METHODS, SparseGradient, sparse_allreduce
 from .sparse_kernels import scatter_add_rows, zero_rows
 
+_FLOAT32 = np.dtype(np.float32)  # an identity test is quicker; any other float32 takes the general path
+
 
 class DistributedOptimizer:
     """Wraps an optimizer (ringtrain.optim.SGD/Adam or anything with .params, .step(grads),
@@ -70,7 +72,7 @@ class DistributedOptimizer:
             raise ValueError(f"gradient {index} ({self.names[index]}) was already given in this pass")
         self._seen[index] = True
         self._count += 1
-        if self._direct and type(grad) is np.ndarray and grad.dtype == np.float32:
+        if self._direct and type(grad) is np.ndarray and grad.dtype is _FLOAT32:
             self._in_flight[index] = (None, grad)  # one rank, no accumulation: the gradient as it is
             return
         if type(grad) is not np.ndarray or grad.dtype != np.float32:
