@@ -109,10 +109,24 @@ class Coordinator:
             self._fail(response, name, text, reporters[name])
 
         joined = set(self.joined)
+        # ranks that are leaving (shutdown(), or the end of the program): what they have not
+        # submitted can never complete, and their shutdown cannot complete while others wait
+        shutting = set()
+        for entry in self.table.values():
+            if {sig[0] for sig in entry.signatures.values()} == {"shutdown"}:
+                shutting |= set(entry.signatures)
+        stranded = []
         for name in list(self.table):
             entry = self.table[name]
             present = set(entry.signatures)
             kinds = {sig[0] for sig in entry.signatures.values()}
+            if "shutdown" not in kinds and shutting - present:
+                gone = sorted(shutting - present)
+                kind = sorted(kinds)[0]
+                stranded.append(f"{kind} '{name}', submitted by rank(s) {sorted(present)} but not by rank(s) {gone}")
+                self._fail(response, name, f"{kind} '{name}' cannot complete: rank(s) {gone} called shutdown() "
+                           f"(or reached the end of the program) without submitting it")
+                continue
             if kinds != {"allreduce"} and joined - present:
                 # a joined rank contributes zeros to allreduces only; nothing else can complete
                 # now, so fail at once rather than wait for the other ranks' submissions
@@ -135,6 +149,11 @@ class Coordinator:
                 bit, next_bit = next_bit, next_bit + 1
             response["ok"].append([name, signature, bit])
 
+        if stranded:
+            more = f" (and {len(stranded) - 1} more)" if len(stranded) > 1 else ""
+            for name in [n for n, e in self.table.items() if {sig[0] for sig in e.signatures.values()} == {"shutdown"}]:
+                self._fail(response, name, f"shutdown() cannot complete: the other ranks still wait for "
+                           f"{stranded[0]}{more}")
         warnings, errors = self.stalls.inspect(self.table, self.size, joined, now)
         response["warnings"] = warnings
         for name, text in errors:

@@ -7,9 +7,10 @@ import atexit
 import dataclasses
 import os
 import sys
+import time
 
 from .config import Config
-from .errors import NotInitializedError
+from .errors import NotInitializedError, RingtrainError
 
 
 @dataclasses.dataclass
@@ -118,25 +119,36 @@ def _install_exit_hooks():
     _install_exit_hooks.done = True
     previous_hook = sys.excepthook
 
-    def note_exception(*exc_info):
+    def note_exception(exc_type, exc, tb):
         global _dying_of_exception
-        _dying_of_exception = True
-        previous_hook(*exc_info)
+        _dying_of_exception = exc if exc is not None else True
+        previous_hook(exc_type, exc, tb)
 
     sys.excepthook = note_exception
     atexit.register(_at_exit)
 
 
 def _at_exit():
+    global _dying_of_exception
     if _runtime is None:
         return
     if not _dying_of_exception:
-        shutdown()
-        return
+        try:
+            shutdown()
+            return
+        except RingtrainError as exc:  # the other ranks wait for something this one never submitted
+            sys.stderr.write(f"ringtrain: rank {_runtime.rank}: {type(exc).__module__}.{type(exc).__name__}: {exc}\n")
+            _dying_of_exception = exc
     # Dying of an exception (its traceback is already printed). The engine thread may be inside
     # an MPI call that other ranks will never complete, so neither a collective shutdown nor
     # MPI_Finalize is safe: stop the thread if it can stop, then leave with status 1, which
     # makes mpiexec end the job on every rank.
+    if isinstance(_dying_of_exception, RingtrainError):
+        # The other ranks get their side of this error from the same negotiation (a mismatch,
+        # a rank that left): this engine keeps running rounds a moment, so that they can receive
+        # and print it before this rank's exit makes mpiexec end the job.
+        sys.stderr.flush()
+        time.sleep(1.0)
     engine = _runtime.engine
     engine._stop.set()
     if engine._thread.is_alive():

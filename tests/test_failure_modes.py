@@ -2,6 +2,7 @@
 end with a clear error (not a hang), within a bounded time."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,6 +52,31 @@ def test_mismatched_program_fails_on_every_rank_in_bounded_time(ranks):
     for rank in range(ranks):
         assert f"caught ringtrain.errors.RingtrainError: {message}" in run.rank_output(rank), run.output[-3000:]
     assert "unreachable" not in run.output
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_a_collective_the_other_ranks_never_call_fails_on_every_rank(ranks):
+    # rank 0 waits in an allreduce that the others skip; they reach the end of the program
+    path = script("""
+        import numpy as np, ringtrain as rt
+        rt.init()
+        if rt.rank() == 0:
+            rt.allreduce(np.ones(4), name="grad/only_rank0")
+        print("finished", flush=True)
+    """)
+    run = run_mpiexec(ranks, [sys.executable, path], timeout=DEADLINE + 30, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    os.unlink(path)
+    assert not run.timed_out, f"the job hung:\n{run.output[-3000:]}"
+    assert run.seconds < DEADLINE, f"took {run.seconds:.1f}s"
+    assert run.returncode != 0
+    # which of the others had already left when rank 0's allreduce arrived depends on timing
+    found = re.search(r"RingtrainError: allreduce 'grad/only_rank0' cannot complete: rank\(s\) \[([\d, ]+)\] called "
+                      r"shutdown\(\) \(or reached the end of the program\) without submitting it", run.rank_output(0))
+    assert found and set(map(int, found.group(1).split(","))) <= set(range(1, ranks)), run.output[-3000:]
+    for rank in range(1, ranks):
+        assert (f"ringtrain: rank {rank}: ringtrain.errors.RingtrainError: shutdown() cannot complete: the other "
+                f"ranks still wait for allreduce 'grad/only_rank0', submitted by rank(s) [0]") in run.rank_output(rank), \
+            run.output[-3000:]
 
 
 def test_stall_warns_then_fails_after_the_shutdown_time():
