@@ -2,19 +2,19 @@
 
     python -m ringtrain.launch.worker JOB_DIR
 
-JOB_DIR (created 0700 by the caller, on this machine) holds function.pkl, the cloudpickled
+JOB_DIR (created 0700 by the caller, on this machine) holds function.pkl, ringtrain.pickling.dumps_call's
 (fn, args, kwargs). Each rank writes result-<rank>.pkl: ("ok", value) or ("error", type name,
 message, traceback text, the pickled exception if it pickles). Nothing is read from a socket.
 On an error the rank exits at once (status 1), so mpiexec stops the others instead of leaving
 them waiting in a collective."""
 import os
-import pickle
 import sys
 import traceback
 
 import cloudpickle
 
 from ringtrain.launch.mpiexec import die_with_parent
+from ringtrain.pickling import loads_call
 
 
 def _write(job_dir, rank, record):
@@ -33,7 +33,7 @@ def main():
     die_with_parent()  # this rank dies with mpiexec's proxy, whatever kills it
     try:
         with open(os.path.join(job_dir, "function.pkl"), "rb") as f:
-            fn, args, kwargs = pickle.load(f)
+            fn, args, kwargs = loads_call(f.read())
         value = fn(*args, **kwargs)
         _write(job_dir, rank, cloudpickle.dumps(("ok", value)))
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller

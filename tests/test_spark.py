@@ -162,3 +162,30 @@ def test_the_channel_drops_unauthenticated_frames():
     finally:
         receiver.close()
     assert got == [{"hello": 1}] and receiver.rejected == 1
+
+
+def test_a_notebook_cell_function_fails_with_its_source_line(spark):
+    """A function defined in a notebook-like cell (no file behind it) travels by value; the
+    driver's error still shows the line that raised on the rank."""
+    import linecache
+    import textwrap
+
+    import ringtrain.spark
+
+    name = "<ringtrain-spark-cell>"
+    source = textwrap.dedent("""
+        def train():
+            if rt.rank() == 1:
+                raise ValueError("bad shard in a cell")
+            rt.barrier()
+    """)
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    namespace = {"rt": rt}
+    exec(compile(source, name, "exec"), namespace)
+    try:
+        with pytest.raises(rt.RemoteError) as info:
+            ringtrain.spark.run(namespace["train"], num_proc=slots(spark))
+    finally:
+        linecache.cache.pop(name, None)
+    assert f'File "{name}", line 4, in train' in info.value.remote_traceback
+    assert 'raise ValueError("bad shard in a cell")' in info.value.remote_traceback
