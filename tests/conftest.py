@@ -2,6 +2,8 @@
 run resolved, so a failure caused by a new release is obvious from the log."""
 import importlib.metadata
 
+import pytest
+
 CORE_DEPENDENCIES = ("mpi4py", "mpich", "numpy", "numba", "pyspark", "cloudpickle", "ml_dtypes", "torch")
 
 
@@ -13,3 +15,19 @@ def pytest_report_header(config):
         except importlib.metadata.PackageNotFoundError:
             versions.append(f"{name} (not installed)")
     return "ringtrain dependencies: " + " ".join(versions)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """Three emulated hosts (h1, h2, h3) for the whole session, removed at its end. Not root: the
+    tests that need them fail and say why (CI runs as root)."""
+    from emulated_hosts import EmulatedCluster, NotRoot
+
+    try:
+        made = EmulatedCluster(3)
+    except NotRoot as exc:
+        pytest.fail(str(exc))
+    try:
+        yield made
+    finally:
+        made.close()
