@@ -43,6 +43,11 @@ def build_parser():
     hosts = run.add_mutually_exclusive_group()
     hosts.add_argument("-H", "--hosts", help="host1:slots,host2:slots,...")
     hosts.add_argument("--hostfile", help="file with one 'host' or 'host:slots' per line")
+    run.add_argument("--launcher-command", metavar="COMMAND",
+                     help="how to start processes on the other hosts, called like ssh (COMMAND HOST COMMAND...); "
+                          "default: ssh")
+    run.add_argument("--network-interface", metavar="IFACE",
+                     help="the network interface the hosts reach each other on (e.g. eth0)")
     run.add_argument("--fusion-threshold-mb", type=_non_negative, help="Tensor Fusion buffer size in MB (0 disables)")
     run.add_argument("--cycle-time-ms", type=_non_negative, help="pause between negotiation rounds")
     run.add_argument("--timeline-filename", help="write a Chrome trace (rank 0)")
@@ -113,7 +118,7 @@ def add_plan_parser(sub):
 def plan_command(args, parser):
     """ringtrain plan: one measurement job under mpiexec, then the table (and the validation, if
     asked). On Spark, call rt.plan(..., backend="spark") from the driver instead."""
-    from ringtrain.launcher import run
+    from ringtrain.launch.run_function import run
     from ringtrain.plan import measure_network, plan, validate
 
     if not 0 < args.min_efficiency < 1:
@@ -163,25 +168,18 @@ def rank_environment(args, base=None):
     return env
 
 
-def host_arguments(args, parser):
-    """mpiexec arguments for -H / --hostfile, after checking there are slots for -np ranks."""
-    if args.hosts:
-        entries = [h.strip() for h in args.hosts.split(",") if h.strip()]
-    elif args.hostfile:
-        with open(args.hostfile) as f:
-            entries = [line.split("#", 1)[0].strip().replace(" slots=", ":") for line in f]
-        entries = [e for e in entries if e]
-    else:
-        return []
-    slots = 0
-    for entry in entries:
-        host, _, count = entry.partition(":")
-        if not host or (count and not count.isdigit()):
-            parser.error(f"bad host entry {entry!r}: expected host or host:slots")
-        slots += int(count or 1)
-    if slots < args.np:
-        parser.error(f"-np {args.np} needs {args.np} slots, but the hosts offer {slots}: {','.join(entries)}")
-    return ["-hosts", ",".join(entries)]
+def placement(args, parser):
+    """The job's Hosts from -H / --hostfile and how to reach them (None: this host only), after
+    checking there are slots for -np ranks."""
+    from .job import Hosts
+
+    try:
+        hosts = Hosts.parse(args.hosts, args.hostfile, args.launcher_command, args.network_interface)
+        if hosts is not None:
+            hosts.check_slots(args.np)
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
+    return hosts
 
 
 def check():
@@ -234,13 +232,13 @@ def main(argv=None):
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not command:
         parser.error("run needs a command, e.g. ringtrain run -np 2 python train.py")
-    mpi_args = host_arguments(args, parser) + args.mpi_args.split()
+    hosts = placement(args, parser)
     try:
-        result = run_job(args.np, command, env=rank_environment(args), mpi_args=mpi_args)
+        result = run_job(args.np, command, env=rank_environment(args), hosts=hosts, mpi_args=args.mpi_args.split())
     except KeyboardInterrupt as exc:
         print(str(exc) or "ringtrain: interrupted; every rank was killed", file=sys.stderr)
         return 130
-    except MPIExecNotFound as exc:
+    except (MPIExecNotFound, OSError) as exc:
         print(f"ringtrain: {exc}", file=sys.stderr)
         return 2
     if result.returncode != 0:

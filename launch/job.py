@@ -1,25 +1,140 @@
-"""Run a command on N ranks under mpiexec, streaming every rank's output with its rank, and
-report the rank that failed. Used by `ringtrain run` and by the decorator.
+"""A job: a command on N ranks under mpiexec, on this host or on many, streaming every rank's
+output with its rank, and reporting the rank that failed. Used by `ringtrain run`, rt.run /
+@rt.distributed and the Spark barrier task that leads a job.
 
-The job runs in its own session: Ctrl-C or SIGTERM to this process kill the whole process
-group (mpiexec, its proxies, every rank), so nothing is left behind.
+The launcher runs a JobService: an authenticated channel (channel.py) that serves the pickled
+function, and receives each rank's exit record (from rank_exec) and result (from worker). So
+nothing depends on a file system the hosts share, and a failure on any host is seen at once.
+
+The job runs in its own session: Ctrl-C or SIGTERM to this process kill the whole process group
+(mpiexec, its proxies, every rank), so nothing is left behind.
 
 When a rank exits non-zero, hydra is meant to kill the others, but its clean-up races between
-the PMI socket closing and waitpid (pmodels/mpich#7057) and can leave the rest waiting forever
-in a collective. So the launcher watches the ranks' exit records itself and ends the job
-FAILURE_GRACE seconds after the first failure if mpiexec has not."""
+the PMI socket closing and waitpid (pmodels/mpich#7057), and across hosts it does not end the
+ranks of the other hosts at all; the rest can wait forever in a collective. So the launcher
+watches the exit records itself and ends the job FAILURE_GRACE seconds after the first failure
+if mpiexec has not."""
 import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
-import tempfile
 import threading
 
-from .mpiexec import die_with_parent, find_mpiexec, kill_process_group
-from .rank_output import PREPEND_PATTERN, RankLines
+from .channel import Server, interface_address, job_environment, new_secret
+from .mpiexec import die_with_parent, kill_process_group, mpiexec_command
+from .rank_output import RankLines
 
 FAILURE_GRACE = 3.0  # seconds the other ranks get to report their own errors after one fails
+
+
+@dataclasses.dataclass(frozen=True)
+class Hosts:
+    """Where a job's ranks go: host names with slots, and how to reach them. Parsed once from
+    -H / --hostfile (the CLI) or hosts= / hostfile= (rt.run)."""
+    entries: tuple                      # ((host, slots), ...)
+    launcher_command: str = None        # called like ssh: COMMAND HOST COMMAND...; None: hydra's ssh
+    network_interface: str = None       # the interface the hosts reach each other on
+
+    @classmethod
+    def parse(cls, hosts=None, hostfile=None, launcher_command=None, network_interface=None):
+        """-> Hosts, or None for a job on this host only. Raises ValueError on a bad entry."""
+        if hosts and hostfile:
+            raise ValueError("give hosts or a hostfile, not both")
+        if hostfile:
+            with open(hostfile) as f:
+                items = [line.split("#", 1)[0].strip().replace(" slots=", ":") for line in f]
+        elif hosts:
+            items = [h.strip() for h in hosts.split(",")] if isinstance(hosts, str) else list(hosts)
+        else:
+            if launcher_command or network_interface:
+                raise ValueError("a launcher command or network interface needs hosts (-H or --hostfile)")
+            return None
+        entries = []
+        for item in filter(None, items):
+            host, _, count = item.partition(":")
+            if not host or (count and (not count.isdigit() or int(count) < 1)):
+                raise ValueError(f"bad host entry {item!r}: expected host or host:slots")
+            entries.append((host, int(count or 1)))
+        if not entries:
+            raise ValueError(f"no hosts in {hostfile or hosts!r}")
+        return cls(tuple(entries), launcher_command, network_interface)
+
+    @property
+    def slots(self):
+        return sum(slots for _, slots in self.entries)
+
+    def spec(self):
+        return ",".join(f"{host}:{slots}" for host, slots in self.entries)
+
+    def check_slots(self, np):
+        if self.slots < np:
+            raise ValueError(f"-np {np} needs {np} slots, but the hosts offer {self.slots}: {self.spec()}")
+
+    def service_address(self):
+        """The address of this host that the job's hosts reach: the network interface's, or the
+        one this host routes to them from (a UDP connect sends nothing)."""
+        if self.network_interface:
+            return interface_address(self.network_interface)
+        for host, _ in self.entries:
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.connect((host, 9))
+                    address = s.getsockname()[0]
+            except OSError:
+                continue
+            if not address.startswith("127."):
+                return address
+        return "127.0.0.1"
+
+
+class JobService:
+    """The launcher's end of the job channel: serves the payload (the pickled function of
+    rt.run), and keeps every rank's exit record and result."""
+
+    def __init__(self, payload=b"", host="127.0.0.1", on_message=None):
+        self.secret = new_secret()
+        self.payload = payload
+        self.exits = {}     # rank -> (status, time, host)
+        self.results = {}   # rank -> bytes (a pickled record, see worker.py)
+        self._on_message = on_message
+        self._lock = threading.Lock()
+        self._server = Server(self.secret, self._handle, host)
+
+    def environment(self):
+        return job_environment(self._server.address, self.secret)
+
+    def _handle(self, message, data, reply):
+        kind = message.get("type")
+        with self._lock:
+            if kind == "exit":
+                self.exits[int(message["rank"])] = (int(message["status"]), float(message["time"]), message["host"])
+            elif kind == "result":
+                self.results[int(message["rank"])] = data
+        if kind == "payload":
+            reply({"type": "payload"}, self.payload)
+        elif kind in ("exit", "result"):
+            reply({"type": "ok"})
+        if self._on_message is not None:
+            self._on_message(message)
+
+    def a_rank_failed(self):
+        with self._lock:
+            return any(status != 0 for status, _, _ in self.exits.values())
+
+    def first_failure(self):
+        """(rank, status) of the first rank that failed on its own, or (None, None)."""
+        with self._lock:
+            ended = [(when, status < 0, rank, status) for rank, (status, when, _) in self.exits.items() if status]
+        if not ended:
+            return None, None
+        # ranks killed by a signal are usually collateral: prefer the first that failed by itself
+        ended.sort(key=lambda e: (e[1], e[0]))
+        return ended[0][2], ended[0][3]
+
+    def close(self):
+        self._server.close()
 
 
 @dataclasses.dataclass
@@ -28,39 +143,62 @@ class JobResult:
     failed_rank: object           # the first rank that exited non-zero, or None
     failed_status: object
     last_lines: dict              # rank -> its last stderr (and stdout) lines
+    results: dict = dataclasses.field(default_factory=dict)  # rank -> bytes, from worker.py
+    mpiexec_lines: list = dataclasses.field(default_factory=list)  # hydra's own words
 
     def failure_report(self):
         if self.failed_rank is None:
-            return f"the job failed with status {self.returncode}"
+            said = "\n".join(f"    {line}" for line in self.mpiexec_lines[-8:] if line.strip())
+            return (f"the job failed with status {self.returncode} and no rank reported an exit"
+                    + (f"; mpiexec said:\n{said}" if said else ""))
         lines = "\n".join(f"    {line}" for line in self.last_lines.get(self.failed_rank, []))
         return (f"rank {self.failed_rank} failed with exit status {self.failed_status}; "
                 f"its last output:\n{lines}")
 
 
-def _pump(stream, sink, lines):
+def pump_rank_lines(stream, emit):
+    """Every whole line of mpiexec's output stream, as emit(rank, line) (rank "mpiexec" for
+    hydra's own); returns the RankLines with each rank's last lines."""
+    lines = RankLines()
     while True:
         data = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
         if not data:
             break
         for rank, line in lines.feed(data):
-            sink.write(f"[{rank}]: {line}\n")
-        sink.flush()
+            emit(rank, line)
     for rank, line in lines.flush():
-        sink.write(f"[{rank}]: {line}\n")
-    sink.flush()
+        emit(rank, line)
+    return lines
 
 
-def run_job(np, command, env=None, mpi_args=(), stdout=None, stderr=None, timeout=None):
+def run_job(np, command, env=None, hosts=None, mpi_args=(), payload=b"", stdout=None, stderr=None, timeout=None):
+    """Run `command` on np ranks (on `hosts`, a Hosts, or this host); each rank's lines go to
+    stdout/stderr as "[rank]: line". Returns a JobResult when mpiexec has ended."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
-    status_dir = tempfile.mkdtemp(prefix="ringtrain-job-")
-    argv = [find_mpiexec(), "-n", str(np), "-prepend-pattern", PREPEND_PATTERN, *mpi_args,
-            sys.executable, "-m", "ringtrain.launch.rank_exec", status_dir, *command]
+    service = JobService(payload, host=hosts.service_address() if hosts else "127.0.0.1")
+    try:
+        job_env = dict(os.environ if env is None else env, **service.environment())
+        argv = mpiexec_command(np, [sys.executable, "-m", "ringtrain.launch.rank_exec", *command],
+                               hosts=hosts, extra=mpi_args)
+        return _supervise(argv, job_env, service, stdout, stderr, timeout)
+    finally:
+        service.close()
+
+
+def _supervise(argv, env, service, stdout, stderr, timeout):
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                env=env, start_new_session=True, preexec_fn=die_with_parent)
-    out_lines, err_lines = RankLines(), RankLines()
-    pumps = [threading.Thread(target=_pump, args=(process.stdout, stdout, out_lines), daemon=True),
-             threading.Thread(target=_pump, args=(process.stderr, stderr, err_lines), daemon=True)]
+    seen = {}
+
+    def pump(stream, sink, name):
+        def emit(rank, line):
+            sink.write(f"[{rank}]: {line}\n" if rank != "mpiexec" else f"{line}\n")
+            sink.flush()
+        seen[name] = pump_rank_lines(stream, emit)
+
+    pumps = [threading.Thread(target=pump, args=(process.stdout, stdout, "out"), daemon=True),
+             threading.Thread(target=pump, args=(process.stderr, stderr, "err"), daemon=True)]
     for t in pumps:
         t.start()
 
@@ -68,8 +206,7 @@ def run_job(np, command, env=None, mpi_args=(), stdout=None, stderr=None, timeou
         kill_process_group(process.pid)
 
     ended = threading.Event()
-    watchdog = threading.Thread(target=end_after_a_failure, daemon=True,
-                                args=(lambda: a_rank_failed(status_dir), ended, kill_job))
+    watchdog = threading.Thread(target=end_after_a_failure, daemon=True, args=(service.a_rank_failed, ended, kill_job))
     watchdog.start()
 
     def interrupted(signum, _frame):
@@ -94,20 +231,11 @@ def run_job(np, command, env=None, mpi_args=(), stdout=None, stderr=None, timeou
             t.join(timeout=5)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    failed_rank, failed_status = _first_failure(status_dir)
-    last = {r: list(err_lines.last.get(r, [])) or list(out_lines.last.get(r, []))
-            for r in set(err_lines.last) | set(out_lines.last)}
-    return JobResult(returncode, failed_rank, failed_status, last)
-
-
-def a_rank_failed(status_dir):
-    """Whether a rank_exec record in status_dir shows a non-zero exit."""
-    for name in os.listdir(status_dir):
-        if name.startswith("rank-") and not name.endswith(".tmp"):
-            with open(os.path.join(status_dir, name)) as f:
-                if int(f.read().split()[0]) != 0:
-                    return True
-    return False
+    failed_rank, failed_status = service.first_failure()
+    out, err = seen.get("out") or RankLines(), seen.get("err") or RankLines()
+    last = {r: list(err.last.get(r, [])) or list(out.last.get(r, [])) for r in set(err.last) | set(out.last)}
+    hydra = list(err.last.get("mpiexec", [])) + list(out.last.get("mpiexec", []))
+    return JobResult(returncode, failed_rank, failed_status, last, dict(service.results), hydra)
 
 
 def end_after_a_failure(failed, ended, kill_job, poll=0.1):
@@ -120,23 +248,3 @@ def end_after_a_failure(failed, ended, kill_job, poll=0.1):
             if not ended.wait(FAILURE_GRACE):
                 kill_job()
             return
-
-
-def _first_failure(status_dir):
-    ended = []
-    for name in os.listdir(status_dir):
-        if name.endswith(".tmp"):  # a rank killed while writing its record
-            os.unlink(os.path.join(status_dir, name))
-            continue
-        with open(os.path.join(status_dir, name)) as f:
-            status, when = f.read().split()
-        os.unlink(os.path.join(status_dir, name))
-        rank = int(name.split("-", 1)[1]) if name.split("-", 1)[1].isdigit() else name
-        if int(status) != 0:
-            ended.append((float(when), int(status) < 0, rank, int(status)))
-    os.rmdir(status_dir)
-    if not ended:
-        return None, None
-    # the first rank to fail on its own; ranks killed by a signal are usually collateral
-    ended.sort(key=lambda e: (e[1], e[0]))
-    return ended[0][2], ended[0][3]

@@ -91,11 +91,32 @@ def _kill_group(process):
     kill_process_group(process.pid)
 
 
-def run_mpiexec(np, argv, timeout, env=None, mpi_args=(), cwd=None):
-    """Run `argv` on `np` local ranks; wait at most `timeout` seconds; return an MPIRun."""
+def mpiexec_command(np, command, hosts=None, manual_hosts=None, wdir=None, extra=()):
+    """The one place that builds an mpiexec command line: `command` on np ranks, on this host,
+    on `hosts` (a job.Hosts: hydra's ssh launcher, or the launcher command given), or, with
+    manual_hosts="h1:2,h2:2", with hydra's manual launcher (it prints one proxy command per host
+    for the caller to run there: the Spark route). wdir: the ranks' working directory on every
+    host (by default the caller's, which must then exist on every host)."""
+    argv = [find_mpiexec()]
+    if manual_hosts:
+        argv += ["-launcher", "manual", "-hosts", manual_hosts]
+    elif hosts is not None:
+        argv += ["-hosts", hosts.spec()]
+        if hosts.launcher_command:
+            argv += ["-launcher", "ssh", "-launcher-exec", hosts.launcher_command]
+        if hosts.network_interface:
+            argv += ["-iface", hosts.network_interface]
+    if wdir:
+        argv += ["-wdir", wdir]
     # Ranks' chunks interleave (an unbuffered line can arrive in pieces); the marker pattern lets
     # RankLines put every rank's lines back together.
-    command = [find_mpiexec(), "-n", str(np), "-prepend-pattern", PREPEND_PATTERN, *mpi_args, *argv]
+    return argv + ["-n", str(np), "-prepend-pattern", PREPEND_PATTERN, *extra, *command]
+
+
+def run_mpiexec(np, argv, timeout, env=None, mpi_args=(), cwd=None, hosts=None):
+    """Run `argv` on `np` ranks (on this host, or on `hosts`); wait at most `timeout` seconds;
+    return an MPIRun."""
+    command = mpiexec_command(np, argv, hosts=hosts, extra=mpi_args)
     start = time.monotonic()
     process = subprocess.Popen(
         command,

@@ -1,27 +1,36 @@
-"""Runs one rank's command and records how it ended.
+"""Runs one rank's command and reports how it ended.
 
-    python -m ringtrain.launch.rank_exec STATUS_DIR COMMAND...
+    python -m ringtrain.launch.rank_exec COMMAND...
 
 mpiexec itself does not say which rank failed, only that one did. This wrapper runs the
-command as its child (inheriting the PMI file descriptors MPI needs), writes
-STATUS_DIR/rank-<r> with the exit status and the time it ended, and exits with the same status.
-This process is tied to its parent, the proxy, and the child to this process (PR_SET_PDEATHSIG),
-so killing the job cannot orphan either."""
+command as its child (inheriting the PMI file descriptors MPI needs), sends the job's launcher
+an exit record (rank, status, time, host) over the job channel (channel.py; its address and
+secret are in the environment), and exits with the same status. Nothing is written to disk, so
+it works on hosts that share no file system with the launcher. This process is tied to its
+parent, the proxy, and the child to this process (PR_SET_PDEATHSIG), so killing the job cannot
+orphan either."""
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 
 def main():
-    status_dir, command = sys.argv[1], sys.argv[2:]
-    rank = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or "unknown"
+    command = sys.argv[1:]
+    rank = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK")
+    from ringtrain.launch.channel import Client
     from ringtrain.launch.mpiexec import die_with_parent
 
     die_with_parent()  # hydra's proxy may give its ranks their own process group: tie them to it
     if os.getppid() == 1:  # the proxy was already gone
         sys.exit(128 + signal.SIGKILL)
+    if rank is None or not command:
+        sys.exit("ringtrain.launch.rank_exec runs one rank of a job started by ringtrain (no PMI_RANK or no command)")
+    client = Client.from_environment()
+    if client is None:
+        sys.exit("ringtrain.launch.rank_exec: no job channel in the environment: start it through ringtrain run")
     child = subprocess.Popen(command, close_fds=False, preexec_fn=die_with_parent)
 
     def forward(signum, _frame):
@@ -30,10 +39,10 @@ def main():
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, forward)
     status = child.wait()
-    path = os.path.join(status_dir, f"rank-{rank}")
-    with open(path + ".tmp", "w") as f:  # renamed into place: the launcher polls for these files
-        f.write(f"{status} {time.time():.6f}\n")
-    os.replace(path + ".tmp", path)
+    # a request, not a one-way send: the record is stored before mpiexec can see this rank end
+    client.request({"type": "exit", "rank": int(rank), "status": status, "time": time.time(),
+                    "host": socket.gethostname()})
+    client.close()
     sys.exit(status if status >= 0 else 128 - status)
 
 

@@ -43,7 +43,8 @@ from .dtypes import bfloat16
 from .errors import ConfigurationError, NotInitializedError, RingtrainError
 from . import optim
 from .compression import Compression, Compressor
-from .launcher import RemoteError, distributed, run
+from .errors import RemoteError
+from .launch.run_function import distributed, run
 from .training import (
     DistributedOptimizer,
     broadcast_optimizer_state,

@@ -12,3 +12,13 @@ class NotInitializedError(ValueError):
 
 class ConfigurationError(ValueError):
     """A setting (init() keyword or RINGTRAIN_* environment variable) has an invalid value."""
+
+
+class RemoteError(RingtrainError):
+    """A rank raised inside a function started by ringtrain.run / @distributed / ringtrain.spark.run."""
+
+    def __init__(self, rank, type_name, message, remote_traceback):
+        super().__init__(f"rank {rank} raised {type_name}: {message}\n\nTraceback on rank {rank}:\n{remote_traceback}")
+        self.rank = rank
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback

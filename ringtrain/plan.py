@@ -484,7 +484,7 @@ def plan(model, compute_seconds, batch_size, np=2, network=None, backend="mpi", 
     _check_plan_inputs(compute_seconds, batch_size, np, min_efficiency, max_workers, bytes_per_element)
     sizes = parameter_sizes(model)
     if network is None:
-        from .launcher import run
+        from .launch.run_function import run
 
         network = run(measure_network, np=np, backend=backend, timeout=timeout)
     elif not isinstance(network, Network):

@@ -5,7 +5,7 @@
     ringtrain.spark.run(train, num_proc=4, df=dataframe)                  # each rank reads its rows:
         for batch in ringtrain.spark.partition(): ...                     # (inside train)
 
-See ringtrain/spark/task.py for how MPI starts inside the tasks, and channel.py for the one
+See ringtrain/spark/task.py for how MPI starts inside the tasks, and ringtrain/launch/channel.py for the one
 authenticated channel back to the driver."""
 import os
 

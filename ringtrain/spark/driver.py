@@ -8,9 +8,9 @@ import threading
 import time
 
 from ..errors import RingtrainError
-from ..launcher import RemoteError
+from ..errors import RemoteError
 from ..pickling import dumps_call
-from .channel import Receiver
+from ..launch.channel import Server
 from .task import barrier_task
 
 
@@ -25,6 +25,26 @@ def _task_max_failures(sc):
         inside = master[master.find("[") + 1:master.rfind("]")] if "[" in master else ""
         return max(1, int(inside.split(",")[1])) if "," in inside else 1
     return 4
+
+
+def _what_failed(state):
+    """What the last failed attempt's task 0 and proxies said, for the driver's error."""
+    exit_ = state["exit"]
+    if exit_ is None:
+        return ""
+    said = exit_.get("mpiexec_said", []) + [line for p in state["proxies"] for line in p.get("said", [])]
+    said_text = "".join(f"\n    {line}" for line in said if line.strip())
+    if exit_.get("ranks_reported", 0) == 0 and exit_.get("failed_rank") is None:
+        what = (f" (mpiexec exit status {exit_['status']}: the MPI job never started its ranks"
+                f"{'; mpiexec and the proxies said:' + said_text if said_text else ''})")
+    elif exit_.get("failed_rank") is not None:
+        status = exit_["failed_status"]
+        how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+        what = f" (rank {exit_['failed_rank']} {how} without reporting an exception)"
+    else:
+        what = (f" (mpiexec exit status {exit_['status']}: "
+                f"{exit_['ranks'] - exit_['ranks_reported']} rank(s) ended without an exit record)")
+    return what
 
 
 def run(fn, args=(), kwargs=None, num_proc=None, start_timeout=120, env=None, verbose=True, df=None, spark=None):
@@ -49,12 +69,12 @@ def run(fn, args=(), kwargs=None, num_proc=None, start_timeout=120, env=None, ve
         raise ValueError(f"num_proc={num_proc} must be at least 1")
     secret = secrets.token_bytes(32)
     job_id = secrets.token_hex(8)
-    state = {"started": set(), "failures": [], "exit": None, "failed_attempts": set()}
+    state = {"started": set(), "failures": [], "exit": None, "proxies": [], "failed_attempts": set()}
     lock = threading.Lock()
     max_attempts = _task_max_failures(sc)
     group = f"ringtrain-{job_id}"
 
-    def on_message(message):
+    def on_message(message, _data=b"", _reply=None):
         if message.get("job") != job_id:
             return
         kind = message.get("type")
@@ -64,7 +84,9 @@ def run(fn, args=(), kwargs=None, num_proc=None, start_timeout=120, env=None, ve
             elif kind == "failure":
                 state["failures"].append(message)
             elif kind == "exit":
-                state["exit"] = message["status"]
+                state["exit"] = message
+            elif kind == "proxy":
+                state["proxies"].append(message)
             if kind in ("failure", "exit"):
                 state["failed_attempts"].add(message.get("attempt", 0))
                 if len(state["failed_attempts"]) >= max_attempts:  # spark.task.maxFailures reached
@@ -74,9 +96,10 @@ def run(fn, args=(), kwargs=None, num_proc=None, start_timeout=120, env=None, ve
             stream.write(f"[{message['rank']}]: {message['line']}\n")
             stream.flush()
 
-    receiver = Receiver(secret, on_message)
     driver_host = sc.getConf().get("spark.driver.host") or socket.gethostname()
-    job = {"id": job_id, "driver": [driver_host, receiver.port], "env": dict(env or {}), "dataframe": df is not None}
+    # listen on the address the executors reach the driver at, not on every interface
+    receiver = Server(secret, on_message, host=socket.gethostbyname(driver_host))
+    job = {"id": job_id, "driver": [driver_host, receiver.address[1]], "env": dict(env or {}), "dataframe": df is not None}
     rdd = df.repartition(num_proc).rdd if df is not None else sc.parallelize(range(num_proc), num_proc)
     # The barrier stage feeds a shuffle instead of being the job's last stage: Spark retries a
     # failed barrier *shuffle-map* stage as a whole (new attempt, all tasks, fresh MPI job), while
@@ -118,9 +141,8 @@ def run(fn, args=(), kwargs=None, num_proc=None, start_timeout=120, env=None, ve
                                  f"{sys.executable}") from None
         reason = str(outcome["error"]).strip().splitlines()
         detail = next((line for line in reason if "ringtrain:" in line or "Barrier" in line), reason[0] if reason else "")
-        status = f" (mpiexec exit status {state['exit']}: a rank died without reporting an exception)" \
-            if state["exit"] is not None else ""
-        raise RingtrainError(f"the Spark barrier stage failed{status}: {detail.strip()}") from outcome["error"]
+        raise RingtrainError(f"the Spark barrier stage failed{_what_failed(state)}: {detail.strip()}") \
+            from outcome["error"]
     if state["failures"] and verbose:  # an earlier attempt failed and Spark retried the stage
         first = min(state["failures"], key=lambda f: f["rank"])
         sys.stderr.write(f"ringtrain.spark: an attempt failed (rank {first['rank']}: {first['type_name']}: "
