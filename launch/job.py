@@ -15,6 +15,7 @@ ranks of the other hosts at all; the rest can wait forever in a collective. So t
 watches the exit records itself and ends the job FAILURE_GRACE seconds after the first failure
 if mpiexec has not."""
 import dataclasses
+import glob
 import os
 import signal
 import socket
@@ -186,7 +187,11 @@ def run_job(np, command, env=None, hosts=None, mpi_args=(), payload=b"", stdout=
         service.close()
 
 
+HYDRA_LEFTOVERS = "/tmp/hydra_hwloc_xmlfile_*"  # hydra removes it only when it ends by itself
+
+
 def _supervise(argv, env, service, stdout, stderr, timeout):
+    hydra_files = set(glob.glob(HYDRA_LEFTOVERS))
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                env=env, start_new_session=True, preexec_fn=die_with_parent)
     seen = {}
@@ -202,8 +207,12 @@ def _supervise(argv, env, service, stdout, stderr, timeout):
     for t in pumps:
         t.start()
 
+    stopped = []
+
     def kill_job(*_):
-        kill_process_group(process.pid)
+        if process.poll() is None:
+            stopped.append(True)
+        stop_mpiexec(process)
 
     ended = threading.Event()
     watchdog = threading.Thread(target=end_after_a_failure, daemon=True, args=(service.a_rank_failed, ended, kill_job))
@@ -231,11 +240,29 @@ def _supervise(argv, env, service, stdout, stderr, timeout):
             t.join(timeout=5)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if stopped:  # the topology file of the mpiexec this job stopped
+            for path in set(glob.glob(HYDRA_LEFTOVERS)) - hydra_files:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
     failed_rank, failed_status = service.first_failure()
     out, err = seen.get("out") or RankLines(), seen.get("err") or RankLines()
     last = {r: list(err.last.get(r, [])) or list(out.last.get(r, [])) for r in set(err.last) | set(out.last)}
     hydra = list(err.last.get("mpiexec", [])) + list(out.last.get("mpiexec", []))
     return JobResult(returncode, failed_rank, failed_status, last, dict(service.results), hydra)
+
+
+def stop_mpiexec(process, patience=2.0):
+    """End a job: SIGINT to mpiexec first, so that mpiexec tells the other hosts' proxies to end their
+    ranks and removes its files, then SIGKILL to whatever is left of its process group."""
+    if process.poll() is None:
+        try:
+            process.send_signal(signal.SIGINT)  # mpiexec only: it signals its proxies itself
+            process.wait(patience)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    kill_process_group(process.pid)
 
 
 def end_after_a_failure(failed, ended, kill_job, poll=0.1):

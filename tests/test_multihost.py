@@ -25,6 +25,7 @@ def hosts(cluster):
     leftovers = {h: cluster.processes(h) for h in cluster.hosts}
     for h in cluster.hosts:
         cluster.kill_processes(h)
+        cluster.run(h, ["sh", "-c", "rm -rf /tmp/* /tmp/.[!.]* /dev/shm/*"])  # the next test starts clean
     assert not any(leftovers.values()), f"processes left behind on the hosts: {leftovers}"
 
 
@@ -92,3 +93,82 @@ def test_plain_mpiexec_a_failing_rank_on_the_second_host_shows_its_traceback(hos
             hosts.kill_processes(h)
     assert (3, "ValueError: rank 3 fails on purpose on h2") in seen, seen
     assert any(rank == 3 and "layout_job.py" in line for rank, line in seen), seen
+
+
+# --- ringtrain run -H / --hostfile --------------------------------------------------------------
+def ringtrain_run_on_h1(hosts, *args, env=None, timeout=120):
+    return hosts.run("h1", [PYTHON, "-m", "ringtrain", "run", "--launcher-command", hosts.launcher_exec,
+                            "--network-interface", "eth0", *args], env=env or hosts.mpi_environment(),
+                     timeout=timeout)
+
+
+def cli_layouts(stdout):
+    """The LAYOUT records of `ringtrain run` output ("[rank]: LAYOUT {...}"), each checked to
+    carry its own rank in the prefix."""
+    records = []
+    for line in stdout.splitlines():
+        prefix, _, rest = line.partition(": LAYOUT ")
+        if rest:
+            record = json.loads(rest)
+            assert prefix == f"[{record['rank']}]", line
+            records.append(record)
+    return sorted(records, key=lambda r: r["rank"])
+
+
+@pytest.mark.parametrize("spec", [[("h1", 2), ("h2", 2)], [("h1", 1), ("h2", 1), ("h3", 1)]],
+                         ids=["2x2", "3x1"])
+def test_ringtrain_run_with_a_host_list(hosts, spec):
+    n = sum(s for _, s in spec)
+    result = ringtrain_run_on_h1(hosts, "-np", str(n), "-H", ",".join(f"{h}:{s}" for h, s in spec),
+                                 "python", LAYOUT_JOB)
+    assert result.returncode == 0, result.stdout + result.stderr
+    check_layout(cli_layouts(result.stdout), spec)
+
+
+def test_ringtrain_run_with_a_hostfile_reports_a_rank_failing_on_the_second_host(hosts):
+    hostfile = os.path.join(HERE, "multihost", "hostfile-h1-h2")
+    with open(hostfile, "w") as f:
+        f.write("# two emulated hosts\nh1 slots=2\nh2:2\n")
+    try:
+        started = time.monotonic()
+        result = ringtrain_run_on_h1(hosts, "-np", "4", "--hostfile", hostfile, "python", LAYOUT_JOB,
+                                     env=dict(hosts.mpi_environment(), RINGTRAIN_TEST_FAIL_RANK="3"))
+        elapsed = time.monotonic() - started
+    finally:
+        os.unlink(hostfile)
+    assert result.returncode == 1, result.stdout + result.stderr
+    # the failure on h2 reached the launcher on h1, which ended the ranks hydra leaves waiting
+    assert elapsed < 60, elapsed
+    assert "ringtrain run: rank 3 failed with exit status 1; its last output:" in result.stderr, result.stderr
+    assert "ValueError: rank 3 fails on purpose on h2" in result.stderr.split("its last output:")[1]
+    assert "[3]: ValueError: rank 3 fails on purpose on h2" in result.stderr
+    assert (hosts.files("h1"), hosts.files("h2")) == ([], [])  # not even hydra's, after a failure
+
+
+def test_no_job_files_are_left_in_any_hosts_tmp(hosts):
+    result = ringtrain_run_on_h1(hosts, "-np", "2", "-H", "h1:1,h2:1", "python", LAYOUT_JOB)
+    assert result.returncode == 0, result.stderr
+    assert hosts.files("h1") == [] and hosts.files("h2") == []
+
+
+# --- rt.run(hosts=...) and @rt.distributed(hosts=...) ----------------------------------------------
+RUN_FUNCTION_SCRIPT = os.path.join(HERE, "multihost", "run_function_job.py")
+
+
+def test_rt_run_returns_every_hosts_results(hosts):
+    result = hosts.run("h1", [PYTHON, RUN_FUNCTION_SCRIPT, hosts.launcher_exec, "ok"], env=hosts.mpi_environment())
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = json.loads(result.stdout.strip().splitlines()[-1])
+    check_layout(sorted(records["run"], key=lambda r: r["rank"]), [("h1", 2), ("h2", 2)])
+    check_layout(sorted(records["decorated"], key=lambda r: r["rank"]), [("h1", 1), ("h2", 1)])
+    assert hosts.files("h1") == [] and hosts.files("h2") == []
+
+
+def test_rt_run_raises_a_rank_failing_on_the_second_host(hosts):
+    result = hosts.run("h1", [PYTHON, RUN_FUNCTION_SCRIPT, hosts.launcher_exec, "fail"],
+                       env=dict(hosts.mpi_environment(), RINGTRAIN_TEST_FAIL_RANK="3"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    caught = json.loads(result.stdout.strip().splitlines()[-1])
+    assert caught["rank"] == 3 and caught["type_name"] == "ValueError", caught
+    assert "rank 3 fails on purpose on h2" in caught["message"]
+    assert 'raise ValueError(f"rank {rank} fails on purpose on {socket.gethostname()}")' in caught["traceback"]
