@@ -187,11 +187,25 @@ def run_job(np, command, env=None, hosts=None, mpi_args=(), payload=b"", stdout=
         service.close()
 
 
-HYDRA_LEFTOVERS = "/tmp/hydra_hwloc_xmlfile_*"  # hydra removes it only when it ends by itself
+class HydraLeftovers:
+    """hydra's mpiexec and proxies each leave a topology file in /tmp when they are killed (they
+    remove it only when they end by themselves). Taken before starting them, remove() deletes
+    the files that appeared since."""
+    PATTERN = "/tmp/hydra_hwloc_xmlfile_*"
+
+    def __init__(self):
+        self._before = set(glob.glob(self.PATTERN))
+
+    def remove(self):
+        for path in set(glob.glob(self.PATTERN)) - self._before:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def _supervise(argv, env, service, stdout, stderr, timeout):
-    hydra_files = set(glob.glob(HYDRA_LEFTOVERS))
+    hydra_files = HydraLeftovers()
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                env=env, start_new_session=True, preexec_fn=die_with_parent)
     seen = {}
@@ -240,12 +254,8 @@ def _supervise(argv, env, service, stdout, stderr, timeout):
             t.join(timeout=5)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if stopped:  # the topology file of the mpiexec this job stopped
-            for path in set(glob.glob(HYDRA_LEFTOVERS)) - hydra_files:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+        if stopped:
+            hydra_files.remove()
     failed_rank, failed_status = service.first_failure()
     out, err = seen.get("out") or RankLines(), seen.get("err") or RankLines()
     last = {r: list(err.last.get(r, [])) or list(out.last.get(r, [])) for r in set(err.last) | set(out.last)}

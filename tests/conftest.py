@@ -31,3 +31,15 @@ def cluster():
         yield made
     finally:
         made.close()
+
+
+@pytest.fixture(scope="session")
+def spark_standalone(cluster):
+    """A Spark standalone master on h1 and a worker (2 cores) on h1 and on h2, for the session."""
+    from emulated_hosts import SparkStandalone
+
+    made = SparkStandalone(cluster, hosts=["h1", "h2"])
+    try:
+        yield made
+    finally:
+        made.close()

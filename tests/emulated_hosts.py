@@ -243,6 +243,87 @@ class EmulatedCluster:
             keeper.wait()
 
 
+class SparkStandalone:
+    """A real Spark standalone cluster on emulated hosts: the master on the first host, one
+    worker per host (started with spark-class, SPARK_HOME set from pyspark), each worker's
+    directories on its own host. Drivers run on the first host too (see driver_env)."""
+
+    def __init__(self, cluster, hosts=None, cores_per_worker=2, memory="2g", timeout=90):
+        import pyspark
+
+        self.cluster = cluster
+        self.spark_home = os.path.dirname(pyspark.__file__)
+        self.master_host = cluster.hosts[0]
+        self.url = f"spark://{self.master_host}:7077"
+        self.daemons = []
+        self.logs = {}
+        self.hosts = list(hosts or cluster.hosts)
+        self.cores = cores_per_worker * len(self.hosts)
+        try:
+            self._start("master", self.master_host, ["org.apache.spark.deploy.master.Master",
+                                                     "--host", self.master_host, "--port", "7077",
+                                                     "--webui-port", "8080"])
+            self._wait_for("master", "Starting Spark master", timeout)
+            for host in self.hosts:
+                # work dirs (and so executors' working directories) in the host's own /tmp
+                self._start(f"worker-{host}", host, ["org.apache.spark.deploy.worker.Worker", "--host", host,
+                                                     "--cores", str(cores_per_worker), "--memory", memory,
+                                                     "--work-dir", "/tmp/spark-work", self.url])
+            for host in self.hosts:
+                self._wait_for(f"worker-{host}", "Successfully registered with master", timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def environment(self, host):
+        env = dict(os.environ, SPARK_HOME=self.spark_home, SPARK_LOCAL_IP=self.cluster.addresses[host],
+                   PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
+                   SPARK_NO_DAEMONIZE="1")
+        return self.cluster.mpi_environment(env)
+
+    def _start(self, name, host, argv):
+        log = open(os.path.join(STATE_DIR, f"spark-{name}.log"), "w+")
+        self.logs[name] = log
+        process = self.cluster.popen(host, [os.path.join(self.spark_home, "bin", "spark-class"), *argv],
+                                     env=self.environment(host), stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd="/")
+        self.daemons.append(process)
+
+    def _wait_for(self, name, text, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(self.logs[name].name) as f:
+                if text in f.read():
+                    return
+            if any(p.poll() is not None for p in self.daemons):
+                break
+            time.sleep(0.2)
+        with open(self.logs[name].name) as f:
+            raise RuntimeError(f"Spark {name} did not start: {f.read()[-3000:]}")
+
+    def daemon_pids(self):
+        """The master's and workers' JVMs (and their launch shells)."""
+        pids = set()
+        for process in self.daemons:
+            pids.add(process.pid)
+            try:
+                with open(f"/proc/{process.pid}/task/{process.pid}/children") as f:
+                    pids.update(int(p) for p in f.read().split())
+            except OSError:
+                pass
+        return pids
+
+    def close(self):
+        for process in self.daemons:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            process.wait()
+        for log in self.logs.values():
+            log.close()
+
+
 def main(argv):
     if argv[:1] == ["up"]:
         cluster = EmulatedCluster(int(argv[1]) if len(argv) > 1 else 2)

@@ -172,3 +172,81 @@ def test_rt_run_raises_a_rank_failing_on_the_second_host(hosts):
     assert caught["rank"] == 3 and caught["type_name"] == "ValueError", caught
     assert "rank 3 fails on purpose on h2" in caught["message"]
     assert 'raise ValueError(f"rank {rank} fails on purpose on {socket.gethostname()}")' in caught["traceback"]
+
+
+# --- ringtrain.spark.run on a Spark standalone cluster (master on h1, a worker on h1 and h2) -----
+SPARK_JOB = os.path.join(HERE, "multihost", "spark_job.py")
+
+
+@pytest.fixture
+def spark_hosts(spark_standalone, cluster):
+    """The standalone cluster; after the test, nothing but its daemons on any host, and no
+    ringtrain or hydra file in any host's /tmp."""
+    yield spark_standalone
+    daemons = spark_standalone.daemon_pids()
+    deadline = time.monotonic() + 20  # executors end a moment after their application
+    while time.monotonic() < deadline:
+        extra = {h: [p for p in cluster.processes(h) if p not in daemons] for h in spark_standalone.hosts}
+        if not any(extra.values()):
+            break
+        time.sleep(0.2)
+    files = {h: [f for f in cluster.files(h) if f.startswith(("ringtrain", "hydra"))] for h in spark_standalone.hosts}
+    for h, pids in extra.items():
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+    assert not any(extra.values()), f"processes left behind: {extra}"
+    assert not any(files.values()), f"files left behind: {files}"
+
+
+def check_spark_layout(records):
+    """Spark decides which host gets task 0: ranks fill that host first, then the other."""
+    first = records[0]["host"]
+    check_layout(records, [(first, 2), ({"h1", "h2"}.difference([first]).pop(), 2)])
+
+
+def run_spark_driver(spark_hosts, *args, timeout=240):
+    result = spark_hosts.cluster.run("h1", [PYTHON, SPARK_JOB, spark_hosts.url, *args],
+                                     env=spark_hosts.environment("h1"), timeout=timeout)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result.returncode == 0 and lines, result.stdout[-3000:] + result.stderr[-5000:]
+    return json.loads(lines[-1][7:]), result
+
+
+def test_spark_standalone_across_hosts(spark_hosts):
+    out, result = run_spark_driver(spark_hosts, "layout")
+    check_spark_layout(out["run"])
+    check_spark_layout(out["decorated"])
+    for record in out["run"]:  # every rank's output reached the driver, with its rank
+        assert f"[{record['rank']}]: rank {record['rank']} of 4 on {record['host']}" in result.stdout
+
+
+def test_spark_standalone_a_rank_failing_on_the_second_host(spark_hosts):
+    out, _ = run_spark_driver(spark_hosts, "fail")
+    assert out["rank"] == 3 and out["type_name"] == "ValueError", out
+    assert 'raise ValueError(f"rank {rank} fails on purpose on {socket.gethostname()}")' in out["traceback"]
+    assert out["traceback"].count("fails on purpose on h") == 1
+
+
+def test_spark_standalone_dataframe_feed_with_uneven_partitions(spark_hosts):
+    out, _ = run_spark_driver(spark_hosts, "feed")
+    ranks = out["ranks"]
+    assert sorted(r["rank"] for r in ranks) == [0, 1, 2, 3]
+    assert sum(r["rows"] for r in ranks) == out["expected_rows"]
+    assert sum(r["sum"] for r in ranks) == out["expected_sum"]
+
+
+def test_spark_standalone_a_killed_attempt_is_retried_and_cleaned_up(spark_hosts, tmp_path_factory):
+    flag = os.path.join(HERE, "multihost", f"killed-flag-{os.getpid()}")
+    try:
+        out, result = run_spark_driver(spark_hosts, "killed", flag)
+    finally:
+        existed = os.path.exists(flag)
+        if existed:
+            os.unlink(flag)
+    assert existed, "rank 3 never ran its first attempt"
+    check_spark_layout(out["run"])
+    assert ("an attempt failed (rank 3 was killed by signal 9 without reporting an exception); Spark retried "
+            "the whole stage and it succeeded") in result.stderr, result.stderr[-3000:]

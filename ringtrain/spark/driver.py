@@ -143,10 +143,14 @@ def run(fn, args=(), kwargs=None, num_proc=None, start_timeout=120, env=None, ve
         detail = next((line for line in reason if "ringtrain:" in line or "Barrier" in line), reason[0] if reason else "")
         raise RingtrainError(f"the Spark barrier stage failed{_what_failed(state)}: {detail.strip()}") \
             from outcome["error"]
-    if state["failures"] and verbose:  # an earlier attempt failed and Spark retried the stage
-        first = min(state["failures"], key=lambda f: f["rank"])
-        sys.stderr.write(f"ringtrain.spark: an attempt failed (rank {first['rank']}: {first['type_name']}: "
-                         f"{first['message']}); Spark retried the whole stage and it succeeded\n")
+    if state["failed_attempts"] and verbose:  # an earlier attempt failed and Spark retried the stage
+        if state["failures"]:
+            first = min(state["failures"], key=lambda f: f["rank"])
+            what = f"rank {first['rank']}: {first['type_name']}: {first['message']}"
+        else:  # killed without a word: what task 0 saw
+            what = _what_failed(state).strip(" ()") or "no rank reported why"
+        sys.stderr.write(f"ringtrain.spark: an attempt failed ({what}); Spark retried the whole stage and it "
+                         f"succeeded\n")
     # Spark's collect delivered these (its own channel); they were pickled by our ranks.
     values = dict((rank, pickle.loads(data)) for rank, data in outcome["records"])
     missing = sorted(set(range(num_proc)) - set(values))

@@ -75,7 +75,7 @@ def barrier_task(job, secret, payload):
     def run(rows):
         from pyspark import BarrierTaskContext
 
-        from ringtrain.launch.job import JobService, end_after_a_failure, pump_rank_lines
+        from ringtrain.launch.job import HydraLeftovers, JobService, end_after_a_failure, pump_rank_lines, stop_mpiexec
         from ringtrain.launch.mpiexec import die_with_parent, mpiexec_command
 
         ctx = BarrierTaskContext.get()
@@ -89,6 +89,7 @@ def barrier_task(job, secret, payload):
         env = dict(os.environ, **job["env"], PYTHONUNBUFFERED="1")
         mpiexec = proxy = service = None
         job_dir = None
+        hydra_files = HydraLeftovers()
         finished = threading.Event()
         try:
             # One Spark barrier sync in all (each costs about a second): task 0 names this
@@ -139,7 +140,7 @@ def barrier_task(job, secret, payload):
                 # hydra's own kill-the-rest races (see launch/job.py): once a rank failed on any
                 # host, the job ends; the other hosts' proxies end when mpiexec goes
                 watchdog = threading.Thread(target=end_after_a_failure, daemon=True, args=(
-                    service.a_rank_failed, finished, lambda: [_kill_group(p) for p in (proxy, mpiexec)]))
+                    service.a_rank_failed, finished, lambda: [stop_mpiexec(mpiexec), _kill_group(proxy)]))
                 watchdog.start()
             feeder = None
             if job["dataframe"]:
@@ -203,8 +204,13 @@ def barrier_task(job, secret, payload):
             return iter(records)
         finally:
             finished.set()
-            _kill_group(mpiexec)
+            ended_by_themselves = all(p is None or p.poll() == 0 for p in (mpiexec, proxy))
+            if mpiexec is not None:
+                stop_mpiexec(mpiexec)
+                mpiexec.wait()
             _kill_group(proxy)
+            if not ended_by_themselves:
+                hydra_files.remove()
             if service is not None:
                 service.close()
             driver.close()

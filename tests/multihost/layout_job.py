@@ -17,6 +17,7 @@ def check_layout_and_collectives():
     expected = sum(np.arange(7, dtype=np.float32) + r for r in range(size))
     gathered = rt.allgather(np.full(rank + 1, rank, dtype=np.int64), name="layout.gather")
     root_value = rt.broadcast(np.full(3, rank * 10, dtype=np.int32), root_rank=size - 1, name="layout.bcast")
+    print(f"rank {rank} of {size} on {socket.gethostname()}", flush=True)
     if os.environ.get("RINGTRAIN_TEST_FAIL_RANK") == str(rank):
         raise ValueError(f"rank {rank} fails on purpose on {socket.gethostname()}")
     return {"rank": rank, "size": size, "local_rank": rt.local_rank(), "local_size": rt.local_size(),
