@@ -5,7 +5,7 @@
 Scenarios: layout (ringtrain.spark.run and @rt.distributed(backend="spark") on 4 ranks), fail
 (rank 3, on h2, raises), feed (a DataFrame with uneven partitions), killed (rank 3 is killed
 with SIGKILL in the first attempt; ARG is a flag file on a shared path), launch (ARG trivial
-jobs, timed). Prints one JSON line with what happened."""
+jobs of 4 ranks, timed; ARG2 ranks if given). Prints one JSON line with what happened."""
 import json
 import os
 import signal
@@ -54,7 +54,7 @@ def trivial():
     return float(rt.allreduce(np.ones(1), op=rt.Sum, name="trivial")[0])
 
 
-def main(master, scenario, arg=None):
+def main(master, scenario, arg=None, ranks="4"):
     spark = spark_session(master)
     out = {}
     try:
@@ -80,10 +80,10 @@ def main(master, scenario, arg=None):
         elif scenario == "killed":
             out["run"] = ringtrain.spark.run(killed_in_first_attempt, args=(arg,), num_proc=4)
         elif scenario == "launch":
-            times = []
+            times, n = [], int(ranks)
             for i in range(int(arg)):
                 started = time.perf_counter()
-                assert ringtrain.spark.run(trivial, num_proc=4, verbose=False) == [4.0] * 4
+                assert ringtrain.spark.run(trivial, num_proc=n, verbose=False) == [float(n)] * n
                 times.append(time.perf_counter() - started)
                 print(f"launch {i + 1}/{arg}: {times[-1]:.2f} s", file=sys.stderr, flush=True)
             out["seconds"] = times
