@@ -15,7 +15,7 @@ void rt_finish_reduction(void *buf, size_t count, rt_dtype dtype, rt_op op, doub
         rt_divide_integers(buf, count, dtype, size);
         if (postscale != 1.0) rt_scale(buf, buf, count, dtype, postscale);
     } else if (op == RT_AVERAGE) {
-        rt_scale(buf, buf, count, dtype, postscale / size);
+        if (postscale / size != 1.0) rt_scale(buf, buf, count, dtype, postscale / size);  /* 1 rank: no pass */
     } else if (postscale != 1.0) {
         rt_scale(buf, buf, count, dtype, postscale);
     }

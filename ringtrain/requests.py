@@ -20,16 +20,19 @@ class Handle:
     """An operation in flight. poll() tells whether it finished; synchronize() waits for it and
     returns its output (or raises its error)."""
 
-    __slots__ = ("request", "done", "result", "error")
+    # No reference back to the Request: the Request holds the handle, and a cycle between them
+    # would keep the output arrays alive until the cyclic garbage collector ran, so every large
+    # out-of-place call paid for fresh memory (page faults) instead of reusing what was freed.
+    __slots__ = ("kind", "name", "grouped", "done", "result", "error")
 
     def __init__(self, request):
-        self.request = request
+        self.kind, self.name, self.grouped = request.kind, request.name, request.grouped
         self.done = False
         self.result = None
         self.error = None
 
     def complete(self, result):
-        if self.request.grouped and not isinstance(result, list):  # a one-tensor group is still a group
+        if self.grouped and not isinstance(result, list):  # a one-tensor group is still a group
             result = [result]
         self.result, self.done = result, True
 
@@ -39,7 +42,7 @@ class Handle:
 
     def __repr__(self):
         state = "failed" if self.error else "done" if self.done else "pending"
-        return f"<ringtrain.Handle {self.request.kind} {self.request.name!r} {state}>"
+        return f"<ringtrain.Handle {self.kind} {self.name!r} {state}>"
 
 
 @dataclasses.dataclass(eq=False)

@@ -150,3 +150,29 @@ def test_adasum_arithmetic():
     with pytest.raises(TypeError, match=r"tensors\[1\] has dtype int32"):
         adasum.check(2, [np.float16, np.int32])
     adasum.check(4, [np.float32, np.float16, rt.bfloat16])
+
+
+@pytest.mark.parametrize("call", ["allreduce", "allreduce_async", "grouped_allreduce", "allgather", "broadcast"])
+def test_a_result_is_freed_as_soon_as_the_caller_drops_it(call):
+    """No reference cycle keeps an output alive until the cyclic garbage collector runs: a loop
+    of large out-of-place calls must reuse freed memory, not fault in fresh pages every time."""
+    import gc
+    import weakref
+
+    rt.init()
+    x = np.ones(1000, np.float32)
+    gc.disable()
+    try:
+        if call == "allreduce_async":
+            result = rt.synchronize(rt.allreduce_async(x, name="freed.async"))
+        elif call == "grouped_allreduce":
+            result = rt.grouped_allreduce([x], name="freed.grouped")[0]
+        elif call == "broadcast":
+            result = rt.broadcast(x, root_rank=0, name="freed.broadcast")
+        else:
+            result = getattr(rt, call)(x, name=f"freed.{call}")
+        alive = weakref.ref(result)
+        del result
+        assert alive() is None, [type(r).__name__ for r in gc.get_referrers(alive())]
+    finally:
+        gc.enable()
