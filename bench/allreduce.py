@@ -3,9 +3,12 @@ side by side in one run on the same ranks and buffers.
 
     python bench/allreduce.py            # relaunches itself under mpiexec -n 2 (BENCH_NP=3 for 3)
     python bench/allreduce.py --sweep    # ring vs recursive doubling per size: sets the threshold
+    python bench/allreduce.py --out-of-place [--named]   # rt.allreduce(x) vs np.empty_like + Allreduce(x, out)
 
-Both sides run in place on a preallocated buffer (ringtrain.allreduce_ / MPI_IN_PLACE), so
-neither pays for allocation; repetitions alternate between the two so machine noise hits both.
+By default both sides run in place on a preallocated buffer (ringtrain.allreduce_ /
+MPI_IN_PLACE), so neither pays for allocation; --out-of-place compares rt.allreduce(x), which
+returns a new array, with a fresh np.empty_like(x) filled by MPI_Allreduce(x, out). Calls are
+unnamed unless --named; repetitions alternate between the two so machine noise hits both.
 Bus bandwidth = 2(p-1)/p * bytes / time, the convention of nccl-tests and the Horovod paper."""
 import argparse
 import sys
@@ -33,6 +36,8 @@ def plan(nbytes):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sweep", action="store_true", help="compare ringtrain's two algorithms per size")
+    parser.add_argument("--out-of-place", action="store_true", help="rt.allreduce vs empty_like + Allreduce(x, out)")
+    parser.add_argument("--named", action="store_true", help="give ringtrain's calls a name")
     parser.add_argument("--min-bytes", type=int, default=4)
     parser.add_argument("--max-bytes", type=int, default=64 << 20)
     args = parser.parse_args()
@@ -46,7 +51,9 @@ def main():
     base = live.config
     rows = []
     if rank == 0:
-        print(f"# {machine_line()}; {p} ranks; MPI: {MPI.Get_library_version().splitlines()[0]}", flush=True)
+        print(f"# {machine_line()}; {p} ranks; MPI: {MPI.Get_library_version().splitlines()[0]}; "
+              f"{'out of place' if args.out_of_place else 'in place'}, {'named' if args.named else 'unnamed'}",
+              flush=True)
     for nbytes in sizes:
         buf = np.zeros(nbytes // 4, dtype=np.float32)
         iterations, repeats = plan(nbytes)
@@ -59,9 +66,17 @@ def main():
             rows.append([human_bytes(nbytes), f"{times['recursive doubling'] * 1e6:.1f}", f"{times['ring'] * 1e6:.1f}",
                          "recursive doubling" if times["recursive doubling"] < times["ring"] else "ring"])
         else:
-            t_mpi, t_rt = paired_medians(
-                [lambda: comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM), lambda: rt.allreduce_(buf, op=rt.Sum)],
-                iterations, 3 * repeats, sync)
+            name = f"bench.{nbytes}" if args.named else None
+            if args.out_of_place:
+                def mpi_call():
+                    out = np.empty_like(buf)
+                    comm.Allreduce(buf, out, op=MPI.SUM)
+                    return out
+                calls = [mpi_call, lambda: rt.allreduce(buf, op=rt.Sum, name=name)]
+            else:
+                calls = [lambda: comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM),
+                         lambda: rt.allreduce_(buf, op=rt.Sum, name=name)]
+            t_mpi, t_rt = paired_medians(calls, iterations, 3 * repeats, sync)
             factor = 2 * (p - 1) / p
             algorithm = "rec. doubling" if nbytes <= base.small_allreduce_threshold else "ring"
             rows.append([human_bytes(nbytes), algorithm, f"{t_mpi * 1e6:.1f}", f"{t_rt * 1e6:.1f}",

@@ -17,7 +17,7 @@ from .dtypes import BOOL_CODE
 from .executor import split_rows
 from .ops import Average, ReduceOp, as_op
 from .process_sets import ProcessSet, global_process_set
-from .requests import Request
+from .requests import Handle, Request
 from .tensors import as_array
 
 _PLAIN_NUMBERS = (int, float)
@@ -319,13 +319,19 @@ def join():
 
 def poll(handle):
     """True once the operation behind `handle` has finished (successfully or not)."""
-    return handle.done
+    return _handle(handle, "poll").done
 
 
 def synchronize(handle):
     """Wait for `handle` and return its output (alltoall: (output, received_splits); grouped
     ops: a list), or raise the operation's error."""
-    return runtime.current("synchronize").engine.wait(handle)
+    return runtime.current("synchronize").engine.wait(_handle(handle, "synchronize"))
+
+
+def _handle(handle, caller):
+    if not isinstance(handle, Handle):
+        raise TypeError(f"{caller}() takes the Handle that a *_async call returned, got {handle!r}")
+    return handle
 
 
 # --- process sets ---------------------------------------------------------------------------

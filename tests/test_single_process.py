@@ -176,3 +176,12 @@ def test_a_result_is_freed_as_soon_as_the_caller_drops_it(call):
         assert alive() is None, [type(r).__name__ for r in gc.get_referrers(alive())]
     finally:
         gc.enable()
+
+
+def test_synchronize_and_poll_take_only_handles():
+    rt.init()
+    for bad in (None, 3, "h"):
+        with pytest.raises(TypeError, match=r"synchronize\(\) takes the Handle that a \*_async call returned"):
+            rt.synchronize(bad)
+        with pytest.raises(TypeError, match=r"poll\(\) takes the Handle"):
+            rt.poll(bad)

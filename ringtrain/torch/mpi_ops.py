@@ -143,12 +143,18 @@ def _tensor_list(outputs):
 
 def poll(handle):
     """True once the operation behind `handle` has finished."""
-    return handle.poll()
+    return _handle(handle, "poll").poll()
 
 
 def synchronize(handle):
     """Wait for `handle` and return its output (torch tensors), or raise its error."""
-    return handle.wait()
+    return _handle(handle, "synchronize").wait()
+
+
+def _handle(handle, caller):
+    if not (hasattr(handle, "poll") and hasattr(handle, "wait")):
+        raise TypeError(f"{caller}() takes the handle that a *_async call returned, got {handle!r}")
+    return handle
 
 
 def _op(op, average):

@@ -369,3 +369,11 @@ def test_timeline():
     hvd.barrier()
     if hvd.rank() == 0:
         shutil.rmtree(folder)
+
+
+def test_synchronize_and_poll_take_only_handles():
+    for bad in (None, 3):
+        with pytest.raises(TypeError, match=r"synchronize\(\) takes the handle that a \*_async call returned"):
+            hvd.synchronize(bad)
+        with pytest.raises(TypeError, match=r"poll\(\) takes the handle"):
+            hvd.poll(bad)
