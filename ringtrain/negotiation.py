@@ -124,8 +124,12 @@ class Coordinator:
                 gone = sorted(shutting - present)
                 kind = sorted(kinds)[0]
                 stranded.append(f"{kind} '{name}', submitted by rank(s) {sorted(present)} but not by rank(s) {gone}")
-                self._fail(response, name, f"{kind} '{name}' cannot complete: rank(s) {gone} called shutdown() "
-                           f"(or reached the end of the program) without submitting it")
+                # every rank that has not submitted it is named, not only those already seen
+                # leaving: which of them left first is a matter of timing
+                absent = sorted(set(range(self.size)) - present - joined)
+                self._fail(response, name, f"{kind} '{name}' cannot complete: rank(s) {absent} did not submit it; "
+                           f"rank(s) {gone} called shutdown() (or reached the end of the program) without "
+                           f"submitting it")
                 continue
             if kinds != {"allreduce"} and joined - present:
                 # a joined rank contributes zeros to allreduces only; nothing else can complete

@@ -69,10 +69,13 @@ def test_a_collective_the_other_ranks_never_call_fails_on_every_rank(ranks):
     assert not run.timed_out, f"the job hung:\n{run.output[-3000:]}"
     assert run.seconds < DEADLINE, f"took {run.seconds:.1f}s"
     assert run.returncode != 0
-    # which of the others had already left when rank 0's allreduce arrived depends on timing
-    found = re.search(r"RingtrainError: allreduce 'grad/only_rank0' cannot complete: rank\(s\) \[([\d, ]+)\] called "
-                      r"shutdown\(\) \(or reached the end of the program\) without submitting it", run.rank_output(0))
-    assert found and set(map(int, found.group(1).split(","))) <= set(range(1, ranks)), run.output[-3000:]
+    # every rank that skipped it is named; which of them had already left depends on timing
+    found = re.search(r"RingtrainError: allreduce 'grad/only_rank0' cannot complete: rank\(s\) \[([\d, ]+)\] did not "
+                      r"submit it; rank\(s\) \[([\d, ]+)\] called shutdown\(\) \(or reached the end of the program\) "
+                      r"without submitting it", run.rank_output(0))
+    assert found, run.output[-3000:]
+    assert set(map(int, found.group(1).split(","))) == set(range(1, ranks)), run.output[-3000:]
+    assert set(map(int, found.group(2).split(","))) <= set(range(1, ranks)), run.output[-3000:]
     for rank in range(1, ranks):
         assert (f"ringtrain: rank {rank}: ringtrain.errors.RingtrainError: shutdown() cannot complete: the other "
                 f"ranks still wait for allreduce 'grad/only_rank0', submitted by rank(s) [0]") in run.rank_output(rank), \
