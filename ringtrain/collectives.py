@@ -5,9 +5,7 @@ anything is queued, so bad input raises on the rank that has it and leaves all b
 untouched. Then it becomes a Request for the background engine (engine.py); the *_async
 variants return its Handle, the plain calls wait for it. Names are optional: unnamed calls get
 deterministic names (the n-th unnamed allreduce on a process set has the same name on every
-member). The grouped_* calls always return lists, one-tensor groups included."""
-import collections
-import itertools
+member, from a bounded set of names that recur step after step: requests.unnamed_name). The grouped_* calls always return lists, one-tensor groups included."""
 import math
 
 import numpy as np
@@ -17,19 +15,15 @@ from .dtypes import BOOL_CODE
 from .executor import split_rows
 from .ops import Average, ReduceOp, as_op
 from .process_sets import ProcessSet, global_process_set
-from .requests import Handle, Request
+from .requests import Handle, Request, unnamed_name
 from .tensors import as_array
 
 _PLAIN_NUMBERS = (int, float)
-_unnamed = collections.defaultdict(itertools.count)
 
 
 def _name(kind, name, process_set_id=0):
-    # Numbered per (kind, process set): the members of a set make the same calls on it, but
-    # ranks outside it do not, so one counter per kind would drift apart between ranks.
     if name is None:
-        number = next(_unnamed[kind, process_set_id])
-        return f"{kind}.noname.{number}" if process_set_id == 0 else f"{kind}.noname.set{process_set_id}.{number}"
+        return unnamed_name(kind, process_set_id)
     if not isinstance(name, str):
         raise TypeError(f"name={name!r} must be a str")
     return name

@@ -29,13 +29,14 @@ import json
 import logging
 import threading
 import time
+import weakref
 
 import numpy as np
 
 from .errors import RingtrainError
 from .executor import Executor, Item
 from .negotiation import Coordinator, StallInspector
-from .requests import StallError
+from .requests import StallError, UnnamedName
 from .response_cache import FIRST_TENSOR_BIT, JOINED_BIT, NO_SLOW_PATH_BIT, ResponseCache
 
 log = logging.getLogger("ringtrain")
@@ -65,6 +66,7 @@ class SetState:
         self.errors_to_report = []
         self.join_request = None
         self.join_announced = False
+        self.unnamed_holders = {}             # unnamed name -> weak reference to its latest call's Handle
         self.coordinator = (Coordinator(self.size, StallInspector(config.stall_check_time, config.stall_shutdown_time))
                             if self.rank == 0 else None)
 
@@ -107,6 +109,18 @@ class Engine:
             raise ValueError(f"process_set id {request.process_set} is not registered on rank {self.runtime.rank}")
         if self.failure is not None:
             raise RingtrainError(f"the ringtrain engine has stopped: {self.failure}")
+        if isinstance(request.name, UnnamedName):
+            # unnamed names recur (requests.unnamed_name): the call that last held this name
+            # must have completed here first; its outcome belongs to its own caller
+            previous = state.unnamed_holders.get(request.name)
+            previous = previous() if previous is not None else None  # gone: the engine let go of it, done
+            if previous is not None and not previous.done:
+                try:
+                    self.wait(previous)
+                except RingtrainError:
+                    if self.failure is not None or self._stop.is_set():
+                        raise
+            state.unnamed_holders[request.name] = weakref.ref(request.handle)  # not the result
         state.queue.append(request)
         return request.handle
 

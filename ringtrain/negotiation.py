@@ -148,8 +148,8 @@ class Coordinator:
                 continue
             signature = next(iter(entry.signatures.values()))
             bit = None
-            # unnamed tensors get a fresh name every call: caching them would only fill the cache
-            if signature[0] not in UNCACHED_KINDS and ".noname." not in name and next_bit < cache_capacity:
+            # unnamed calls too: their names recur from a bounded set (requests.unnamed_name)
+            if signature[0] not in UNCACHED_KINDS and next_bit < cache_capacity:
                 bit, next_bit = next_bit, next_bit + 1
             response["ok"].append([name, signature, bit])
 

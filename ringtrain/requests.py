@@ -3,7 +3,9 @@
 A request's *signature* is the part every rank must agree on: the collective, dtype, the shape
 dimensions that must match, op, root and scale factors. The coordinator compares signatures
 field by field to explain a mismatch; the response cache keys on them."""
+import collections
 import dataclasses
+import itertools
 import time
 
 import numpy as np
@@ -23,7 +25,7 @@ class Handle:
     # No reference back to the Request: the Request holds the handle, and a cycle between them
     # would keep the output arrays alive until the cyclic garbage collector ran, so every large
     # out-of-place call paid for fresh memory (page faults) instead of reusing what was freed.
-    __slots__ = ("kind", "name", "grouped", "done", "result", "error")
+    __slots__ = ("kind", "name", "grouped", "done", "result", "error", "__weakref__")
 
     def __init__(self, request):
         self.kind, self.name, self.grouped = request.kind, request.name, request.grouped
@@ -43,6 +45,30 @@ class Handle:
     def __repr__(self):
         state = "failed" if self.error else "done" if self.done else "pending"
         return f"<ringtrain.Handle {self.kind} {self.name!r} {state}>"
+
+
+class UnnamedName(str):
+    """The name ringtrain gave an unnamed call (see unnamed_name)."""
+
+
+# Unnamed calls reuse UNNAMED_WINDOW names per (kind, process set), in call order. A training
+# loop's unnamed calls are the same tensors every step, so their names recur and get response
+# cache bits, and the names stay bounded instead of filling the cache. A name comes back only
+# after the call that last held it has completed on this rank (the engine waits for it), so a
+# name is never in flight twice; which name a call gets depends only on the order of calls,
+# the same on every member of the set, so a mismatch between ranks is still found by name.
+UNNAMED_WINDOW = 512
+_unnamed_counters = collections.defaultdict(itertools.count)
+
+
+def unnamed_name(kind, process_set_id=0):
+    """The one generator of names for unnamed calls, for the numpy API and ringtrain.torch.
+    Numbered per (kind, process set): the members of a set make the same calls on it, but ranks
+    outside it do not, so one counter per kind would drift apart between ranks."""
+    number = next(_unnamed_counters[kind, process_set_id]) % UNNAMED_WINDOW
+    if process_set_id == 0:
+        return UnnamedName(f"{kind}.noname.{number}")
+    return UnnamedName(f"{kind}.noname.set{process_set_id}.{number}")
 
 
 @dataclasses.dataclass(eq=False)

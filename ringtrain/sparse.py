@@ -19,7 +19,6 @@ mismatch between ranks is a clear ValueError on every rank instead of a hang, an
 decided from numbers all ranks share, so all ranks pick the same method.
 
 Only Sum and Average are defined: a row absent on a rank counts as zeros there."""
-import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 from . import collectives
 from .ops import Average, Sum, as_op
 from .process_sets import global_process_set
+from .requests import unnamed_name
 from .sparse_kernels import merge_duplicate_rows, scatter_add_rows
 
 log = logging.getLogger("ringtrain.sparse")
@@ -37,7 +37,6 @@ METHODS = ("allgather", "owner", "dense", "auto")
 _VALUE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _MAX_DIMS = 8
 _META_LEN = 5 + _MAX_DIMS  # nnz, method, dtype, op, ndim, dense_shape padded with -1
-_unnamed = itertools.count()
 _logged_choice = {}  # tensor name -> the method last logged for it
 
 
@@ -226,7 +225,7 @@ def sparse_allreduce(grad, op=Average, method="auto", name=None, process_set=glo
     dtype, op and method; nnz may differ (and may be 0)."""
     op = _check_arguments(grad, op, method)
     if name is None:
-        name = f"sparse_allreduce.noname.{next(_unnamed)}"
+        name = unnamed_name("sparse_allreduce", process_set.process_set_id)
     size = process_set.size()
     everyone = collectives.allgather(_metadata(grad, op, method)[None, :], name=f"{name}.meta",
                                      process_set=process_set)

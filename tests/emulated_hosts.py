@@ -126,6 +126,12 @@ class EmulatedCluster:
         remove_stale()
         _check_subnet_is_free()
         self.hosts = [f"h{i}" for i in range(1, n_hosts + 1)]
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.shared_in_tmp = sorted({os.path.realpath(p) for p in (here, sys.prefix, os.path.dirname(sys.executable))
+                                     if os.path.realpath(p).startswith("/tmp/")})
+        # one mount per tree: a path inside another shared one comes with it
+        self.shared_in_tmp = [p for p in self.shared_in_tmp
+                              if not any(p != q and p.startswith(q + "/") for q in self.shared_in_tmp)]
         self.addresses = {h: host_address(i) for i, h in enumerate(self.hosts, 1)}
         try:
             self._create()
@@ -166,10 +172,19 @@ class EmulatedCluster:
             uts, mnt = self._ns_files(host)
             for path in (uts, mnt):
                 open(path, "w").close()
+            # Directories every host must see (like an NFS home: the code and its venv) stay
+            # visible under the host's own /tmp when they live in /tmp (a CI clone there).
+            stage = os.path.join(STATE_DIR, f"stage-{host}")
+            keep, restore = [], []
+            for k, path in enumerate(self.shared_in_tmp):
+                os.makedirs(f"{stage}/{k}")
+                keep.append(f"mount --bind {path} {stage}/{k}")
+                restore.append(f"mkdir -p {path} && mount --move {stage}/{k} {path}")
+            script = " && ".join([f"hostname {host}", "mount -t tmpfs -o size=4g tmpfs /dev/shm", *keep,
+                                  "mount -t tmpfs -o mode=1777 tmpfs /tmp", *restore,
+                                  f"mount --bind {hosts_file} /etc/hosts"])
             _sh("nsenter", f"--net=/run/netns/{netns}", "unshare", f"--uts={uts}", f"--mount={mnt}",
-                "--propagation", "private", "sh", "-c",
-                f"hostname {host} && mount -t tmpfs -o size=4g tmpfs /dev/shm && "
-                f"mount -t tmpfs -o mode=1777 tmpfs /tmp && mount --bind {hosts_file} /etc/hosts", cwd="/")
+                "--propagation", "private", "sh", "-c", script, cwd="/")
             keeper = subprocess.Popen(self.enter(host) + ["sleep", "infinity"], cwd="/", start_new_session=True,
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             with open(os.path.join(STATE_DIR, f"{host}.pid"), "w") as f:
@@ -203,7 +218,9 @@ class EmulatedCluster:
     def files(self, host, directory="/tmp"):
         """Names in `host`'s own /tmp (or another directory of that host)."""
         out = self.run(host, ["ls", "-A", directory]).stdout
-        return sorted(out.split())
+        shared_tops = {os.path.relpath(p, directory).split("/")[0] for p in self.shared_in_tmp
+                       if p.startswith(directory.rstrip("/") + "/")}
+        return sorted(set(out.split()) - shared_tops)
 
     def kill_processes(self, host):
         for pid in self.processes(host):

@@ -27,6 +27,16 @@ def _task_max_failures(sc):
     return 4
 
 
+def _first_failure(state):
+    """The failure report of the rank that failed first (task 0's job service knows it from the
+    exit records: the others may only have been stopped because of it), else the lowest rank."""
+    exit_ = state["exit"] or {}
+    for failure in state["failures"]:
+        if failure["rank"] == exit_.get("failed_rank") and failure.get("attempt") == exit_.get("attempt"):
+            return failure
+    return min(state["failures"], key=lambda f: f["rank"])
+
+
 def _what_failed(state):
     """What the last failed attempt's task 0 and proxies said, for the driver's error."""
     exit_ = state["exit"]
@@ -132,7 +142,7 @@ def run(fn, args=(), kwargs=None, num_proc=None, start_timeout=120, env=None, ve
     finally:
         receiver.close()
     if "error" in outcome and state["failures"]:
-        first = min(state["failures"], key=lambda f: f["rank"])
+        first = _first_failure(state)
         raise RemoteError(first["rank"], first["type_name"], first["message"], first["traceback"])
     if "error" in outcome:
         if "No module named 'ringtrain'" in str(outcome["error"]):
@@ -145,7 +155,7 @@ def run(fn, args=(), kwargs=None, num_proc=None, start_timeout=120, env=None, ve
             from outcome["error"]
     if state["failed_attempts"] and verbose:  # an earlier attempt failed and Spark retried the stage
         if state["failures"]:
-            first = min(state["failures"], key=lambda f: f["rank"])
+            first = _first_failure(state)
             what = f"rank {first['rank']}: {first['type_name']}: {first['message']}"
         else:  # killed without a word: what task 0 saw
             what = _what_failed(state).strip(" ()") or "no rank reported why"

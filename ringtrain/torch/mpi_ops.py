@@ -16,8 +16,6 @@ runs everything. What is left here is what Horovod does differently at the edge:
 * sparse_allreduce_async: through ringtrain.sparse, its cost model choosing the method.
 * unnamed operations are numbered per (kind, process set), so that calls some ranks make on a
   set they belong to cannot shift the names of later calls on other sets."""
-import collections
-import itertools
 import warnings
 
 import numpy as np
@@ -29,6 +27,7 @@ from .. import runtime
 from ..ops import Average, Max, Min, Product, Sum, as_op
 from ..process_sets import ProcessSet as _CoreProcessSet
 from ..process_sets import global_process_set
+from ..requests import unnamed_name
 from .tensors import contiguous, from_numpy, to_numpy
 
 
@@ -109,9 +108,6 @@ class _Ready(Handle):
 
 # (process set id, name) -> Handle, for Horovod's duplicate-name check
 _in_flight = {}
-# Unnamed operations are numbered per (kind, process set): every member of a set makes the same
-# calls on it, but ranks outside the set do not, so one global counter would drift apart.
-_unnamed = collections.defaultdict(itertools.count)
 
 
 def _claim(name, process_set, kind):
@@ -120,7 +116,7 @@ def _claim(name, process_set, kind):
         raise TypeError(f"process_set={process_set!r} must be a ringtrain.torch.ProcessSet")
     if name is None:
         set_id = process_set.process_set_id
-        return f"{kind}.noname.{set_id}.{next(_unnamed[kind, set_id])}", None
+        return unnamed_name(kind, set_id), None
     if not isinstance(name, str):
         raise TypeError(f"name={name!r} must be a str")
     key = (process_set.process_set_id, name)
