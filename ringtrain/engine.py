@@ -43,6 +43,9 @@ log = logging.getLogger("ringtrain")
 
 CONTROL_KINDS = frozenset({"shutdown", "add_process_set", "remove_process_set"})
 
+# The longest pause of an idle engine between rounds (seconds); see Engine._loop.
+IDLE_PAUSE_MAX = 0.1
+
 # Rounds a cached request may wait for its bit before it is announced to the coordinator.
 FALLBACK_ROUNDS = 3
 
@@ -88,6 +91,10 @@ class Engine:
         self.next_set_id = 1
         self._round_lock = threading.Lock()
         self._stop = threading.Event()
+        self._doorbell = threading.Event()   # submit() wakes an idle engine (see _loop)
+        self._activity = False
+        self._dozing = False
+        self.round_ended = 0.0
         self.failure = None
         self.last_round = 0.0
         self.negotiation_seconds = 0.0   # time in rounds outside the collectives themselves
@@ -122,6 +129,8 @@ class Engine:
                         raise
             state.unnamed_holders[request.name] = weakref.ref(request.handle)  # not the result
         state.queue.append(request)
+        if self._dozing:  # at the normal pace the loop comes by within a cycle anyway
+            self._doorbell.set()
         return request.handle
 
     def wait(self, handle):
@@ -139,12 +148,25 @@ class Engine:
 
     def _loop(self):
         """A round every cycle_time, unless callers waiting on handles are already running them:
-        then an extra round from here would only pair up with the wrong round on another rank."""
+        then an extra round from here would only pair up with the wrong round on another rank.
+
+        An idle engine backs off: after each round in which this rank had nothing to do, the
+        pause doubles, up to IDLE_PAUSE_MAX, and a submit() rings the doorbell, which starts the
+        next round at once. The pause counts from the end of a round: a round ends at the same
+        moment on every rank (its first step is an allreduce), so idle ranks stay in phase and
+        do not spin in MPI waiting for each other's next round."""
+        idle_rounds = 0
         while True:
-            pause = self.last_round + self.tuning.cycle_time / 1000.0 - time.perf_counter()
-            if self._stop.wait(max(pause, 0.0)):
+            cycle = self.tuning.cycle_time / 1000.0
+            pause = max(cycle, min(cycle * 2 ** min(idle_rounds, 30), IDLE_PAUSE_MAX))
+            self._dozing = pause > cycle
+            rung = self._doorbell.wait(max(self.round_ended + pause - time.perf_counter(), 0.0))
+            self._doorbell.clear()
+            if self._stop.is_set():
                 break
-            if time.perf_counter() - self.last_round < self.tuning.cycle_time / 1000.0:
+            if rung:
+                idle_rounds = 0
+            if time.perf_counter() - self.last_round < cycle:
                 continue
             with self._round_lock:
                 if self._stop.is_set():
@@ -154,10 +176,16 @@ class Engine:
                 except Exception as exc:  # noqa: BLE001 - reported through every handle
                     self._fail_everything(exc)
                     break
+            idle_rounds = 0 if self._activity else idle_rounds + 1
+
+    def halt(self):
+        """Stop running rounds (the loop wakes at once)."""
+        self._stop.set()
+        self._doorbell.set()
 
     def _fail_everything(self, exc):
         self.failure = exc
-        self._stop.set()
+        self.halt()
         for state in self.sets.values():
             for request in list(state.pending.values()) + list(state.queue):
                 request.handle.fail(RingtrainError(f"the ringtrain engine stopped: {exc}"))
@@ -165,10 +193,12 @@ class Engine:
     # --- rounds ---------------------------------------------------------------------------
     def _round_all(self):
         self.last_round = time.perf_counter()
+        self._activity = False
         for set_id in sorted(self.sets):
             state = self.sets.get(set_id)
             if state is not None and not self._stop.is_set():
                 self._round(state)
+        self.round_ended = time.perf_counter()
 
     def _intake(self, state):
         while state.queue:
@@ -225,6 +255,8 @@ class Engine:
                 name, signature = state.cache.entry[bit]
                 items.append(Item(name, signature, state.pending.get(name), ready_at))
 
+        if state.pending or state.queue or items or joined or not flags[NO_SLOW_PATH_BIT]:
+            self._activity = True  # not idle: keep the engine's pace
         if not flags[NO_SLOW_PATH_BIT]:  # someone asked for the slow path
             message = {"announce": announce, "errors": state.errors_to_report, "join": joined and not state.join_announced}
             response = self._negotiate(state, message)
@@ -269,7 +301,7 @@ class Engine:
             kind, payload = item.signature[0], item.signature[2][0] if item.signature[2] else None
             result = None
             if kind == "shutdown":
-                self._stop.set()
+                self.halt()
             elif kind == "add_process_set":
                 result = self.create_set(payload)
             elif kind == "remove_process_set":
@@ -373,7 +405,7 @@ class Engine:
     # --- shutdown -------------------------------------------------------------------------
     def stop(self):
         """After every rank's shutdown request has run (so all stop at the same round)."""
-        self._stop.set()
+        self.halt()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=30)
         self.stop_timeline()

@@ -150,7 +150,7 @@ def _at_exit():
         sys.stderr.flush()
         time.sleep(1.0)
     engine = _runtime.engine
-    engine._stop.set()
+    engine.halt()
     if engine._thread.is_alive():
         engine._thread.join(timeout=1.0)
     sys.stdout.flush()
