@@ -171,13 +171,15 @@ def rank_environment(args, base=None):
 def placement(args, parser):
     """The job's Hosts from -H / --hostfile and how to reach them (None: this host only), after
     checking there are slots for -np ranks."""
+    from .channel import ChannelError
     from .job import Hosts
 
     try:
         hosts = Hosts.parse(args.hosts, args.hostfile, args.launcher_command, args.network_interface)
         if hosts is not None:
             hosts.check_slots(args.np)
-    except (OSError, ValueError) as exc:
+            hosts.service_address()  # a --network-interface this host lacks, before anything starts
+    except (OSError, ValueError, ChannelError) as exc:
         parser.error(str(exc))
     return hosts
 

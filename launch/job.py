@@ -94,12 +94,11 @@ class JobService:
     """The launcher's end of the job channel: serves the payload (the pickled function of
     rt.run), and keeps every rank's exit record and result."""
 
-    def __init__(self, payload=b"", host="127.0.0.1", on_message=None):
+    def __init__(self, payload=b"", host="127.0.0.1"):
         self.secret = new_secret()
         self.payload = payload
         self.exits = {}     # rank -> (status, time, host)
         self.results = {}   # rank -> bytes (a pickled record, see worker.py)
-        self._on_message = on_message
         self._lock = threading.Lock()
         self._server = Server(self.secret, self._handle, host)
 
@@ -117,8 +116,6 @@ class JobService:
             reply({"type": "payload"}, self.payload)
         elif kind in ("exit", "result"):
             reply({"type": "ok"})
-        if self._on_message is not None:
-            self._on_message(message)
 
     def a_rank_failed(self):
         with self._lock:

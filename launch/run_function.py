@@ -101,20 +101,21 @@ def _active_spark_session():
     return SparkSession.getActiveSession() is not None
 
 
-def distributed(np=2, backend="auto", all_ranks=False, env=None, timeout=None, **placement):
-    """Decorator: calling the function runs it on `np` ranks (see run(), which also takes the
+def distributed(np=2, backend="auto", all_ranks=False, env=None, timeout=None,
+                hosts=None, hostfile=None, launcher_command=None, network_interface=None):
+    """Decorator: calling the function runs it on `np` ranks (see run(), which also explains the
     placement: hosts, hostfile, launcher_command, network_interface). backend="spark" runs them
     as a Spark barrier job on the active SparkSession; "auto" picks Spark when a SparkSession is
-    active, mpiexec otherwise."""
-    unknown = set(placement) - {"hosts", "hostfile", "launcher_command", "network_interface"}
-    if unknown:
-        raise TypeError(f"distributed() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    active and no hosts are given, mpiexec otherwise."""
+    placement = dict(hosts=hosts, hostfile=hostfile, launcher_command=launcher_command,
+                     network_interface=network_interface)
+
     def wrap(fn):
         @functools.wraps(fn)
         def call(*args, **kwargs):
             chosen = backend
             if backend == "auto":
-                chosen = "spark" if _active_spark_session() and not placement else "mpi"
+                chosen = "spark" if _active_spark_session() and not (hosts or hostfile) else "mpi"
             return run(fn, args, kwargs, np=np, backend=chosen, all_ranks=all_ranks, env=env, timeout=timeout,
                        **placement)
         return call

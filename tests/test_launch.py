@@ -133,6 +133,8 @@ def test_check_and_argument_errors():
     assert build.returncode == 0 and "MPI library" in build.stdout
     slots = ringtrain_run("-np", "4", "-H", "localhost:2", "python", "-c", "pass")
     assert slots.returncode == 2 and "-np 4 needs 4 slots, but the hosts offer 2" in slots.stderr
+    iface = ringtrain_run("-np", "2", "-H", "localhost:2", "--network-interface", "nope0", "python", "-c", "pass")
+    assert iface.returncode == 2 and "network interface 'nope0' has no IPv4 address here" in iface.stderr
     missing = ringtrain_run("python", "-c", "pass")
     assert missing.returncode == 2 and "run needs -np N" in missing.stderr
 

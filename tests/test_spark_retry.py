@@ -1,6 +1,5 @@
 """Spark's retry of a failed barrier stage restarts the whole MPI job (spark.task.maxFailures)."""
 import os
-import tempfile
 
 import pytest
 
@@ -22,10 +21,10 @@ def flaky(flag):
     return rt.rank(), rt.size()
 
 
-def test_a_failed_attempt_is_retried_as_a_whole_job(spark_with_retries, capsys):
+def test_a_failed_attempt_is_retried_as_a_whole_job(spark_with_retries, capsys, tmp_path):
     import ringtrain.spark
 
-    flag = os.path.join(tempfile.mkdtemp(), "failed-once")
+    flag = os.path.join(tmp_path, "failed-once")
     assert ringtrain.spark.run(flaky, args=(flag,), num_proc=2) == [(0, 2), (1, 2)]
     assert "Spark retried the whole stage and it succeeded" in capsys.readouterr().err
 
