@@ -12,11 +12,15 @@
 #include <stdlib.h>
 #include "ringtrain.h"
 
-static PyObject *MPIError;
+static PyObject *MPIError, *NoProgressError;
 
 static int raise_mpi_error(const char *collective, int err) {
     char text[MPI_MAX_ERROR_STRING + 1];
     int len = 0;
+    if (err == RT_ERR_NO_PROGRESS) {  /* the engine builds the full story from stall_report() */
+        PyErr_Format(NoProgressError, "%s made no progress for %.1f s", collective, rt_stall_report()->quiet);
+        return -1;
+    }
     if (err == MPI_ERR_NO_MEM) snprintf(text, sizeof text, "out of memory");
     else if (MPI_Error_string(err, text, &len) != MPI_SUCCESS) snprintf(text, sizeof text, "MPI error code %d", err);
     PyErr_Format(MPIError, "%s failed in MPI: %s", collective, text);
@@ -281,13 +285,128 @@ static PyObject *py_barrier(PyObject *self, PyObject *args) {
     int comm_f, err;
     if (!PyArg_ParseTuple(args, "i", &comm_f)) return NULL;
     MPI_Comm comm = MPI_Comm_f2c(comm_f);
+    MPI_Request req;
     Py_BEGIN_ALLOW_THREADS
     rt_lock();
-    err = MPI_Barrier(comm);
+    err = MPI_Ibarrier(comm, &req);
+    if (!err) err = rt_wait_collective(&req, comm);
     rt_unlock();
     Py_END_ALLOW_THREADS
     if (err && raise_mpi_error("barrier", err)) return NULL;
     Py_RETURN_NONE;
+}
+
+/* --- the engine's control rounds: small nonblocking collectives, waited for under the deadline.
+ * They run on the control communicators only, never interleaved with blocking collectives. */
+static PyObject *control_done(const char *what, int err) {
+    if (err && raise_mpi_error(what, err)) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* control_band(comm_f, words): bitwise AND of a uint64 array across the communicator, in place. */
+static PyObject *py_control_band(PyObject *self, PyObject *args) {
+    int comm_f, err;
+    PyObject *obj;
+    if (!PyArg_ParseTuple(args, "iO", &comm_f, &obj)) return NULL;
+    char *words;
+    size_t nbytes;
+    if (get_array(obj, "words", 1, &words, &nbytes)) return NULL;
+    MPI_Comm comm = MPI_Comm_f2c(comm_f);
+    MPI_Request req;
+    Py_BEGIN_ALLOW_THREADS
+    err = MPI_Iallreduce(MPI_IN_PLACE, words, (int)(nbytes / 8), MPI_UINT64_T, MPI_BAND, comm, &req);
+    if (!err) err = rt_wait_collective(&req, comm);
+    Py_END_ALLOW_THREADS
+    return control_done("a negotiation round", err);
+}
+
+/* control_gatherv(comm_f, payload, out, sizes, root): payloads (uint8) concatenated on root, whose
+ * `sizes` (int64, one per rank) say how long each is; elsewhere out and sizes are ignored. */
+static PyObject *py_control_gatherv(PyObject *self, PyObject *args) {
+    int comm_f, root, err = 0;
+    PyObject *payload_obj, *out_obj, *sizes_obj;
+    if (!PyArg_ParseTuple(args, "iOOOi", &comm_f, &payload_obj, &out_obj, &sizes_obj, &root)) return NULL;
+    MPI_Comm comm = MPI_Comm_f2c(comm_f);
+    int rank = 0, size = comm_size(comm);
+    MPI_Comm_rank(comm, &rank);
+    char *payload, *out = NULL;
+    size_t payload_bytes, out_bytes = 0;
+    if (get_array(payload_obj, "payload", 0, &payload, &payload_bytes)) return NULL;
+    int *counts = NULL, *displs = NULL;
+    if (rank == root) {
+        if (get_array(out_obj, "out", 1, &out, &out_bytes)) return NULL;
+        size_t *sizes = get_table(sizes_obj, "sizes", size, 1);
+        if (!sizes) return NULL;
+        counts = malloc(2 * (size_t)size * sizeof(int));
+        if (!counts) { free(sizes); return PyErr_NoMemory(); }
+        displs = counts + size;
+        size_t total = 0;
+        for (int r = 0; r < size; r++) { counts[r] = (int)sizes[r]; displs[r] = (int)total; total += sizes[r]; }
+        free(sizes);
+        if (total > out_bytes) { free(counts); return PyErr_Format(PyExc_ValueError, "out is too small"); }
+    }
+    MPI_Request req;
+    Py_BEGIN_ALLOW_THREADS
+    err = MPI_Igatherv(payload, (int)payload_bytes, MPI_BYTE, out, counts, displs, MPI_BYTE, root, comm, &req);
+    if (!err) err = rt_wait_collective(&req, comm);
+    Py_END_ALLOW_THREADS
+    free(counts);
+    return control_done("a negotiation round", err);
+}
+
+/* control_bcast(comm_f, buf, root): MPI_Ibcast of a byte buffer. */
+static PyObject *py_control_bcast(PyObject *self, PyObject *args) {
+    int comm_f, root, err;
+    PyObject *obj;
+    if (!PyArg_ParseTuple(args, "iOi", &comm_f, &obj, &root)) return NULL;
+    char *buf;
+    size_t nbytes;
+    if (get_array(obj, "buffer", 1, &buf, &nbytes)) return NULL;
+    MPI_Comm comm = MPI_Comm_f2c(comm_f);
+    MPI_Request req;
+    Py_BEGIN_ALLOW_THREADS
+    err = MPI_Ibcast(buf, (int)nbytes, MPI_BYTE, root, comm, &req);
+    if (!err) err = rt_wait_collective(&req, comm);
+    Py_END_ALLOW_THREADS
+    return control_done("a negotiation round", err);
+}
+
+/* --- liveness and the progress deadline ------------------------------------------------------ */
+static PyObject *py_liveness_start(PyObject *self, PyObject *args) {
+    int comm_f, err;
+    double period, stale;
+    if (!PyArg_ParseTuple(args, "idd", &comm_f, &period, &stale)) return NULL;
+    err = rt_liveness_start(MPI_Comm_f2c(comm_f), period, stale);
+    return control_done("starting the heartbeats", err);
+}
+
+static PyObject *py_liveness_stop(PyObject *self, PyObject *args) {
+    Py_BEGIN_ALLOW_THREADS
+    rt_liveness_stop();
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_set_progress_timeout(PyObject *self, PyObject *args) {
+    double seconds;
+    if (!PyArg_ParseTuple(args, "d", &seconds)) return NULL;
+    rt_set_progress_timeout(seconds);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_take_longest_quiet(PyObject *self, PyObject *args) {
+    return PyFloat_FromDouble(rt_take_longest_quiet());
+}
+
+/* stall_report() -> dict: what the last wait that gave up found (world ranks). */
+static PyObject *py_stall_report(PyObject *self, PyObject *args) {
+    const rt_stall *r = rt_stall_report();
+    static const char *kinds[] = {"none", "silent", "stuck", "cycle"};
+    PyObject *chain = PyList_New(r->chain_length);
+    if (!chain) return NULL;
+    for (int i = 0; i < r->chain_length; i++) PyList_SET_ITEM(chain, i, PyLong_FromLong(r->chain[i]));
+    return Py_BuildValue("{s:d,s:i,s:i,s:s,s:d,s:N}", "quiet", r->quiet, "waited_on", r->waited_on, "culprit",
+                         r->culprit, "kind", kinds[r->kind], "age", r->age, "chain", chain);
 }
 
 static PyMethodDef methods[] = {
@@ -300,6 +419,15 @@ static PyMethodDef methods[] = {
     {"alltoallv", py_alltoallv, METH_VARARGS, "alltoallv(comm_f, sendbuf, send_bytes, recvbuf, recv_bytes)"},
     {"reduce", py_reduce, METH_VARARGS, "reduce(inout, in, dtype, op): inout = inout op in"},
     {"barrier", py_barrier, METH_VARARGS, "barrier(comm_f)"},
+    {"control_band", py_control_band, METH_VARARGS, "control_band(comm_f, words): bitwise AND of uint64 words, in place"},
+    {"control_gatherv", py_control_gatherv, METH_VARARGS, "control_gatherv(comm_f, payload, out, sizes, root)"},
+    {"control_bcast", py_control_bcast, METH_VARARGS, "control_bcast(comm_f, buf, root)"},
+    {"liveness_start", py_liveness_start, METH_VARARGS, "liveness_start(comm_f, period, stale): start the heartbeats"},
+    {"liveness_stop", py_liveness_stop, METH_NOARGS, "liveness_stop(): stop the heartbeats"},
+    {"set_progress_timeout", py_set_progress_timeout, METH_VARARGS, "set_progress_timeout(seconds); 0 waits for ever"},
+    {"take_longest_quiet", py_take_longest_quiet, METH_NOARGS,
+     "take_longest_quiet() -> seconds: the longest quiet stretch of a wait that completed (resets it)"},
+    {"stall_report", py_stall_report, METH_NOARGS, "stall_report() -> dict: who the last wait that gave up waited on"},
     {"pack", py_pack, METH_VARARGS, "pack(buffer, tensors): copy tensors back to back into buffer"},
     {"unpack", py_unpack, METH_VARARGS, "unpack(buffer, tensors): copy buffer back out into tensors"},
     {NULL, NULL, 0, NULL}};
@@ -313,6 +441,9 @@ PyMODINIT_FUNC PyInit__core(void) {
     MPIError = PyErr_NewException("ringtrain._core.MPIError", PyExc_RuntimeError, NULL);
     Py_INCREF(MPIError);
     PyModule_AddObject(m, "MPIError", MPIError);
+    NoProgressError = PyErr_NewException("ringtrain._core.NoProgressError", MPIError, NULL);
+    Py_INCREF(NoProgressError);
+    PyModule_AddObject(m, "NoProgressError", NoProgressError);
     PyModule_AddObject(m, "ALGORITHMS", Py_BuildValue("(sss)", "none", "recursive_doubling", "ring"));
     char version[MPI_MAX_LIBRARY_VERSION_STRING];
     int len = 0;

@@ -1,52 +1,189 @@
-/* Byte ranges over MPI point-to-point, and the segmentation every pipelined algorithm uses.
+/* The transport: byte ranges over MPI point-to-point, and the library's one wait loop.
+ *
  * Messages are split at RT_MAX_MESSAGE_BYTES so a count always fits MPI's int; both sides split
- * the same way, and MPI's non-overtaking rule keeps the pieces in order under one tag. */
+ * the same way, and MPI's non-overtaking rule keeps the pieces in order under one tag.
+ *
+ * Waiting: MPI's own waits spin without a limit, so a peer that stops (SIGSTOP, a hung host)
+ * hangs every rank behind it. Here a wait tests its requests, spinning briefly and then
+ * yielding the core (several ranks may share one), and when no request has completed for the
+ * progress deadline it asks liveness.c whether the ranks it waits on are alive and progressing.
+ * Only when one has stopped does it give up: a slow but live peer is waited for. */
+#define _GNU_SOURCE
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 #include "ringtrain.h"
 
-static int grow(rt_requests *reqs) {
-    if (reqs->count < reqs->capacity) return RT_OK;
-    size_t capacity = reqs->capacity ? reqs->capacity * 2 : 16;
+#define SPINS_BEFORE_CLOCK 64       /* tests before the first clock read: the common fast case */
+#define SPINS_BEFORE_YIELD 2048     /* then yield the core between tests */
+#define PUBLISH_AFTER 0.001         /* a wait this long is published in the heartbeats */
+#define RECHECK_EVERY 0.05          /* seconds between verdicts once past the deadline */
+
+static _Atomic double progress_timeout = 0.0;
+static _Atomic double longest_quiet = 0.0;
+
+void rt_set_progress_timeout(double seconds) { progress_timeout = seconds > 0 ? seconds : 0.0; }
+double rt_progress_timeout(void) { return progress_timeout; }
+
+double rt_take_longest_quiet(void) { return atomic_exchange(&longest_quiet, 0.0); }
+
+double rt_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int grow(rt_requests *reqs, size_t needed) {
+    if (needed <= reqs->capacity) return RT_OK;
+    size_t capacity = reqs->capacity ? reqs->capacity : 16;
+    while (capacity < needed) capacity *= 2;
     MPI_Request *items = realloc(reqs->items, capacity * sizeof(MPI_Request));
-    if (!items) return MPI_ERR_NO_MEM;
-    reqs->items = items;
+    if (items) reqs->items = items;
+    int *peers = items ? realloc(reqs->peers, capacity * sizeof(int)) : NULL;
+    if (peers) reqs->peers = peers;
+    char *is_recv = peers ? realloc(reqs->is_recv, capacity) : NULL;
+    if (!is_recv) return MPI_ERR_NO_MEM;
+    reqs->is_recv = is_recv;
     reqs->capacity = capacity;
     return RT_OK;
 }
 
-int rt_isend_bytes(rt_requests *reqs, const void *buf, size_t bytes, int dest, int tag, MPI_Comm comm) {
+static int post(rt_requests *reqs, void *buf, size_t bytes, int peer, int tag, MPI_Comm comm, int receive) {
+    reqs->comm = comm;
     for (size_t offset = 0; offset < bytes; offset += RT_MAX_MESSAGE_BYTES) {
         size_t n = bytes - offset < RT_MAX_MESSAGE_BYTES ? bytes - offset : RT_MAX_MESSAGE_BYTES;
-        int err = grow(reqs);
+        int err = grow(reqs, reqs->count + 1);
         if (err) return err;
-        err = MPI_Isend((const char *)buf + offset, (int)n, MPI_BYTE, dest, tag, comm, &reqs->items[reqs->count]);
+        MPI_Request *r = &reqs->items[reqs->count];
+        err = receive ? MPI_Irecv((char *)buf + offset, (int)n, MPI_BYTE, peer, tag, comm, r)
+                      : MPI_Isend((char *)buf + offset, (int)n, MPI_BYTE, peer, tag, comm, r);
         if (err) return err;
+        reqs->peers[reqs->count] = peer;
+        reqs->is_recv[reqs->count] = (char)receive;
         reqs->count++;
     }
     return RT_OK;
+}
+
+int rt_isend_bytes(rt_requests *reqs, const void *buf, size_t bytes, int dest, int tag, MPI_Comm comm) {
+    return post(reqs, (void *)buf, bytes, dest, tag, comm, 0);
 }
 
 int rt_irecv_bytes(rt_requests *reqs, void *buf, size_t bytes, int source, int tag, MPI_Comm comm) {
-    for (size_t offset = 0; offset < bytes; offset += RT_MAX_MESSAGE_BYTES) {
-        size_t n = bytes - offset < RT_MAX_MESSAGE_BYTES ? bytes - offset : RT_MAX_MESSAGE_BYTES;
-        int err = grow(reqs);
-        if (err) return err;
-        err = MPI_Irecv((char *)buf + offset, (int)n, MPI_BYTE, source, tag, comm, &reqs->items[reqs->count]);
-        if (err) return err;
-        reqs->count++;
-    }
+    return post(reqs, buf, bytes, source, tag, comm, 1);
+}
+
+int rt_requests_reserve(rt_requests *reqs, size_t n, MPI_Comm comm) {
+    int err = grow(reqs, n);
+    if (err) return err;
+    for (size_t i = 0; i < n; i++) { reqs->items[i] = MPI_REQUEST_NULL; reqs->peers[i] = -1; reqs->is_recv[i] = 0; }
+    reqs->count = n;
+    reqs->comm = comm;
     return RT_OK;
 }
 
-int rt_wait_all(rt_requests *reqs) {
-    int err = reqs->count ? MPI_Waitall((int)reqs->count, reqs->items, MPI_STATUSES_IGNORE) : RT_OK;
-    reqs->count = 0;
+int rt_irecv_slot(rt_requests *reqs, size_t slot, void *buf, size_t bytes, int source, int tag) {
+    if (slot >= reqs->count || bytes > RT_MAX_MESSAGE_BYTES) return MPI_ERR_ARG;
+    reqs->peers[slot] = source;
+    reqs->is_recv[slot] = 1;
+    return MPI_Irecv(buf, (int)bytes, MPI_BYTE, source, tag, reqs->comm, &reqs->items[slot]);
+}
+
+/* The wait loop. `items[0..n)` are waited for (all of them, or until `target` completes if
+ * target >= 0); `peers` name the other end of each (NULL: a collective). */
+static int wait_loop(MPI_Request *items, const int *peers, size_t n, long target, MPI_Comm comm) {
+    size_t pending = 0;
+    for (size_t i = 0; i < n; i++) pending += items[i] != MPI_REQUEST_NULL;
+    if (target >= 0 && items[target] == MPI_REQUEST_NULL) return RT_OK;
+    unsigned spins = 0;
+    double quiet_since = 0.0, next_verdict = 0.0;
+    int published = 0, err = RT_OK;
+    int waited_on[64];
+    int *indices = NULL;
+    if (target < 0 && n > 1 && !(indices = malloc(n * sizeof(int)))) return MPI_ERR_NO_MEM;
+    while (pending) {
+        int done = 0;
+        size_t completed = 0;
+        if (target >= 0 || n == 1) {
+            size_t i = target >= 0 ? (size_t)target : 0;
+            err = MPI_Test(&items[i], &done, MPI_STATUS_IGNORE);
+            completed = done ? 1 : 0;
+        } else {  /* MPI_Testsome releases what completed, so progress can be counted */
+            int outcount = 0;
+            err = MPI_Testsome((int)n, items, &outcount, indices, MPI_STATUSES_IGNORE);
+            completed = (!err && outcount != MPI_UNDEFINED) ? (size_t)outcount : 0;
+        }
+        if (err) break;
+        if (completed) {
+            pending -= completed;
+            rt_liveness_note_progress(completed);
+            if (quiet_since > 0.0) {
+                double quiet = rt_now() - quiet_since, longest = longest_quiet;
+                while (quiet > longest && !atomic_compare_exchange_weak(&longest_quiet, &longest, quiet)) {}
+            }
+            if (target >= 0) break;
+            quiet_since = 0.0;
+            spins = 0;
+            continue;
+        }
+        if (++spins < SPINS_BEFORE_CLOCK) continue;
+        double now = rt_now();
+        if (quiet_since == 0.0) { quiet_since = now; continue; }
+        if (spins > SPINS_BEFORE_YIELD) sched_yield();
+        if (!published && now - quiet_since > PUBLISH_AFTER) {
+            long first = target >= 0 ? target : 0;
+            while (target < 0 && (size_t)first < n && items[first] == MPI_REQUEST_NULL) first++;
+            rt_liveness_note_waiting(comm, peers ? peers[first] : -1);
+            published = 1;
+        }
+        double limit = progress_timeout;
+        if (limit > 0.0 && now - quiet_since > limit && now >= next_verdict) {
+            size_t npeers = 0;  /* the peers of the requests still pending */
+            for (size_t i = 0; peers && i < n && npeers < 64; i++) {
+                if (items[i] == MPI_REQUEST_NULL || (target >= 0 && (long)i != target)) continue;
+                int seen = 0;
+                for (size_t j = 0; j < npeers; j++) seen |= waited_on[j] == peers[i];
+                if (!seen) waited_on[npeers++] = peers[i];
+            }
+            rt_stall report;
+            if (rt_liveness_verdict(comm, peers ? waited_on : NULL, npeers, now - quiet_since, &report)) {
+                err = RT_ERR_NO_PROGRESS;
+                break;
+            }
+            next_verdict = now + RECHECK_EVERY;
+        }
+    }
+    if (published) rt_liveness_note_done_waiting();
+    free(indices);
     return err;
 }
 
+int rt_wait_slot(rt_requests *reqs, size_t slot) {
+    if (slot >= reqs->count) return MPI_ERR_ARG;
+    return wait_loop(reqs->items, reqs->peers, reqs->count, (long)slot, reqs->comm);
+}
+
+int rt_wait_all(rt_requests *reqs) {
+    int err = reqs->count ? wait_loop(reqs->items, reqs->peers, reqs->count, -1, reqs->comm) : RT_OK;
+    if (!err) reqs->count = 0;
+    return err;
+}
+
+int rt_wait_collective(MPI_Request *req, MPI_Comm comm) { return wait_loop(req, NULL, 1, -1, comm); }
+
 void rt_requests_free(rt_requests *reqs) {
+    for (size_t i = 0; i < reqs->count; i++) {
+        if (reqs->items[i] == MPI_REQUEST_NULL) continue;
+        if (reqs->is_recv[i]) MPI_Cancel(&reqs->items[i]);
+        MPI_Request_free(&reqs->items[i]);
+    }
     free(reqs->items);
+    free(reqs->peers);
+    free(reqs->is_recv);
     reqs->items = NULL;
+    reqs->peers = NULL;
+    reqs->is_recv = NULL;
     reqs->count = reqs->capacity = 0;
 }
 

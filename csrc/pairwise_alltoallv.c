@@ -22,7 +22,7 @@ int rt_pairwise_alltoallv(const void *sendbuf, const size_t *send_bytes, const s
     }
     if (!err && send_bytes[rank])
         memcpy((char *)recvbuf + recv_displs[rank], (const char *)sendbuf + send_displs[rank], send_bytes[rank]);
-    int err_wait = rt_wait_all(&reqs);
+    if (!err) err = rt_wait_all(&reqs);
     rt_requests_free(&reqs);
-    return err ? err : err_wait;
+    return err;
 }

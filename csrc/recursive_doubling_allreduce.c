@@ -11,6 +11,18 @@
 
 #define TAG_RECURSIVE_DOUBLING 13
 
+/* One blocking transfer through the transport (so it waits under the progress deadline):
+ * send `out` to `to` and/or receive into `in` from `from` (-1 for none). */
+static int exchange(const void *out, int to, void *in, int from, size_t bytes, MPI_Comm comm) {
+    rt_requests reqs = {0};
+    int err = RT_OK;
+    if (from >= 0) err = rt_irecv_bytes(&reqs, in, bytes, from, TAG_RECURSIVE_DOUBLING, comm);
+    if (!err && to >= 0) err = rt_isend_bytes(&reqs, out, bytes, to, TAG_RECURSIVE_DOUBLING, comm);
+    if (!err) err = rt_wait_all(&reqs);
+    rt_requests_free(&reqs);
+    return err;
+}
+
 int rt_recursive_doubling_allreduce(const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,
                                     MPI_Comm comm) {
     int rank, size, err = RT_OK;
@@ -29,10 +41,10 @@ int rt_recursive_doubling_allreduce(const void *src, void *dst, size_t count, rt
     int new_rank;
     if (rank < 2 * rem) {
         if (rank % 2 == 0) {
-            err = MPI_Send(dst, (int)bytes, MPI_BYTE, rank + 1, TAG_RECURSIVE_DOUBLING, comm);
+            err = exchange(dst, rank + 1, NULL, -1, bytes, comm);
             new_rank = -1;
         } else {
-            err = MPI_Recv(incoming, (int)bytes, MPI_BYTE, rank - 1, TAG_RECURSIVE_DOUBLING, comm, MPI_STATUS_IGNORE);
+            err = exchange(NULL, -1, incoming, rank - 1, bytes, comm);
             if (!err) rt_reduce_inplace(dst, incoming, count, dtype, op);
             new_rank = rank / 2;
         }
@@ -43,14 +55,13 @@ int rt_recursive_doubling_allreduce(const void *src, void *dst, size_t count, rt
         for (int mask = 1; mask < pof2 && !err; mask <<= 1) {
             int partner_new = new_rank ^ mask;
             int partner = partner_new < rem ? partner_new * 2 + 1 : partner_new + rem;
-            err = MPI_Sendrecv(dst, (int)bytes, MPI_BYTE, partner, TAG_RECURSIVE_DOUBLING, incoming, (int)bytes,
-                               MPI_BYTE, partner, TAG_RECURSIVE_DOUBLING, comm, MPI_STATUS_IGNORE);
+            err = exchange(dst, partner, incoming, partner, bytes, comm);
             if (!err) rt_reduce_inplace(dst, incoming, count, dtype, op);
         }
     }
     if (!err && rank < 2 * rem) {
-        if (rank % 2) err = MPI_Send(dst, (int)bytes, MPI_BYTE, rank - 1, TAG_RECURSIVE_DOUBLING, comm);
-        else err = MPI_Recv(dst, (int)bytes, MPI_BYTE, rank + 1, TAG_RECURSIVE_DOUBLING, comm, MPI_STATUS_IGNORE);
+        if (rank % 2) err = exchange(dst, rank - 1, NULL, -1, bytes, comm);
+        else err = exchange(NULL, -1, dst, rank + 1, bytes, comm);
     }
     return err;
 }

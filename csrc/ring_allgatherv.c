@@ -20,10 +20,10 @@ int rt_ring_allgatherv(void *buf, const size_t *bytes, const size_t *displs, siz
 
     size_t total_segments = 0;
     for (int b = 0; b < size; b++) total_segments += rt_segment_count(bytes[b], segment_bytes, 1);
-    MPI_Request *recv_reqs = malloc((total_segments + 1) * sizeof(MPI_Request));
     size_t *first_req = malloc((size_t)size * sizeof(size_t)); /* index of step s's first receive */
-    rt_requests sends = {0};
-    if (!recv_reqs || !first_req) { free(recv_reqs); free(first_req); return MPI_ERR_NO_MEM; }
+    rt_requests recvs = {0}, sends = {0};
+    if (!first_req) return MPI_ERR_NO_MEM;
+    err = rt_requests_reserve(&recvs, total_segments, comm);
 
     size_t nreq = 0;
     for (int s = 0; s < size - 1 && !err; s++) {
@@ -32,7 +32,7 @@ int rt_ring_allgatherv(void *buf, const size_t *bytes, const size_t *displs, siz
         size_t n = rt_segment_count(bytes[b], segment_bytes, 1);
         for (size_t k = 0; k < n && !err; k++) {
             size_t len = rt_segment_length(bytes[b], segment_bytes, 1, k, &off);
-            err = MPI_Irecv(base + displs[b] + off, (int)len, MPI_BYTE, left, TAG_ALLGATHER, comm, &recv_reqs[nreq++]);
+            err = rt_irecv_slot(&recvs, nreq++, base + displs[b] + off, len, left, TAG_ALLGATHER);
         }
     }
     {   /* step 0: the rank's own block */
@@ -47,19 +47,14 @@ int rt_ring_allgatherv(void *buf, const size_t *bytes, const size_t *displs, siz
         size_t n = rt_segment_count(bytes[b], segment_bytes, 1);
         for (size_t k = 0; k < n && !err; k++) {
             size_t len = rt_segment_length(bytes[b], segment_bytes, 1, k, &off);
-            err = MPI_Wait(&recv_reqs[first_req[s] + k], MPI_STATUS_IGNORE);
+            err = rt_wait_slot(&recvs, first_req[s] + k);
             if (!err && s + 1 < size - 1) /* forward: it is what the right neighbour needs next */
                 err = rt_isend_bytes(&sends, base + displs[b] + off, len, right, TAG_ALLGATHER, comm);
         }
     }
-    if (err) { /* leave no receive pointing into the caller's memory */
-        for (size_t i = 0; i < nreq; i++)
-            if (recv_reqs[i] != MPI_REQUEST_NULL) { MPI_Cancel(&recv_reqs[i]); MPI_Request_free(&recv_reqs[i]); }
-    }
-    int err_send = rt_wait_all(&sends);
-    if (!err) err = err_send;
+    if (!err) err = rt_wait_all(&sends);
     rt_requests_free(&sends);
-    free(recv_reqs);
+    rt_requests_free(&recvs);  /* after an error: no receive is left pointing into the caller's memory */
     free(first_req);
     return err;
 }

@@ -12,7 +12,8 @@
  * caller's output: only the rank's own block is written to `own_out`. Three, because while step
  * s receives into one buffer, step s-1's buffer is still being sent from, and step s+1's receives
  * are already posted into the third. Before posting step s+1 into a buffer we wait for the sends
- * that were reading it (step s-1's), which is what makes the rotation safe. */
+ * that were reading it (step s-1's), which is what makes the rotation safe. Every wait goes
+ * through the transport (p2p.c), which gives up if a peer stops. */
 #include <stdlib.h>
 #include <string.h>
 #include "ringtrain.h"
@@ -40,9 +41,9 @@ int rt_ring_reduce_scatter(const void *src, void *own_out, const size_t *counts,
     if (max_block == 0) return RT_OK;
 
     char *buffers = rt_scratch(0, 3 * max_block);
-    MPI_Request *recv_reqs = malloc(3 * max_segments * sizeof(MPI_Request));
-    rt_requests sends[2] = {{0}, {0}};
-    if (!buffers || !recv_reqs) { free(recv_reqs); return MPI_ERR_NO_MEM; }
+    rt_requests recvs = {0}, sends[2] = {{0}, {0}};
+    if (!buffers) return MPI_ERR_NO_MEM;
+    err = rt_requests_reserve(&recvs, 3 * max_segments, comm);
 
 #define SEND_BLOCK(s) ((size_t)((rank - 1 - (s)) % size + size) % size)
 #define RECV_BLOCK(s) ((size_t)((rank - 2 - (s)) % size + size) % size)
@@ -55,13 +56,13 @@ int rt_ring_reduce_scatter(const void *src, void *own_out, const size_t *counts,
         size_t n_ = rt_segment_count(bytes_, segment_bytes, esize);                            \
         for (size_t k = 0; k < n_ && !err; k++) {                                              \
             size_t len_ = rt_segment_length(bytes_, segment_bytes, esize, k, &off_);           \
-            err = MPI_Irecv(STEP_BUFFER(s) + off_, (int)len_, MPI_BYTE, left, TAG_REDUCE_SCATTER, \
-                            comm, &recv_reqs[((s) % 3) * max_segments + k]);                   \
+            err = rt_irecv_slot(&recvs, ((s) % 3) * max_segments + k, STEP_BUFFER(s) + off_, len_, \
+                                left, TAG_REDUCE_SCATTER);                                     \
         }                                                                                      \
     } while (0)
 
     const int steps = size - 1;
-    POST_RECVS(0);
+    if (!err) POST_RECVS(0);
     {   /* step 0 sends the rank's own, unreduced copy of block r-1 straight from the input */
         size_t b = SEND_BLOCK(0), bytes = counts[b] * esize, off;
         size_t n = rt_segment_count(bytes, segment_bytes, esize);
@@ -81,7 +82,7 @@ int rt_ring_reduce_scatter(const void *src, void *own_out, const size_t *counts,
         const int last = (s == steps - 1);
         for (size_t k = 0; k < n && !err; k++) {
             size_t off, len = rt_segment_length(bytes, segment_bytes, esize, k, &off);
-            err = MPI_Wait(&recv_reqs[(s % 3) * max_segments + k], MPI_STATUS_IGNORE);
+            err = rt_wait_slot(&recvs, (s % 3) * max_segments + k);
             if (err) break;
             const char *mine = in + displs[b] * esize + off;
             if (last) {
@@ -94,11 +95,11 @@ int rt_ring_reduce_scatter(const void *src, void *own_out, const size_t *counts,
             }
         }
     }
-    int err0 = rt_wait_all(&sends[0]), err1 = rt_wait_all(&sends[1]);
-    if (!err) err = err0 ? err0 : err1;
-    rt_requests_free(&sends[0]);
+    if (!err) err = rt_wait_all(&sends[0]);
+    if (!err) err = rt_wait_all(&sends[1]);
+    rt_requests_free(&sends[0]);  /* after an error: cancels what is still pending */
     rt_requests_free(&sends[1]);
-    free(recv_reqs);
+    rt_requests_free(&recvs);
     return err;
 #undef SEND_BLOCK
 #undef RECV_BLOCK

@@ -50,17 +50,75 @@ void *rt_scratch(int slot, size_t bytes);
 void rt_lock(void);
 void rt_unlock(void);
 
-/* --- p2p.c: byte ranges over MPI point-to-point --------------------------- */
+/* --- p2p.c: the transport. Every message of every algorithm goes through here ------------
+ * Byte ranges over MPI point-to-point, and the one wait loop of the library. A wait that sees no
+ * request complete for the progress deadline asks liveness.c whether a peer has stopped; if one
+ * has (or the ranks wait on each other in a cycle), the wait gives up with RT_ERR_NO_PROGRESS,
+ * cancelling its receives, and rt_stall_report() says who stopped. */
+#define RT_ERR_NO_PROGRESS (-7)
 /* Messages larger than this are split, so counts always fit MPI's int. */
 #define RT_MAX_MESSAGE_BYTES ((size_t)1 << 30)
 typedef struct {
     MPI_Request *items;
+    int *peers;                 /* the rank (in comm) at the other end: who a stalled wait waits on */
+    char *is_recv;              /* receives are cancelled if a wait gives up */
     size_t count, capacity;
+    MPI_Comm comm;
 } rt_requests;
 int rt_isend_bytes(rt_requests *reqs, const void *buf, size_t bytes, int dest, int tag, MPI_Comm comm);
 int rt_irecv_bytes(rt_requests *reqs, void *buf, size_t bytes, int source, int tag, MPI_Comm comm);
+/* Fixed slots, for algorithms that reuse receive positions: rt_requests_reserve makes `n` empty
+ * slots; rt_irecv_slot posts one receive (bytes <= RT_MAX_MESSAGE_BYTES) into a slot. */
+int rt_requests_reserve(rt_requests *reqs, size_t n, MPI_Comm comm);
+int rt_irecv_slot(rt_requests *reqs, size_t slot, void *buf, size_t bytes, int source, int tag);
+int rt_wait_slot(rt_requests *reqs, size_t slot);
+/* Every pending request; afterwards the set is empty (ready for reuse). */
 int rt_wait_all(rt_requests *reqs);
+/* Releases the set; receives still pending are cancelled first, so nothing writes into the
+ * caller's memory after an algorithm gave up. */
 void rt_requests_free(rt_requests *reqs);
+/* A nonblocking collective (control rounds, barriers) waited for under the same deadline. */
+int rt_wait_collective(MPI_Request *req, MPI_Comm comm);
+/* Seconds without any completion before a wait consults liveness.c (0: wait for ever). */
+void rt_set_progress_timeout(double seconds);
+double rt_progress_timeout(void);
+/* The longest stretch (seconds) a wait went without a completion and still completed, since
+ * the last call (which resets it): what a deadline must stay above. */
+double rt_take_longest_quiet(void);
+double rt_now(void);
+
+/* --- liveness.c: heartbeats, and who has stopped --------------------------------------------
+ * A thread sends every rank a tiny heartbeat (this rank's completion count and whom it waits on)
+ * each period, so a rank that stopped (SIGSTOP, a hung host) is told apart from the ranks that
+ * are only queued behind it: in a ring each rank sees nothing but its neighbour going quiet. */
+#define RT_CHAIN_MAX 16
+typedef enum {
+    RT_CULPRIT_NONE = 0,        /* no verdict (no heartbeats running): only this rank's wait is known */
+    RT_CULPRIT_SILENT = 1,      /* no heartbeat from it for `age` seconds: stopped, hung or gone */
+    RT_CULPRIT_STUCK = 2,       /* heartbeats arrive, but it neither progresses nor waits in ringtrain */
+    RT_CULPRIT_CYCLE = 3        /* the chain of waits comes back on itself: nobody can progress */
+} rt_culprit_kind;
+typedef struct {
+    double quiet;               /* seconds this rank's wait went without a completion */
+    int waited_on;              /* world rank this rank waited on, -1 for a collective */
+    int culprit;                /* world rank, -1 if none */
+    rt_culprit_kind kind;
+    double age;                 /* seconds since the culprit's last heartbeat (SILENT) or progress (STUCK) */
+    int chain[RT_CHAIN_MAX];    /* the waits from this rank to the culprit, world ranks */
+    int chain_length;
+} rt_stall;
+int rt_liveness_start(MPI_Comm world, double period, double stale);
+void rt_liveness_stop(void);
+/* Called by a wait that has been quiet for the deadline: 1 = give up (report filled), 0 = the
+ * ranks it waits on are alive and progressing, keep waiting. `peers` are ranks of comm, or NULL
+ * for a collective on comm. */
+int rt_liveness_verdict(MPI_Comm comm, const int *peers, size_t npeers, double quiet, rt_stall *report);
+/* What this rank publishes in its heartbeats. */
+void rt_liveness_note_progress(size_t completions);  /* this many requests completed */
+void rt_liveness_note_waiting(MPI_Comm comm, int peer);  /* peer: comm rank, -1 collective */
+void rt_liveness_note_done_waiting(void);
+const rt_stall *rt_stall_report(void);
+
 /* Split `bytes` into segments of at most `segment_bytes`, aligned to `align`. */
 size_t rt_segment_count(size_t bytes, size_t segment_bytes, size_t align);
 size_t rt_segment_length(size_t bytes, size_t segment_bytes, size_t align, size_t index, size_t *offset);

@@ -26,26 +26,23 @@ int rt_tree_broadcast(void *buf, size_t bytes, int root, size_t segment_bytes, M
         if (v + mask < size) children[nchildren++] = (v + mask + root) % size;
 
     const size_t nseg = rt_segment_count(bytes, segment_bytes, 1);
-    MPI_Request *recv_reqs = NULL;
-    rt_requests sends = {0};
+    rt_requests recvs = {0}, sends = {0};
     char *base = (char *)buf;
     if (parent >= 0) {
-        recv_reqs = malloc(nseg * sizeof(MPI_Request));
-        if (!recv_reqs) return MPI_ERR_NO_MEM;
+        err = rt_requests_reserve(&recvs, nseg, comm);
         for (size_t k = 0; k < nseg && !err; k++) {
             size_t off, len = rt_segment_length(bytes, segment_bytes, 1, k, &off);
-            err = MPI_Irecv(base + off, (int)len, MPI_BYTE, parent, TAG_BROADCAST, comm, &recv_reqs[k]);
+            err = rt_irecv_slot(&recvs, k, base + off, len, parent, TAG_BROADCAST);
         }
     }
     for (size_t k = 0; k < nseg && !err; k++) {
         size_t off, len = rt_segment_length(bytes, segment_bytes, 1, k, &off);
-        if (parent >= 0) err = MPI_Wait(&recv_reqs[k], MPI_STATUS_IGNORE);
+        if (parent >= 0) err = rt_wait_slot(&recvs, k);
         for (int c = 0; c < nchildren && !err; c++)
             err = rt_isend_bytes(&sends, base + off, len, children[c], TAG_BROADCAST, comm);
     }
-    int err_send = rt_wait_all(&sends);
-    if (!err) err = err_send;
+    if (!err) err = rt_wait_all(&sends);
     rt_requests_free(&sends);
-    free(recv_reqs);
+    rt_requests_free(&recvs);
     return err;
 }

@@ -40,7 +40,7 @@ from .collectives import (
 from .process_sets import ProcessSet, global_process_set
 from .requests import Handle, StallError
 from .dtypes import bfloat16
-from .errors import ConfigurationError, NotInitializedError, RingtrainError
+from .errors import ConfigurationError, NotInitializedError, ProgressTimeoutError, RingtrainError
 from . import optim
 from .compression import Compression, Compressor
 from .errors import RemoteError

@@ -61,6 +61,12 @@ class Config:
     # did not; and (if > 0) before such a stall becomes an error on every rank.
     stall_check_time: float = 60.0
     stall_shutdown_time: float = 0.0
+    # Seconds a wait may see no message complete before ringtrain checks whether the ranks it
+    # waits on are alive (heartbeats); if one has stopped, every other rank gets a
+    # ProgressTimeoutError naming it. A live but slow peer is waited for. 0 waits for ever.
+    # The longest quiet stretch of a 64 MB allreduce over a 1 Gbit/s link is far below this
+    # (bench/RESULTS.md, "Progress deadline").
+    progress_timeout: float = 30.0
     # Chrome trace JSON written by rank 0 ("" = off).
     timeline: str = ""
     # Tune fusion_threshold, cycle_time and small_allreduce_threshold online.
@@ -74,6 +80,7 @@ class Config:
         "cycle_time": ("RINGTRAIN_CYCLE_TIME", _parse_non_negative_float),
         "stall_check_time": ("RINGTRAIN_STALL_CHECK_TIME", _parse_non_negative_float),
         "stall_shutdown_time": ("RINGTRAIN_STALL_SHUTDOWN_TIME", _parse_non_negative_float),
+        "progress_timeout": ("RINGTRAIN_PROGRESS_TIMEOUT", _parse_non_negative_float),
         "timeline": ("RINGTRAIN_TIMELINE", _parse_path),
         "autotune": ("RINGTRAIN_AUTOTUNE", _parse_bool),
         "autotune_log": ("RINGTRAIN_AUTOTUNE_LOG", _parse_path),

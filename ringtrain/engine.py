@@ -33,7 +33,7 @@ import weakref
 
 import numpy as np
 
-from .errors import RingtrainError
+from .errors import ProgressTimeoutError, RingtrainError
 from .executor import Executor, Item
 from .negotiation import Coordinator, StallInspector
 from .requests import StallError, UnnamedName
@@ -58,6 +58,7 @@ class SetState:
         self.ranks = ranks                    # global ranks, sorted
         self.comm = data_comm                 # collectives on the data path
         self.ctrl = data_comm.Dup()           # negotiation, so it never matches data messages
+        self.ctrl_handle = self.ctrl.py2f()
         self.handle = data_comm.py2f()
         self.rank = data_comm.Get_rank()
         self.size = data_comm.Get_size()
@@ -115,7 +116,7 @@ class Engine:
         if state is None:
             raise ValueError(f"process_set id {request.process_set} is not registered on rank {self.runtime.rank}")
         if self.failure is not None:
-            raise RingtrainError(f"the ringtrain engine has stopped: {self.failure}")
+            raise self._failure_error()
         if isinstance(request.name, UnnamedName):
             # unnamed names recur (requests.unnamed_name): the call that last held this name
             # must have completed here first; its outcome belongs to its own caller
@@ -136,11 +137,13 @@ class Engine:
     def wait(self, handle):
         while not handle.done:
             if self.failure is not None:
-                raise RingtrainError(f"the ringtrain engine has stopped: {self.failure}")
+                raise self._failure_error()
             with self._round_lock:
                 if not handle.done and not self._stop.is_set():
-                    self._round_all()
+                    self._rounds_or_fail()
             if self._stop.is_set() and not handle.done:
+                if self.failure is not None:
+                    raise self._failure_error()
                 raise RingtrainError("ringtrain was shut down before this operation completed")
         if handle.error is not None:
             raise handle.error
@@ -169,12 +172,7 @@ class Engine:
             if time.perf_counter() - self.last_round < cycle:
                 continue
             with self._round_lock:
-                if self._stop.is_set():
-                    break
-                try:
-                    self._round_all()
-                except Exception as exc:  # noqa: BLE001 - reported through every handle
-                    self._fail_everything(exc)
+                if self._stop.is_set() or not self._rounds_or_fail():
                     break
             idle_rounds = 0 if self._activity else idle_rounds + 1
 
@@ -183,12 +181,29 @@ class Engine:
         self._stop.set()
         self._doorbell.set()
 
+    def _rounds_or_fail(self):
+        """One round on every set; False if the engine failed (every handle then has the error)."""
+        try:
+            self._round_all()
+            return True
+        except Exception as exc:  # noqa: BLE001 - reported through every handle
+            self._fail_everything(exc)
+            return False
+
+    def _failure_error(self):
+        if isinstance(self.failure, ProgressTimeoutError):
+            return self.failure
+        return RingtrainError(f"the ringtrain engine stopped: {self.failure}")
+
     def _fail_everything(self, exc):
         self.failure = exc
-        self.halt()
-        for state in self.sets.values():
+        error = self._failure_error()
+        for state in self.sets.values():  # before halt(): a waiter that sees the stop finds its error
             for request in list(state.pending.values()) + list(state.queue):
-                request.handle.fail(RingtrainError(f"the ringtrain engine stopped: {exc}"))
+                request.handle.fail(error)
+            if state.join_request is not None:
+                state.join_request.handle.fail(error)
+        self.halt()
 
     # --- rounds ---------------------------------------------------------------------------
     def _round_all(self):
@@ -197,8 +212,41 @@ class Engine:
         for set_id in sorted(self.sets):
             state = self.sets.get(set_id)
             if state is not None and not self._stop.is_set():
-                self._round(state)
+                try:
+                    self._round(state)
+                except self.runtime.core.NoProgressError as exc:
+                    raise ProgressTimeoutError(self._no_progress_text(state, getattr(exc, "items", None))) from None
         self.round_ended = time.perf_counter()
+
+    def _no_progress_text(self, state, items):
+        """Why a wait gave up, from the heartbeats' verdict (csrc/liveness.c), in a user's terms."""
+        report = self.runtime.core.stall_report()
+        me = self.runtime.rank
+        if items:
+            names = ", ".join(f"'{item.name}'" for item in items[:4]) + (f" and {len(items) - 4} more" if len(items) > 4 else "")
+            what = f"{items[0].signature[0]} {names}"
+        else:
+            waiting = [f"'{name}'" for name in list(state.pending)[:4]]
+            what = (f"a negotiation round of process set {state.id}"
+                    + (f" (agreeing on {', '.join(waiting)})" if waiting else ""))
+        text = (f"{what} made no progress for {report['quiet']:.1f} s on rank {me} "
+                f"(RINGTRAIN_PROGRESS_TIMEOUT={self.runtime.config.progress_timeout:g})")
+        culprit, chain, kind = report["culprit"], report["chain"], report["kind"]
+        if kind == "silent":
+            text += f": rank {culprit} has stopped responding (no heartbeat for {report['age']:.1f} s)"
+        elif kind == "stuck":
+            text += (f": rank {culprit} is alive but has made no progress for {report['age']:.1f} s and is not waiting "
+                     "in ringtrain (is a thread holding its GIL, or is it blocked outside ringtrain?)")
+        elif kind == "cycle":
+            text += f": ranks {', '.join(str(r) for r in [me] + chain)} wait on each other and none can progress"
+        else:
+            text += ": no heartbeats to tell whether the ranks it waits on stopped or are slow"
+        if kind in ("silent", "stuck") and chain and chain[0] != culprit:
+            hops = [f"rank {me} waits on rank {chain[0]}"] + [f"which waits on rank {r}" for r in chain[1:]]
+            text += "; " + ", ".join(hops)
+        elif report["waited_on"] >= 0 and report["waited_on"] != culprit and kind == "none":
+            text += f" (it waited on rank {report['waited_on']})"
+        return text + ". The job cannot continue: its ranks are no longer in step."
 
     def _intake(self, state):
         while state.queue:
@@ -243,7 +291,7 @@ class Engine:
             flags[[bit for bit, (_, sig) in state.cache.entry.items() if sig[0] == "allreduce"]] = 1
         if state.size > 1:  # one rank agrees with itself
             words = np.packbits(flags, bitorder="little").view(np.uint64)
-            state.ctrl.Allreduce(self.MPI.IN_PLACE, words, op=self.MPI.BAND)
+            self.runtime.core.control_band(state.ctrl_handle, words)
             flags = np.unpackbits(words.view(np.uint8), bitorder="little")
         agreed = np.flatnonzero(flags[FIRST_TENSOR_BIT:]) + FIRST_TENSOR_BIT
         everyone_joined = bool(flags[JOINED_BIT])
@@ -310,7 +358,6 @@ class Engine:
                 item.request.handle.complete(result)
 
     def _negotiate(self, state, message):
-        MPI = self.MPI
         if self.autotuner is not None and state.id == 0:
             news = self.autotuner.take_news()
             if news:
@@ -320,25 +367,28 @@ class Engine:
             if "params" in message:
                 response["params"] = message["params"]
             return response
+        core, ctrl = self.runtime.core, state.ctrl_handle
         payload = np.frombuffer(json.dumps(message).encode(), dtype=np.uint8)
         sizes = np.zeros(state.size, dtype=np.int64)
-        state.ctrl.Gather(np.array([payload.size], dtype=np.int64), sizes, root=0)
+        eights = np.full(state.size, 8, dtype=np.int64)
+        core.control_gatherv(ctrl, np.array([payload.size], dtype=np.int64).view(np.uint8), sizes.view(np.uint8),
+                             eights, 0)
         gathered = np.empty(int(sizes.sum()) if state.rank == 0 else 0, dtype=np.uint8)
-        state.ctrl.Gatherv(payload, [gathered, sizes, MPI.BYTE] if state.rank == 0 else None, root=0)
+        core.control_gatherv(ctrl, payload, gathered, sizes, 0)
         if state.rank == 0:
             offsets = np.concatenate([[0], np.cumsum(sizes)])
             messages = {r: json.loads(gathered[offsets[r]:offsets[r + 1]].tobytes()) for r in range(state.size)}
             response = state.coordinator.process(messages, state.cache.next_bit, state.cache.capacity)
             if "params" in message:
                 response["params"] = message["params"]
-            reply = np.frombuffer(json.dumps(response).encode(), dtype=np.uint8)
+            reply = np.frombuffer(json.dumps(response).encode(), dtype=np.uint8).copy()
             length = np.array([reply.size], dtype=np.int64)
         else:
             length = np.zeros(1, dtype=np.int64)
-        state.ctrl.Bcast(length, root=0)
+        core.control_bcast(ctrl, length.view(np.uint8), 0)
         if state.rank != 0:
             reply = np.empty(int(length[0]), dtype=np.uint8)
-        state.ctrl.Bcast(reply, root=0)
+        core.control_bcast(ctrl, reply, 0)
         return json.loads(reply.tobytes()) if state.rank != 0 else response
 
     def _apply(self, state, response, items, ready_at):

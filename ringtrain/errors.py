@@ -22,3 +22,9 @@ class RemoteError(RingtrainError):
         self.rank = rank
         self.type_name = type_name
         self.remote_traceback = remote_traceback
+
+
+class ProgressTimeoutError(RingtrainError):
+    """A collective (or a negotiation round) saw no progress for RINGTRAIN_PROGRESS_TIMEOUT seconds
+    and a rank it waits on has stopped (no heartbeat), is stuck outside ringtrain, or the ranks
+    wait on each other in a cycle. The job cannot continue: its MPI state is no longer in step."""

@@ -87,6 +87,9 @@ class Executor:
                     result = getattr(self, "_" + item.signature[0])(process_set, item)
                     if item.request is not None:
                         item.request.handle.complete(result)
+            except self.core.NoProgressError as exc:  # a rank stopped: the engine cannot go on (engine.py)
+                exc.items = group
+                raise
             except Exception as exc:  # a failed collective fails its handles, not the engine
                 for item in group:
                     failures[item.name] = exc

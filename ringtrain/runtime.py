@@ -10,7 +10,7 @@ import sys
 import time
 
 from .config import Config
-from .errors import NotInitializedError, RingtrainError
+from .errors import NotInitializedError, ProgressTimeoutError, RingtrainError
 
 
 @dataclasses.dataclass
@@ -24,6 +24,7 @@ class Runtime:
     config: Config
     core: object          # the C extension module, ringtrain._core
     engine: object = None # the background engine (engine.py)
+    heartbeat_comm: object = None  # the liveness thread's own communicator (csrc/liveness.c)
 
 
 _runtime = None
@@ -77,10 +78,24 @@ def init(comm=None, process_sets=(), **settings):
         config=config,
         core=_core,
     )
+    _start_liveness(_runtime, MPI)
     from .engine import Engine
 
     _runtime.engine = Engine(_runtime, config, process_sets)
     _install_exit_hooks()
+
+
+def _start_liveness(runtime, MPI):
+    """The progress deadline, and the heartbeats that let a stalled wait tell a rank that has
+    stopped from one that is only slow. The heartbeat thread calls MPI beside the engine, which
+    needs MPI_THREAD_MULTIPLE; without it a stalled wait gives up at the deadline without naming
+    a culprit."""
+    timeout = runtime.config.progress_timeout
+    runtime.core.set_progress_timeout(timeout)
+    if runtime.size > 1 and timeout > 0 and MPI.Query_thread() == MPI.THREAD_MULTIPLE:
+        runtime.heartbeat_comm = runtime.comm.Dup()
+        # a period well inside the deadline; a rank is "stopped" after half of it in silence
+        runtime.core.liveness_start(runtime.heartbeat_comm.py2f(), min(1.0, timeout / 8), timeout / 2)
 
 
 def shutdown():
@@ -96,6 +111,9 @@ def shutdown():
     from .requests import Request
 
     engine = _runtime.engine
+    if isinstance(engine.failure, ProgressTimeoutError):
+        # MPI is no longer in step with the rank that stopped: no collective can end cleanly
+        raise RingtrainError(f"cannot shut down cleanly: {engine.failure}")
     if engine.failure is None:
         engine.wait(engine.submit(Request("shutdown", _name("shutdown", None), 0)))
     engine.stop()
@@ -105,8 +123,10 @@ def shutdown():
 
 def _release():
     global _runtime
-    for c in (_runtime.cross_comm, _runtime.local_comm, _runtime.comm):
-        c.Free()
+    _runtime.core.liveness_stop()  # after the closing barrier: until then a stopped rank is noticed
+    for c in (_runtime.heartbeat_comm, _runtime.cross_comm, _runtime.local_comm, _runtime.comm):
+        if c is not None:
+            c.Free()
     _runtime = None
 _dying_of_exception = False
 

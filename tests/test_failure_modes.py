@@ -134,3 +134,64 @@ def test_timeline_is_valid_json_after_a_kill():
     names = {e["name"] for e in events}
     assert {"NEGOTIATE_ALLREDUCE", "WAIT_FOR_DATA", "MEMCPY_IN_FUSION_BUFFER", "LOCAL_ALLREDUCE",
             "MEMCPY_OUT_FUSION_BUFFER"} <= names, names
+
+
+FROZEN_PROGRAM = """
+    import os, signal, sys, threading, time
+    import numpy as np, ringtrain as rt
+    rt.init(progress_timeout=3)
+    r, frozen = rt.rank(), {frozen}
+    x = np.ones(8 << 20, dtype=np.float32)  # 32 MB: most of a step is spent moving data
+    if r == frozen and {during}:
+        # stops in the middle of whatever it is doing, most likely inside the ring
+        threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGSTOP)).start()
+    print("started", flush=True)
+    started = time.time()
+    try:
+        for step in range(1_000_000):
+            if r == frozen and not {during} and step == 3:
+                os.kill(os.getpid(), signal.SIGSTOP)  # before submitting: the others wait in negotiation
+            rt.allreduce_(x, name="x")
+    except rt.ProgressTimeoutError as error:
+        print(f"caught after {{time.time() - started:.1f}} s: {{error}}", flush=True)
+        sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("ranks,frozen,during", [(2, 1, True), (3, 1, True), (3, 2, False), (2, 0, False)])
+def test_a_frozen_rank_is_named_on_every_other_rank_and_the_job_ends(ranks, frozen, during):
+    # SIGSTOP: the process neither dies nor answers, MPI sees nothing wrong, only silence
+    path = script(FROZEN_PROGRAM.format(frozen=frozen, during=during))
+    run = run_mpiexec(ranks, [sys.executable, path], timeout=DEADLINE + 30, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    leftovers = subprocess.run(["pgrep", "-f", path], capture_output=True, text=True).stdout.split()
+    os.unlink(path)
+    assert not run.timed_out, f"the job hung:\n{run.output[-3000:]}"
+    assert run.seconds < DEADLINE, f"took {run.seconds:.1f}s"
+    assert run.returncode != 0
+    assert not leftovers, f"processes left behind: {leftovers}"
+    for rank in set(range(ranks)) - {frozen}:
+        out = run.rank_output(rank)
+        found = re.search(r"caught after ([\d.]+) s: (allreduce 'x'|a negotiation round of process set 0 \(agreeing on "
+                          r"'x'\)) made no progress for [\d.]+ s on rank (\d+) \(RINGTRAIN_PROGRESS_TIMEOUT=3\): "
+                          rf"rank {frozen} has stopped responding \(no heartbeat for [\d.]+ s\)", out)
+        assert found, run.output[-3000:]
+        assert int(found.group(3)) == rank
+        if not during:
+            assert "negotiation round" in found.group(2)
+
+
+def test_a_slow_rank_is_waited_for_however_short_the_progress_timeout():
+    # rank 1 submits 5 s late: it is alive (its engine keeps negotiating), so nobody gives up
+    path = script("""
+        import time, numpy as np, ringtrain as rt
+        rt.init(progress_timeout=0.5)
+        if rt.rank() == 1:
+            time.sleep(5)
+        out = rt.allreduce(np.full(3 << 20, rt.rank() + 1.0), name="late", op=rt.Sum)
+        assert (out == 3.0).all()
+        print("finished", flush=True)
+    """)
+    run = run_mpiexec(2, [sys.executable, path], timeout=DEADLINE + 30, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    os.unlink(path)
+    assert run.returncode == 0, run.output[-3000:]
+    assert run.output.count("finished") == 2
