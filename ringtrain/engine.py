@@ -35,7 +35,7 @@ import numpy as np
 
 from .errors import ProgressTimeoutError, RingtrainError
 from .executor import Executor, Item
-from .negotiation import Coordinator, StallInspector
+from .negotiation import CROSS_CHECK_AFTER, CROSS_CHECK_EVERY, Coordinator, StallInspector
 from .requests import StallError, UnnamedName
 from .response_cache import FIRST_TENSOR_BIT, JOINED_BIT, NO_SLOW_PATH_BIT, ResponseCache
 
@@ -100,6 +100,7 @@ class Engine:
         self.last_round = 0.0
         self.negotiation_seconds = 0.0   # time in rounds outside the collectives themselves
         self.rounds = 0
+        self._last_cross_check = 0.0
         if config.timeline:
             self.start_timeline(config.timeline)
         from .autotune import Autotuner
@@ -248,6 +249,23 @@ class Engine:
             text += f" (it waited on rank {report['waited_on']})"
         return text + ". The job cannot continue: its ranks are no longer in step."
 
+    def _claims(self, now):
+        """Everything this rank has pending, in every set: the global coordinator compares them
+        across sets to find a name submitted on different process sets (negotiation.py)."""
+        return [[name, state.id, state.ranks, now - request.submitted]
+                for state in self.sets.values() for name, request in state.pending.items()]
+
+    def _cross_check_due(self, now):
+        """A request pending for CROSS_CHECK_AFTER asks for a cross-set comparison, then again
+        every CROSS_CHECK_EVERY while something is still pending that long."""
+        if now - self._last_cross_check < CROSS_CHECK_EVERY:
+            return False
+        oldest = min((r.submitted for st in self.sets.values() for r in st.pending.values()), default=now)
+        if now - oldest < CROSS_CHECK_AFTER:
+            return False
+        self._last_cross_check = now
+        return True
+
     def _intake(self, state):
         while state.queue:
             request = state.queue.popleft()
@@ -282,6 +300,8 @@ class Engine:
             need_slow = True
         if self.autotuner is not None and state.id == 0 and self.autotuner.has_news():
             need_slow = True
+        if state.id == 0 and self._cross_check_due(started):
+            need_slow = True
 
         flags = np.zeros(state.cache.words() * 64, dtype=np.uint8)
         flags[cached] = 1
@@ -307,6 +327,10 @@ class Engine:
             self._activity = True  # not idle: keep the engine's pace
         if not flags[NO_SLOW_PATH_BIT]:  # someone asked for the slow path
             message = {"announce": announce, "errors": state.errors_to_report, "join": joined and not state.join_announced}
+            if state.id == 0:
+                claims = self._claims(started)
+                if claims:
+                    message["claims"] = claims
             response = self._negotiate(state, message)
             state.errors_to_report = []
             state.announced.update(name for name, _ in announce)
@@ -411,6 +435,19 @@ class Engine:
             if request is None and state.join_request is None:
                 raise RingtrainError(f"internal: response for '{name}' which rank {self.runtime.rank} never submitted")
             items.append(Item(name, signature, request, ready_at))
+        for name, text, targets in response.get("set_errors", ()):
+            for rank, set_id in targets:
+                other = self.sets.get(set_id)
+                if rank != self.runtime.rank or other is None:
+                    continue
+                request = other.pending.pop(name, None)
+                other.waited.pop(name, None)
+                other.cache.evict(name)
+                if name in other.announced:  # the set's coordinator forgets it, and owes it to latecomers
+                    other.announced.discard(name)
+                    other.errors_to_report.append([name, text])
+                if request is not None:
+                    request.handle.fail(RingtrainError(text))
         if response.get("params"):
             self.tuning.update(response["params"])
         if response["join_done"] is not None:

@@ -61,6 +61,50 @@ class StallInspector:
         return bool(limits) and now - oldest >= min(limits)
 
 
+# A request pending this long (seconds) on some rank makes the global set's coordinator compare
+# what every rank has pending in every process set (see process_set_mismatches).
+CROSS_CHECK_AFTER = 0.2
+CROSS_CHECK_EVERY = 1.0
+
+
+def process_set_mismatches(claims):
+    """Names submitted on different process sets by ranks that should meet in one of them.
+
+    claims: rank -> [[name, set_id, set_ranks, age_seconds], ...], everything each rank has
+    pending in every set, gathered in one round of the global set. Rank r waiting (for at least
+    CROSS_CHECK_AFTER) on `name` in set S, while another member q of S has no `name` pending in S
+    but has it pending in another set T, is a mismatch: neither can ever complete. Returns
+    [(name, text, [(rank, set_id), ...] every claim of that name)]."""
+    by_name = collections.defaultdict(dict)  # name -> rank -> {set_id: (set_ranks, age)}
+    for rank, entries in claims.items():
+        for name, set_id, set_ranks, age in entries:
+            by_name[name].setdefault(rank, {})[set_id] = (set_ranks, age)
+    found = []
+    for name, holders in by_name.items():
+        for rank in sorted(holders):
+            problem = None
+            for set_id, (set_ranks, age) in sorted(holders[rank].items()):
+                if age < CROSS_CHECK_AFTER:
+                    continue
+                for other in set_ranks:
+                    theirs = holders.get(other, {})
+                    if other == rank or set_id in theirs or not theirs:
+                        continue
+                    problem = True
+                    break
+                if problem:
+                    break
+            if problem:
+                members = {sid: list(sr) for sets in holders.values() for sid, (sr, _) in sets.items()}
+                where = [f"on process set {sid} (ranks {members[sid]}) by rank(s) "
+                         f"{sorted(r for r, sets in holders.items() if sid in sets)}" for sid in sorted(members)]
+                text = f"Mismatched process sets for '{name}': it was submitted " + ", ".join(where)
+                targets = sorted((r, sid) for r, sets in holders.items() for sid in sets)
+                found.append((name, text, targets))
+                break
+    return found
+
+
 class Coordinator:
     def __init__(self, size, stall_inspector):
         self.size = size
@@ -108,6 +152,9 @@ class Coordinator:
         for name, text in failed.items():
             self._fail(response, name, text, reporters[name])
 
+        if any("claims" in message for message in messages.values()):
+            response["set_errors"] = [[name, text, [list(t) for t in targets]] for name, text, targets in
+                                      process_set_mismatches({r: m.get("claims", []) for r, m in messages.items()})]
         joined = set(self.joined)
         # ranks that are leaving (shutdown(), or the end of the program): what they have not
         # submitted can never complete, and their shutdown cannot complete while others wait

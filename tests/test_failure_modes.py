@@ -195,3 +195,36 @@ def test_a_slow_rank_is_waited_for_however_short_the_progress_timeout():
     os.unlink(path)
     assert run.returncode == 0, run.output[-3000:]
     assert run.output.count("finished") == 2
+
+
+@pytest.mark.parametrize("ranks", [3, 4])
+def test_a_process_set_mismatch_fails_on_every_rank_without_a_stall_setting(ranks):
+    # rank 0 calls 't' on the set [0, 1], every other rank on the global set: neither can complete
+    path = script("""
+        import time, numpy as np, ringtrain as rt
+        pair = rt.ProcessSet([0, 1])
+        rt.init(process_sets=[pair])
+        started = time.time()
+        try:
+            rt.allreduce(np.ones(4), name="t", process_set=pair if rt.rank() == 0 else rt.global_process_set)
+            print("unreachable", flush=True)
+        except rt.RingtrainError as error:
+            print(f"caught after {time.time() - started:.2f} s: {error}", flush=True)
+        # the engine is still in step: both sets keep working
+        assert (rt.allreduce(np.ones(2), name="after", op=rt.Sum) == rt.size()).all()
+        if rt.rank() in (0, 1):
+            assert (rt.allreduce(np.ones(2), name="pair", op=rt.Sum, process_set=pair) == 2).all()
+        rt.barrier()
+    """)
+    run = run_mpiexec(ranks, [sys.executable, path], timeout=DEADLINE + 30, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    os.unlink(path)
+    assert not run.timed_out, f"the job hung:\n{run.output[-3000:]}"
+    assert run.returncode == 0, run.output[-3000:]
+    others = list(range(1, ranks))
+    message = (f"Mismatched process sets for 't': it was submitted on process set 0 (ranks {list(range(ranks))}) by "
+               f"rank(s) {others}, on process set 1 (ranks [0, 1]) by rank(s) [0]")
+    for rank in range(ranks):
+        found = re.search(r"caught after ([\d.]+) s: (.*)", run.rank_output(rank))
+        assert found and found.group(2) == message, run.output[-3000:]
+        assert float(found.group(1)) < 5
+    assert "unreachable" not in run.output
