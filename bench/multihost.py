@@ -1,9 +1,10 @@
 """Across emulated hosts (tests/emulated_hosts.py; needs root): allreduce against MPI_Allreduce
-on 2 hosts x 1 rank and 2 x 2, links unshaped and shaped to 10 Gbit/s, and the launch time of a
+on 2 hosts x 1 rank and 2 x 2, links unshaped and shaped to 10 Gbit/s, the progress deadline's
+margin (bench/deadline.py) with links shaped to 1 Gbit/s, and the launch time of a
 trivial 4-rank job on a Spark standalone cluster (master + a worker per host) against the same
 kind of job on local[N] in the same run.
 
-    sudo python bench/multihost.py [--repeats 5] [--skip-allreduce] [--skip-spark]
+    sudo python bench/multihost.py [--repeats 5] [--skip-allreduce] [--skip-spark] [--only-deadline]
 
 The allreduce tables come from bench/allreduce.py, started with `ringtrain run -H` on the hosts
 (in place, unnamed, as that benchmark calls it)."""
@@ -43,6 +44,28 @@ def allreduce_tables(cluster, max_bytes):
     cluster.shape(None)
 
 
+def deadline_tables(cluster):
+    """bench/deadline.py across hosts on the slowest link the default progress deadline promises
+    to tolerate: 1 Gbit/s."""
+    cluster.shape("1gbit")
+    try:
+        for spec in ("h1:1,h2:1", "h1:2,h2:2"):
+            n = sum(int(s.split(":")[1]) for s in spec.split(","))
+            print(f"\n## progress deadline margin, {spec} ({n} ranks), links 1gbit", flush=True)
+            result = cluster.run("h1", [sys.executable, "-m", "ringtrain", "run", "-np", str(n), "-H", spec,
+                                        "--launcher-command", cluster.launcher_exec, "--network-interface", "eth0",
+                                        "python", os.path.join(HERE, "deadline.py")],
+                                 env=cluster.mpi_environment(), timeout=1800, cwd=HERE)
+            if result.returncode != 0:
+                print(result.stdout[-2000:], result.stderr[-4000:])
+                raise SystemExit(f"the deadline benchmark failed on {spec}")
+            for line in result.stdout.splitlines():
+                if line.startswith("[0]: |") or line.startswith("[0]: #"):
+                    print(line[5:], flush=True)
+    finally:
+        cluster.shape(None)
+
+
 def spark_launch_table(cluster, repeats):
     spark = SparkStandalone(cluster, hosts=cluster.hosts[:2])
     rows = []
@@ -78,12 +101,17 @@ def main():
     parser.add_argument("--max-bytes", type=int, default=64 << 20)
     parser.add_argument("--skip-allreduce", action="store_true")
     parser.add_argument("--skip-spark", action="store_true")
+    parser.add_argument("--only-deadline", action="store_true", help="only the progress deadline's margin at 1 Gbit/s")
     args = parser.parse_args()
     print(f"# {machine_line()}; emulated hosts (network namespaces, veth + bridge, UCX_TLS=tcp,self)", flush=True)
     cluster = EmulatedCluster(2)
     try:
+        if args.only_deadline:
+            deadline_tables(cluster)
+            return
         if not args.skip_allreduce:
             allreduce_tables(cluster, args.max_bytes)
+        deadline_tables(cluster)
         if not args.skip_spark:
             spark_launch_table(cluster, args.repeats)
     finally:

@@ -9,6 +9,7 @@ pickles). The launcher unpickles a record only after its frame verified. On an e
 exits at once (status 1), so the job ends instead of leaving the others waiting in a
 collective."""
 import os
+import socket
 import sys
 import traceback
 
@@ -35,12 +36,15 @@ def main():
         client.request({"type": "result", "rank": rank}, cloudpickle.dumps(("ok", value)))
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
         text = traceback.format_exc()
+        message = str(exc)
+        if isinstance(exc, ImportError):  # where it looked matters more than where it was called
+            message += f" (on host {socket.gethostname()}, Python {sys.executable}, sys.path {sys.path})"
         try:
             pickled = cloudpickle.dumps(exc)
         except Exception:  # noqa: BLE001
             pickled = None
         client.request({"type": "result", "rank": rank},
-                       cloudpickle.dumps(("error", type(exc).__name__, str(exc), text, pickled)))
+                       cloudpickle.dumps(("error", type(exc).__name__, message, text, pickled)))
         sys.stderr.write(text)
         sys.stderr.flush()
         sys.stdout.flush()

@@ -15,14 +15,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "launch"))
 
 
-def spark_session(master):
+def spark_session(master, **conf):
     if shutil.which("java") is None:
         pytest.fail("Spark needs Java, which is missing: install Java 17 (apt-get install openjdk-17-jre-headless)")
     os.environ["PYSPARK_PYTHON"] = sys.executable  # the workers must import ringtrain
     from pyspark.sql import SparkSession
 
     spark = (SparkSession.builder.master(master).appName("ringtrain-tests").config("spark.ui.enabled", "false")
-             .config("spark.sql.shuffle.partitions", "4").getOrCreate())
+             .config("spark.sql.shuffle.partitions", "4"))
+    for key, value in conf.items():
+        spark = spark.config(key.replace("_", "."), value)
+    spark = spark.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 

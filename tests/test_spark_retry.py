@@ -1,4 +1,5 @@
-"""Spark's retry of a failed barrier stage restarts the whole MPI job (spark.task.maxFailures)."""
+"""Spark's retry of a failed barrier stage restarts the whole MPI job, up to
+spark.stage.maxConsecutiveAttempts attempts; an import error is not retried."""
 import os
 
 import pytest
@@ -9,7 +10,8 @@ from test_spark import spark_session
 
 @pytest.fixture(scope="module")
 def spark_with_retries():
-    session = spark_session("local[2,2]")  # spark.task.maxFailures = 2
+    # barrier stages ignore spark.task.maxFailures: their attempts are counted by the stage
+    session = spark_session("local[2]", spark_stage_maxConsecutiveAttempts="2")
     yield session
     session.stop()
 
@@ -29,12 +31,38 @@ def test_a_failed_attempt_is_retried_as_a_whole_job(spark_with_retries, capsys, 
     assert "Spark retried the whole stage and it succeeded" in capsys.readouterr().err
 
 
-def test_attempts_stop_at_max_failures(spark_with_retries):
+def test_attempts_stop_at_max_consecutive_attempts(spark_with_retries, tmp_path):
     import ringtrain.spark
 
+    tries = tmp_path / "tries"
+
     def always_fails():
+        with open(tries, "a") as f:
+            f.write(f"{rt.rank()}\n")
         raise RuntimeError(f"rank {rt.rank()} always fails")
 
     # either rank may be reported: the first to fail can end the job before the other writes its error
     with pytest.raises(rt.RemoteError, match=r"rank (\d) raised RuntimeError: rank \1 always fails"):
         ringtrain.spark.run(always_fails, num_proc=2)
+    assert tries.read_text().split().count("0") == 2  # rank 0 ran once per attempt: two attempts
+
+
+def test_an_import_error_on_the_executors_fails_at_once_naming_their_python(spark_with_retries, tmp_path):
+    import sys
+
+    import ringtrain.spark
+
+    tries = tmp_path / "tries"
+
+    def needs_a_missing_module():
+        with open(tries, "a") as f:
+            f.write(f"{rt.rank()}\n")
+        import ringtrain_no_such_module  # noqa: F401
+
+    with pytest.raises(rt.RemoteError) as caught:
+        ringtrain.spark.run(needs_a_missing_module, num_proc=2)
+    text = str(caught.value)
+    assert "raised ModuleNotFoundError: No module named 'ringtrain_no_such_module'" in text
+    assert f"Python {sys.executable}" in text and "sys.path [" in text
+    assert "not retried: an import error repeats on every attempt" in text
+    assert tries.read_text().split().count("0") == 1  # one attempt, not spark.stage.maxConsecutiveAttempts

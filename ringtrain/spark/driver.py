@@ -14,17 +14,16 @@ from ..launch.channel import Server
 from .task import barrier_task
 
 
-def _task_max_failures(sc):
-    """spark.task.maxFailures as this Spark applies it: set explicitly, or from local[N,F], or 1 in
-    plain local mode (Spark's own default there), else 4."""
-    configured = sc.getConf().get("spark.task.maxFailures")
-    if configured:
-        return max(1, int(configured))
-    master = sc.master
-    if master.startswith("local"):
-        inside = master[master.find("[") + 1:master.rfind("]")] if "[" in master else ""
-        return max(1, int(inside.split(",")[1])) if "," in inside else 1
-    return 4
+def _stage_max_attempts(sc):
+    """How many attempts Spark gives a barrier stage: spark.stage.maxConsecutiveAttempts (default
+    4). A failed barrier task fails its whole stage attempt, and Spark resubmits the stage until
+    this many consecutive attempts have failed; spark.task.maxFailures does not apply to barrier
+    stages (measured: plain local[2], whose maxFailures is 1, still runs 4 attempts)."""
+    return max(1, int(sc.getConf().get("spark.stage.maxConsecutiveAttempts") or 4))
+
+
+# A failure no new attempt can mend: the same executors import the same modules every time.
+DETERMINISTIC_FAILURES = frozenset({"ImportError", "ModuleNotFoundError"})
 
 
 def _first_failure(state):
@@ -62,7 +61,9 @@ def run(fn, args=(), kwargs=None, num_proc=None, start_timeout=120, env=None, ve
     rank's value, in rank order.
 
     num_proc defaults to spark.default.parallelism. A failed attempt is retried as a whole (a new
-    barrier stage attempt, a new MPI job) until spark.task.maxFailures attempts have failed. Every rank's output reaches the driver while
+    barrier stage attempt, a new MPI job) until spark.stage.maxConsecutiveAttempts attempts have
+    failed, except an ImportError, which would fail the same way every time: it ends the job at
+    once. Every rank's output reaches the driver while
     the job runs, prefixed with the rank (verbose=False keeps it quiet). If a rank raises, this
     raises ringtrain.RemoteError with that rank and its traceback. If the stage cannot get
     num_proc task slots within start_timeout seconds, it is cancelled with a clear error.
@@ -81,7 +82,7 @@ def run(fn, args=(), kwargs=None, num_proc=None, start_timeout=120, env=None, ve
     job_id = secrets.token_hex(8)
     state = {"started": set(), "failures": [], "exit": None, "proxies": [], "failed_attempts": set()}
     lock = threading.Lock()
-    max_attempts = _task_max_failures(sc)
+    max_attempts = _stage_max_attempts(sc)
     group = f"ringtrain-{job_id}"
 
     def on_message(message, _data=b"", _reply=None):
@@ -99,7 +100,11 @@ def run(fn, args=(), kwargs=None, num_proc=None, start_timeout=120, env=None, ve
                 state["proxies"].append(message)
             if kind in ("failure", "exit"):
                 state["failed_attempts"].add(message.get("attempt", 0))
-                if len(state["failed_attempts"]) >= max_attempts:  # spark.task.maxFailures reached
+                deterministic = kind == "failure" and message.get("type_name") in DETERMINISTIC_FAILURES
+                if deterministic:
+                    state["deterministic"] = True
+                if deterministic or len(state["failed_attempts"]) >= max_attempts:
+                    # no retry: Spark would only repeat the same failure (or has used its attempts)
                     threading.Thread(target=sc.cancelJobGroup, args=(group,), daemon=True).start()
         if kind == "log" and verbose:
             stream = sys.stdout if message["stream"] == "stdout" else sys.stderr
@@ -143,7 +148,10 @@ def run(fn, args=(), kwargs=None, num_proc=None, start_timeout=120, env=None, ve
         receiver.close()
     if "error" in outcome and state["failures"]:
         first = _first_failure(state)
-        raise RemoteError(first["rank"], first["type_name"], first["message"], first["traceback"])
+        message = first["message"]
+        if state.get("deterministic"):
+            message += " (not retried: an import error repeats on every attempt)"
+        raise RemoteError(first["rank"], first["type_name"], message, first["traceback"])
     if "error" in outcome:
         if "No module named 'ringtrain'" in str(outcome["error"]):
             raise RingtrainError("Spark's Python workers cannot import ringtrain: point PYSPARK_PYTHON (or "
