@@ -13,10 +13,11 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 from ringtrain.errors import RingtrainError
 
-from .job import run_job
+from .job import run_job, with_restarts
 from .mpiexec import MPIExecNotFound, find_mpiexec
 
 
@@ -24,6 +25,16 @@ def _positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
     return value
 
 
@@ -56,6 +67,19 @@ def build_parser():
     run.add_argument("--stall-check-time-seconds", type=_non_negative, help="warn about stalled tensors after this")
     run.add_argument("--stall-check-shutdown-time-seconds", type=_non_negative, help="fail stalled tensors after this")
     run.add_argument("--stall-check-disable", action="store_true", help="no stall warnings")
+    run.add_argument("--progress-timeout-seconds", type=_non_negative,
+                     help="give up on a wait after this long without progress if a rank has stopped (default 30)")
+    elastic = run.add_argument_group("elastic recovery (restart from the last commit, see ringtrain.elastic)")
+    elastic.add_argument("--max-restarts", "--reset-limit", dest="max_restarts", type=_non_negative_int, default=0,
+                         help="start a failed job again up to this many times (torchrun's and horovodrun's names)")
+    elastic.add_argument("--elastic-dir", help="directory every host reaches, for the persisted commits "
+                                               "(sets RINGTRAIN_ELASTIC_DIR)")
+    elastic.add_argument("--host-discovery-script", help="prints the usable hosts, one 'host:slots' per line; "
+                                                         "run before every start, so a restart uses the hosts there are")
+    elastic.add_argument("--min-np", type=_positive_int, help="fewest ranks to start with (default: -np)")
+    elastic.add_argument("--max-np", type=_positive_int, help="most ranks to start with (default: -np)")
+    elastic.add_argument("--elastic-timeout", type=_non_negative, default=600.0,
+                         help="seconds to wait for --min-np slots from the discovery script (default 600)")
     run.add_argument("--mpi-args", default="", help="extra mpiexec arguments, as one string")
     run.add_argument("--check-build", action="store_true", help="print what this installation has, then exit")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command every rank runs")
@@ -160,6 +184,9 @@ def rank_environment(args, base=None):
             None if args.stall_check_time_seconds is None else str(args.stall_check_time_seconds)),
         "RINGTRAIN_STALL_SHUTDOWN_TIME": None if args.stall_check_shutdown_time_seconds is None
         else str(args.stall_check_shutdown_time_seconds),
+        "RINGTRAIN_PROGRESS_TIMEOUT": None if args.progress_timeout_seconds is None
+        else str(args.progress_timeout_seconds),
+        "RINGTRAIN_ELASTIC_DIR": args.elastic_dir,
     }
     env.update({k: v for k, v in settings.items() if v is not None})
     env.setdefault("PYTHONUNBUFFERED", "1")  # rank output appears as it is written
@@ -234,13 +261,23 @@ def main(argv=None):
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not command:
         parser.error("run needs a command, e.g. ringtrain run -np 2 python train.py")
-    hosts = placement(args, parser)
+    if args.host_discovery_script and (args.hosts or args.hostfile):
+        parser.error("--host-discovery-script finds the hosts itself: give it instead of -H/--hostfile")
+    hosts = None if args.host_discovery_script else placement(args, parser)
+    env = rank_environment(args)
+
+    def attempt(restart):
+        np, where = (args.np, hosts) if not args.host_discovery_script else discovered_placement(args)
+        result = run_job(np, command, env=dict(env, RINGTRAIN_RESTART=str(restart)), hosts=where,
+                         mpi_args=args.mpi_args.split())
+        return result, (result.failure_report() if result.returncode != 0 else None)
+
     try:
-        result = run_job(args.np, command, env=rank_environment(args), hosts=hosts, mpi_args=args.mpi_args.split())
+        result = with_restarts(attempt, args.max_restarts, "ringtrain run")
     except KeyboardInterrupt as exc:
         print(str(exc) or "ringtrain: interrupted; every rank was killed", file=sys.stderr)
         return 130
-    except (MPIExecNotFound, OSError) as exc:
+    except (MPIExecNotFound, OSError, ValueError) as exc:
         print(f"ringtrain: {exc}", file=sys.stderr)
         return 2
     if result.returncode != 0:
@@ -248,6 +285,33 @@ def main(argv=None):
         status = result.failed_status if result.failed_status and result.failed_status > 0 else result.returncode
         return status if 0 < status < 256 else 1
     return 0
+
+
+def discovered_placement(args):
+    """(np, Hosts) from --host-discovery-script, waiting up to --elastic-timeout for --min-np
+    slots: a job restarted after a host went away runs on the hosts that are left, and one
+    started after a host came back uses it again (up to --max-np)."""
+    from .job import Hosts
+
+    min_np, max_np = args.min_np or args.np, args.max_np or args.np
+    deadline = time.monotonic() + args.elastic_timeout
+    while True:
+        found = subprocess.run([args.host_discovery_script], capture_output=True, text=True, timeout=60)
+        if found.returncode != 0:
+            raise OSError(f"--host-discovery-script {args.host_discovery_script} failed with status "
+                          f"{found.returncode}: {found.stderr.strip()[-500:]}")
+        entries = [line.strip() for line in found.stdout.splitlines() if line.strip()]
+        hosts = Hosts.parse(",".join(entries), None, args.launcher_command, args.network_interface) if entries else None
+        slots = hosts.slots if hosts else 0
+        if slots >= min_np:
+            np = min(max_np, slots)
+            print(f"ringtrain run: {np} ranks on {hosts.spec()} (from {args.host_discovery_script})",
+                  file=sys.stderr, flush=True)
+            return np, hosts
+        if time.monotonic() > deadline:
+            raise OSError(f"--host-discovery-script offered {slots} slots ({', '.join(entries) or 'no hosts'}), "
+                          f"fewer than --min-np {min_np}, for --elastic-timeout {args.elastic_timeout:g} s")
+        time.sleep(1.0)
 
 
 if __name__ == "__main__":

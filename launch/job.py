@@ -184,6 +184,22 @@ def run_job(np, command, env=None, hosts=None, mpi_args=(), payload=b"", stdout=
         service.close()
 
 
+def with_restarts(attempt, max_restarts, who, stderr=None):
+    """Elastic recovery by restarting (like torchrun): attempt(restart) -> (outcome, failure),
+    failure a short text, or None when the job succeeded. A failed job is started again, up to
+    max_restarts times; the ranks find RINGTRAIN_RESTART in their environment and resume from
+    their last persisted commit (ringtrain.elastic). Returns the last attempt's outcome."""
+    stderr = stderr or sys.stderr
+    for restart in range(max_restarts + 1):
+        outcome, failure = attempt(restart)
+        if failure is None or restart == max_restarts:
+            return outcome
+        stderr.write(f"{who}: the job failed ({failure}); restarting it from the last commit "
+                     f"(restart {restart + 1} of {max_restarts})\n")
+        stderr.flush()
+    return outcome
+
+
 class HydraLeftovers:
     """hydra's mpiexec and proxies each leave a topology file in /tmp when they are killed (they
     remove it only when they end by themselves). Taken before starting them, remove() deletes

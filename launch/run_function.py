@@ -28,18 +28,24 @@ def inside_mpi_job():
 
 
 def run(fn, args=(), kwargs=None, np=2, backend="mpi", all_ranks=False, env=None, timeout=None,
-        hosts=None, hostfile=None, launcher_command=None, network_interface=None):
+        hosts=None, hostfile=None, launcher_command=None, network_interface=None, max_restarts=0):
     """Run fn(*args, **kwargs) on `np` ranks; return rank 0's value (all_ranks=True: a list).
 
     hosts="h1:2,h2:2" (or hostfile=PATH, one "host[:slots]" per line) places the ranks on those
     hosts through hydra's ssh launcher, or through launcher_command (called like ssh: COMMAND
     HOST COMMAND...); network_interface names the interface the hosts reach each other on. This
-    Python, and the function's modules, must be at the same paths on every host."""
+    Python, and the function's modules, must be at the same paths on every host.
+
+    max_restarts=N starts a failed job again, up to N times; a function using
+    ringtrain.elastic resumes from its last persisted commit (the ranks see RINGTRAIN_RESTART).
+    On Spark, retries are Spark's stage attempts (spark.stage.maxConsecutiveAttempts)."""
     kwargs = dict(kwargs or {})
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} must be one of {', '.join(BACKENDS)}")
     if not isinstance(np, int) or isinstance(np, bool) or np < 1:
         raise ValueError(f"np={np!r} must be a positive int")
+    if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
+        raise ValueError(f"max_restarts={max_restarts!r} must be a non-negative int")
     from .job import Hosts
 
     placement = Hosts.parse(hosts, hostfile, launcher_command, network_interface)
@@ -58,13 +64,25 @@ def run(fn, args=(), kwargs=None, np=2, backend="mpi", all_ranks=False, env=None
         from ringtrain.objects import allgather_object
 
         return allgather_object(value) if all_ranks else value
-    return _launch(fn, args, kwargs, np, all_ranks, env, timeout, placement)
+    from .job import with_restarts
+
+    def attempt(restart):
+        try:
+            return _launch(fn, args, kwargs, np, all_ranks, env, timeout, placement, restart), None
+        except RingtrainError as exc:  # RemoteError included
+            return exc, str(exc).splitlines()[0]
+
+    outcome = with_restarts(attempt, max_restarts, "ringtrain.run")
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
-def _launch(fn, args, kwargs, np, all_ranks, env, timeout, hosts=None):
+def _launch(fn, args, kwargs, np, all_ranks, env, timeout, hosts=None, restart=0):
     from .job import run_job
 
     job_env = dict(os.environ if env is None else env)
+    job_env["RINGTRAIN_RESTART"] = str(restart)
     job_env.setdefault("PYTHONUNBUFFERED", "1")
     # Functions are pickled by reference to their module where they have one: the workers
     # must be able to import what the caller can (as multiprocessing's spawn does).
@@ -102,7 +120,7 @@ def _active_spark_session():
 
 
 def distributed(np=2, backend="auto", all_ranks=False, env=None, timeout=None,
-                hosts=None, hostfile=None, launcher_command=None, network_interface=None):
+                hosts=None, hostfile=None, launcher_command=None, network_interface=None, max_restarts=0):
     """Decorator: calling the function runs it on `np` ranks (see run(), which also explains the
     placement: hosts, hostfile, launcher_command, network_interface). backend="spark" runs them
     as a Spark barrier job on the active SparkSession; "auto" picks Spark when a SparkSession is
@@ -117,6 +135,6 @@ def distributed(np=2, backend="auto", all_ranks=False, env=None, timeout=None,
             if backend == "auto":
                 chosen = "spark" if _active_spark_session() and not (hosts or hostfile) else "mpi"
             return run(fn, args, kwargs, np=np, backend=chosen, all_ranks=all_ranks, env=env, timeout=timeout,
-                       **placement)
+                       max_restarts=max_restarts, **placement)
         return call
     return wrap

@@ -41,7 +41,7 @@ from .process_sets import ProcessSet, global_process_set
 from .requests import Handle, StallError
 from .dtypes import bfloat16
 from .errors import ConfigurationError, NotInitializedError, ProgressTimeoutError, RingtrainError
-from . import optim
+from . import elastic, optim
 from .compression import Compression, Compressor
 from .errors import RemoteError
 from .launch.run_function import distributed, run

@@ -66,3 +66,25 @@ def test_an_import_error_on_the_executors_fails_at_once_naming_their_python(spar
     assert f"Python {sys.executable}" in text and "sys.path [" in text
     assert "not retried: an import error repeats on every attempt" in text
     assert tries.read_text().split().count("0") == 1  # one attempt, not spark.stage.maxConsecutiveAttempts
+
+
+def train_on_spark(elastic_dir, fail_flag=None):
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "elastic"))
+    os.environ["RINGTRAIN_ELASTIC_DIR"] = elastic_dir
+    from train import train_steps
+
+    return train_steps(20, 3, fail_once=(11, 1, fail_flag) if fail_flag else None).tobytes().hex()
+
+
+def test_a_stage_retry_resumes_from_the_last_commit(spark_with_retries, tmp_path, capsys):
+    import ringtrain.spark
+
+    plain = ringtrain.spark.run(train_on_spark, args=(str(tmp_path / "plain"),), num_proc=2)
+    retried = ringtrain.spark.run(train_on_spark, args=(str(tmp_path / "retried"), str(tmp_path / "flag")), num_proc=2)
+    assert retried == plain  # steps 10 and 11 recomputed after the retry, from the commit at step 9
+    out = capsys.readouterr()
+    assert "Spark retried the whole stage and it succeeded" in out.err
+    assert "[1]: STARTED at step 9" in out.out  # the retry restored the commit at step 9
+    assert "RESUMED" not in out.out  # Spark retries are not launcher restarts: RINGTRAIN_RESTART stays 0
