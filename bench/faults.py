@@ -105,6 +105,22 @@ def run_case(code):
             "launcher": [line for line in out.splitlines() if line.startswith("ringtrain run:")]}
 
 
+def restart_times(repeats=3):
+    """Seconds from a SIGKILL of a rank to the first training step after `ringtrain run
+    --max-restarts` brought the job back from its last commit (tests/elastic/train.py)."""
+    train = os.path.join(os.path.dirname(HERE), "tests", "elastic", "train.py")
+    seconds = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as commits:
+            proc = subprocess.run([sys.executable, "-m", "ringtrain", "run", "-np", "3", "--max-restarts", "1",
+                                   "--elastic-dir", commits, "python", train, "30", "3", "0:8:1"],
+                                  capture_output=True, text=True, timeout=300)
+        killed = float(re.search(r"KILL 0 at step 8 ([\d.]+)", proc.stdout).group(1))
+        resumed = float(re.search(r"\[0\]: RESUMED 1 at step 7 ([\d.]+)", proc.stdout).group(1))
+        seconds.append(resumed - killed)
+    return seconds
+
+
 def main():
     rows = []
     for case, code in CASES.items():
@@ -118,6 +134,10 @@ def main():
     print(f"# {machine_line()}; 3 ranks under `ringtrain run`")
     print_table(["case", "ranks with a clear error", "time to error, worst rank (s)", "job ended after (s)",
                  "exit status", "processes left", "what a rank (or the launcher) said"], rows)
+    print("# rank 1 killed (SIGKILL) at step 8 of 30, commits every 3 steps, ringtrain run -np 3 --max-restarts 1")
+    times = restart_times()
+    print_table(["runs", "kill to first step after the restart, s (each run)", "median, s"],
+                [[len(times), ", ".join(f"{t:.2f}" for t in times), f"{sorted(times)[len(times) // 2]:.2f}"]])
 
 
 if __name__ == "__main__":

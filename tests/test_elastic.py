@@ -97,3 +97,44 @@ def test_state_rejects_what_it_cannot_keep():
     state = rt.elastic.State(params=np.zeros(2))
     with pytest.raises(AttributeError, match="has no value 'weights'"):
         state.weights
+
+
+def torch_state_round_trip(elastic_dir):
+    import torch
+
+    import ringtrain.torch as hvd
+
+    hvd.init()
+    torch.manual_seed(hvd.rank())
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    state = hvd.elastic.TorchState(model, optimizer, directory=elastic_dir, epoch=0)
+
+    @hvd.elastic.run
+    def train(state):
+        # after sync every rank has rank 0's weights
+        weights = hvd.allgather_object(state.model.weight.detach().clone())
+        assert all(torch.equal(w, weights[0]) for w in weights)
+        loss = state.model(torch.ones(3, 4)).sum()
+        loss.backward()
+        state.optimizer.step()
+        state.epoch = 1
+        state.commit()
+        committed = state.model.weight.detach().clone()
+        noise = torch.rand(1)  # the RNG after the commit, which restore() brings back
+        with torch.no_grad():
+            state.model.weight.add_(1.0)
+        state.epoch = 2
+        state.restore()
+        assert torch.equal(state.model.weight, committed) and state.epoch == 1
+        assert torch.equal(torch.rand(1), noise)
+        return state.optimizer.state_dict()["state"][0]["momentum_buffer"].sum().item()
+
+    return train(state)
+
+
+def test_torch_state_commits_and_restores_a_model_its_optimizer_and_the_rng(tmp_path):
+    pytest.importorskip("torch", reason="the torch extra is not installed")
+    values = rt.run(torch_state_round_trip, args=(str(tmp_path),), np=2, all_ranks=True)
+    assert values[0] == values[1]
+    assert (tmp_path / "LATEST").exists()

@@ -8,7 +8,7 @@
 CPU tensors reach the C engine without copies (tensors.py). Modules: mpi_ops.py (collectives,
 handles, Adasum, sparse), functions.py (the differentiable collectives), optimizer.py
 (DistributedOptimizer), state.py (parameter and optimizer-state broadcast), objects.py,
-compression.py, sync_batch_norm.py. The numpy core never imports torch; this package is the
+compression.py, sync_batch_norm.py, elastic.py (hvd.elastic). The numpy core never imports torch; this package is the
 optional extra ringtrain[torch]."""
 from ..errors import RingtrainError
 from ..process_sets import global_process_set
@@ -26,6 +26,7 @@ from .objects import allgather_object, broadcast_object
 from .optimizer import DistributedOptimizer
 from .state import broadcast_optimizer_state, broadcast_parameters
 from .sync_batch_norm import SyncBatchNorm
+from . import elastic
 
 # Horovod raises HorovodInternalError when a collective fails; ringtrain's equivalent.
 HorovodInternalError = RingtrainError
