@@ -8,6 +8,7 @@
 Tuning flags become RINGTRAIN_* environment variables of every rank. Output lines carry their
 rank; the exit status is non-zero if any rank failed, and the failed rank's last lines are shown."""
 import argparse
+import functools
 import importlib.util
 import os
 import shutil
@@ -17,7 +18,7 @@ import time
 
 from ringtrain.errors import RingtrainError
 
-from .job import run_job, with_restarts
+from .job import Hosts, run_job, with_restarts
 from .mpiexec import MPIExecNotFound, find_mpiexec
 
 
@@ -199,7 +200,6 @@ def placement(args, parser):
     """The job's Hosts from -H / --hostfile and how to reach them (None: this host only), after
     checking there are slots for -np ranks."""
     from .channel import ChannelError
-    from .job import Hosts
 
     try:
         hosts = Hosts.parse(args.hosts, args.hostfile, args.launcher_command, args.network_interface)
@@ -266,11 +266,22 @@ def main(argv=None):
     hosts = None if args.host_discovery_script else placement(args, parser)
     env = rank_environment(args)
 
+    if args.host_discovery_script:
+        env["RINGTRAIN_ELASTIC_DISCOVERY"] = "1"  # elastic commits ask the launcher for new hosts
+
     def attempt(restart):
-        np, where = (args.np, hosts) if not args.host_discovery_script else discovered_placement(args)
-        result = run_job(np, command, env=dict(env, RINGTRAIN_RESTART=str(restart)), hosts=where,
-                         mpi_args=args.mpi_args.split())
-        return result, (result.failure_report() if result.returncode != 0 else None)
+        while True:  # a move to other hosts is not a failure: it does not count as a restart
+            if not args.host_discovery_script:
+                np, where, watch = args.np, hosts, None
+            else:
+                np, where = discovered_placement(args)
+                watch = functools.partial(watch_hosts, args, np, where)
+            result = run_job(np, command, env=dict(env, RINGTRAIN_RESTART=str(restart)), hosts=where,
+                             mpi_args=args.mpi_args.split(), watch=watch)
+            if not result.resized:
+                return result, (result.failure_report() if result.returncode != 0 else None)
+            print("ringtrain run: the ranks stopped at a commit to move to the hosts discovery offers now; "
+                  "starting the job there", file=sys.stderr, flush=True)
 
     try:
         result = with_restarts(attempt, args.max_restarts, "ringtrain run")
@@ -287,12 +298,32 @@ def main(argv=None):
     return 0
 
 
+def watch_hosts(args, np, hosts, service, ended, interval=1.0):
+    """While a job runs: ask the discovery script every `interval` seconds; when it offers more
+    slots than the job uses (up to --max-np), flag the job service, so that the ranks' next
+    elastic commit moves them (a host that goes away ends the job by itself: its ranks die)."""
+    max_np = args.max_np or args.np
+    while not ended.wait(interval):
+        try:
+            found = subprocess.run([args.host_discovery_script], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        entries = [line.strip() for line in found.stdout.splitlines() if line.strip()]
+        try:
+            offered = Hosts.parse(",".join(entries), None, args.launcher_command, args.network_interface)
+        except ValueError:
+            continue
+        if found.returncode == 0 and offered is not None and min(max_np, offered.slots) > np:
+            print(f"ringtrain run: the discovery script offers {offered.spec()}; the ranks move there at their "
+                  "next commit", file=sys.stderr, flush=True)
+            service.hosts_changed = True
+            return
+
+
 def discovered_placement(args):
     """(np, Hosts) from --host-discovery-script, waiting up to --elastic-timeout for --min-np
     slots: a job restarted after a host went away runs on the hosts that are left, and one
     started after a host came back uses it again (up to --max-np)."""
-    from .job import Hosts
-
     min_np, max_np = args.min_np or args.np, args.max_np or args.np
     deadline = time.monotonic() + args.elastic_timeout
     while True:

@@ -99,6 +99,7 @@ class JobService:
         self.payload = payload
         self.exits = {}     # rank -> (status, time, host)
         self.results = {}   # rank -> bytes (a pickled record, see worker.py)
+        self.hosts_changed = False  # set by a host discovery watcher; ranks ask at each elastic commit
         self._lock = threading.Lock()
         self._server = Server(self.secret, self._handle, host)
 
@@ -114,12 +115,18 @@ class JobService:
                 self.results[int(message["rank"])] = data
         if kind == "payload":
             reply({"type": "payload"}, self.payload)
+        elif kind == "hosts_changed":
+            reply({"type": "hosts", "changed": self.hosts_changed})
         elif kind in ("exit", "result"):
             reply({"type": "ok"})
 
     def a_rank_failed(self):
         with self._lock:
-            return any(status != 0 for status, _, _ in self.exits.values())
+            return any(status not in (0, RESIZE_EXIT_STATUS) for status, _, _ in self.exits.values())
+
+    def every_rank_left_to_resize(self, np):
+        with self._lock:
+            return len(self.exits) == np and all(s == RESIZE_EXIT_STATUS for s, _, _ in self.exits.values())
 
     def first_failure(self):
         """(rank, status) of the first rank that failed on its own, or (None, None)."""
@@ -143,6 +150,7 @@ class JobResult:
     last_lines: dict              # rank -> its last stderr (and stdout) lines
     results: dict = dataclasses.field(default_factory=dict)  # rank -> bytes, from worker.py
     mpiexec_lines: list = dataclasses.field(default_factory=list)  # hydra's own words
+    resized: bool = False         # every rank left to restart on the hosts discovery offers now
 
     def failure_report(self):
         if self.failed_rank is None:
@@ -169,19 +177,35 @@ def pump_rank_lines(stream, emit):
     return lines
 
 
-def run_job(np, command, env=None, hosts=None, mpi_args=(), payload=b"", stdout=None, stderr=None, timeout=None):
+def run_job(np, command, env=None, hosts=None, mpi_args=(), payload=b"", stdout=None, stderr=None, timeout=None,
+            watch=None):
     """Run `command` on np ranks (on `hosts`, a Hosts, or this host); each rank's lines go to
-    stdout/stderr as "[rank]: line". Returns a JobResult when mpiexec has ended."""
+    stdout/stderr as "[rank]: line". Returns a JobResult when mpiexec has ended. watch(service,
+    ended) runs in a thread while the job runs (a host discovery watcher)."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     service = JobService(payload, host=hosts.service_address() if hosts else "127.0.0.1")
+    ended = threading.Event()
+    watcher = threading.Thread(target=watch, args=(service, ended), daemon=True) if watch else None
     try:
         job_env = dict(os.environ if env is None else env, **service.environment())
         argv = mpiexec_command(np, [sys.executable, "-m", "ringtrain.launch.rank_exec", *command],
                                hosts=hosts, extra=mpi_args)
-        return _supervise(argv, job_env, service, stdout, stderr, timeout)
+        if watcher is not None:
+            watcher.start()
+        result = _supervise(argv, job_env, service, stdout, stderr, timeout)
+        result.resized = service.every_rank_left_to_resize(np)
+        return result
     finally:
+        ended.set()
+        if watcher is not None:
+            watcher.join(timeout=70)
         service.close()
+
+
+# The status with which every rank leaves when ringtrain.elastic saw, at a commit, that the host
+# discovery script offers other hosts: the launcher starts the job again on them (EX_TEMPFAIL).
+RESIZE_EXIT_STATUS = 75
 
 
 def with_restarts(attempt, max_restarts, who, stderr=None):

@@ -32,6 +32,8 @@ import sys
 
 import numpy as np
 
+from .errors import HostsUpdatedInterrupt
+from .launch.job import RESIZE_EXIT_STATUS
 from .objects import broadcast_object
 from .runtime import init, is_initialized, rank
 
@@ -125,11 +127,17 @@ class State:
 
     def commit(self):
         """Record the state as the point to come back to (collective: every rank calls it at the
-        same step). Persisted to the directory on every persist_every-th commit."""
+        same step). Persisted to the directory on every persist_every-th commit. Under a launcher
+        with a host discovery script, raises HostsUpdatedInterrupt (after persisting) when the
+        script offers other hosts, so that the job restarts on them."""
         self._commits += 1
         self._take_snapshot()
-        if self._directory and self._commits % self._persist_every == 0:
+        moving = _hosts_changed()
+        if self._directory and (self._commits % self._persist_every == 0 or moving):
             self._persist()
+        if moving:
+            raise HostsUpdatedInterrupt(f"the host discovery script offers other hosts: restarting on them "
+                                        f"from commit {self._commits}")
 
     def restore(self):
         """Back to the last commit: the one in memory, else the last one persisted. Returns
@@ -200,6 +208,25 @@ def _read(path):
         return pickle.load(f)
 
 
+def _hosts_changed():
+    """Whether the launcher's host discovery watcher asks for a restart on other hosts (rank 0
+    asks it over the job channel; every rank gets the same answer)."""
+    if os.environ.get("RINGTRAIN_ELASTIC_DISCOVERY") != "1":
+        return False
+    changed = False
+    if rank() == 0:
+        from .launch.channel import Client
+
+        client = Client.from_environment()
+        if client is not None:
+            try:
+                reply, _ = client.request({"type": "hosts_changed"})
+                changed = bool(reply.get("changed"))
+            finally:
+                client.close()
+    return broadcast_object(changed, root_rank=0, name="ringtrain.elastic.hosts_changed")
+
+
 def restart_count():
     """How many times the launcher has restarted this job (0 on the first run)."""
     return int(os.environ.get("RINGTRAIN_RESTART", "0"))
@@ -222,6 +249,15 @@ def run(fn):
         if resumed:
             for callback in state._reset_callbacks:
                 callback()
-        return fn(state, *args, **kwargs)
+        try:
+            return fn(state, *args, **kwargs)
+        except HostsUpdatedInterrupt as moving:
+            # every rank is here, at the same commit: leave together, and let the launcher
+            # start the job again on the hosts it found
+            print(f"ringtrain.elastic: {moving}", file=sys.stderr, flush=True)
+            from .runtime import shutdown
+
+            shutdown()
+            sys.exit(RESIZE_EXIT_STATUS)
 
     return wrapper

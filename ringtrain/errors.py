@@ -28,3 +28,9 @@ class ProgressTimeoutError(RingtrainError):
     """A collective (or a negotiation round) saw no progress for RINGTRAIN_PROGRESS_TIMEOUT seconds
     and a rank it waits on has stopped (no heartbeat), is stuck outside ringtrain, or the ranks
     wait on each other in a cycle. The job cannot continue: its MPI state is no longer in step."""
+
+
+class HostsUpdatedInterrupt(Exception):
+    """Raised by an elastic commit() when the launcher's host discovery script offers other hosts:
+    the commit is persisted, and @ringtrain.elastic.run ends every rank so that the launcher starts
+    the job again on the new hosts (Horovod's name; not an error)."""

@@ -47,9 +47,9 @@ def test_three_random_kills_end_with_the_parameters_of_an_uninterrupted_run(unin
     assert run.returncode == 0, f"kills {schedule}:\n{output[-4000:]}"
     assert output.count("restarting it from the last commit") == 3, output[-4000:]
     assert final_params(run.stdout) == uninterrupted, f"kills {schedule}"
-    for restart, step, _ in kills:  # steps after the last commit are recomputed, none skipped
+    for restart, step, _ in kills:  # a kill comes before its step's commit: back to the one before
         resumed = re.search(rf"\[0\]: RESUMED {restart + 1} at step (\d+) ([\d.]+)", run.stdout)
-        assert resumed and int(resumed.group(1)) == step // COMMIT_EVERY * COMMIT_EVERY + 1, output[-4000:]
+        assert resumed and int(resumed.group(1)) == (step - 1) // COMMIT_EVERY * COMMIT_EVERY + 1, output[-4000:]
         killed = float(re.search(rf"KILL {restart} at step {step} ([\d.]+)", run.stdout).group(1))
         print(f"kill at step {step} -> first step after restart {float(resumed.group(2)) - killed:.2f} s later")
 
@@ -138,3 +138,25 @@ def test_torch_state_commits_and_restores_a_model_its_optimizer_and_the_rng(tmp_
     values = rt.run(torch_state_round_trip, args=(str(tmp_path),), np=2, all_ranks=True)
     assert values[0] == values[1]
     assert (tmp_path / "LATEST").exists()
+
+
+def test_a_host_that_comes_back_is_used_from_the_next_commit(tmp_path):
+    # the discovery script offers 2 slots, then 3 (up to --max-np 3): the ranks stop together at
+    # their next commit, and the job goes on from it on 3 ranks, without using up a restart
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost:2\n")
+    discover = tmp_path / "discover"
+    discover.write_text(f"#!/bin/sh\ncat {hosts}\n")
+    discover.chmod(0o755)
+    env = dict(os.environ, ELASTIC_STEP_SECONDS="0.1", ELASTIC_HOSTS_AT_STEP=f"4={hosts}=localhost:3")
+    run = ringtrain_run("-np", "2", "--max-np", "3", "--host-discovery-script", str(discover),
+                        "--elastic-dir", str(tmp_path / "commits"), "python", TRAIN, str(STEPS), str(COMMIT_EVERY),
+                        env=env)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-4000:]
+    assert "ringtrain run: 2 ranks on localhost:2" in output and "ringtrain run: 3 ranks on localhost:3" in output
+    assert "the ranks move there at their next commit" in output
+    started = [int(s) for s in re.findall(r"\[2\]: STARTED at step (\d+)", run.stdout)]
+    assert len(started) == 1 and started[0] % COMMIT_EVERY == 0 and started[0] >= 6, output[-4000:]
+    assert "[0]: DONE on 3 ranks" in run.stdout
+    final_params(run.stdout)

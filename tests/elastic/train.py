@@ -5,8 +5,10 @@ per-rank random batches (numpy's global RNG, which commits save and restores bri
 
 KILLS: "restart:step:rank,..." - that rank kills itself (SIGKILL) right after that step of that
 run (before the step's commit), as a crash would; with ELASTIC_HOSTS_AFTER_KILL=PATH=TEXT it
-first writes TEXT to PATH (a host discovery script's file: a host goes away). Prints FINAL
-<params hex> from rank 0."""
+first writes TEXT to PATH (a host discovery script's file: a host goes away). With
+ELASTIC_HOSTS_AT_STEP=STEP=PATH=TEXT rank 0 of the first run writes TEXT to PATH after STEP (a
+host comes back); ELASTIC_STEP_SECONDS slows every step down. Prints FINAL <params hex> from
+rank 0."""
 import os
 import signal
 import sys
@@ -35,6 +37,12 @@ def train_steps(steps, commit_every, kills=(), fail_once=None):
             rt.allreduce_(grad, name="grad", op=rt.Average)
             state.params -= 0.05 * grad
             state.step += 1
+            time.sleep(float(os.environ.get("ELASTIC_STEP_SECONDS", "0")))
+            if os.environ.get("ELASTIC_HOSTS_AT_STEP") and rt.rank() == 0 and restart == 0:
+                at, path, text = os.environ["ELASTIC_HOSTS_AT_STEP"].split("=", 2)
+                if state.step == int(at) and rt.size() < 3:
+                    with open(path, "w") as f:
+                        f.write(text + "\n")
             if first and restart > 0:
                 print(f"RESUMED {restart} at step {state.step} {time.time():.6f}", flush=True)
             first = False
