@@ -24,7 +24,7 @@ def script(code):
     return f.name
 
 
-@pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.parametrize("ranks", [2, 3, 4])
 def test_mismatched_program_fails_on_every_rank_in_bounded_time(ranks):
     path = script("""
         import numpy as np, ringtrain as rt
@@ -54,7 +54,7 @@ def test_mismatched_program_fails_on_every_rank_in_bounded_time(ranks):
     assert "unreachable" not in run.output
 
 
-@pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.parametrize("ranks", [2, 3, 4])
 def test_a_collective_the_other_ranks_never_call_fails_on_every_rank(ranks):
     # rank 0 waits in an allreduce that the others skip; they reach the end of the program
     path = script("""
