@@ -176,7 +176,40 @@ def test_rt_run_raises_a_rank_failing_on_the_second_host(hosts):
     assert 'raise ValueError(f"rank {rank} fails on purpose on {socket.gethostname()}")' in caught["traceback"]
 
 
+# --- elastic recovery across hosts ----------------------------------------------------------------
+def test_a_host_that_goes_away_mid_training_leaves_the_job_to_finish_on_the_others(hosts):
+    """h3's rank dies at step 8 and the discovery script stops listing h3: the job restarts on h1
+    and h2 from the commit at step 6, reading it from the directory every host reaches."""
+    import shutil
+
+    work = os.path.join(HERE, "multihost", f"elastic-{os.getpid()}")  # under the checkout: on every host
+    os.makedirs(work)
+    host_list = os.path.join(work, "hosts")
+    with open(host_list, "w") as f:
+        f.write("h1:1\nh2:1\nh3:1\n")
+    discover = os.path.join(work, "discover")
+    with open(discover, "w") as f:
+        f.write(f"#!/bin/sh\ncat {host_list}\n")
+    os.chmod(discover, 0o755)
+    try:
+        result = ringtrain_run_on_h1(
+            hosts, "-np", "3", "--min-np", "2", "--max-restarts", "1", "--host-discovery-script", discover,
+            "--elastic-dir", os.path.join(work, "commits"), "python", os.path.join(HERE, "elastic", "train.py"),
+            "30", "3", "0:8:2", env=dict(hosts.mpi_environment(), ELASTIC_HOSTS_AFTER_KILL=f"{host_list}=h1:1\nh2:1"),
+            timeout=300)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "ringtrain run: 3 ranks on h1:1,h2:1,h3:1" in output and "ringtrain run: 2 ranks on h1:1,h2:1" in output
+    assert "[2]: KILL 0 at step 8" in result.stdout
+    assert "[0]: RESUMED 1 at step 7" in result.stdout and "[1]: RESUMED 1 at step 7" in result.stdout
+    assert "[0]: DONE on 2 ranks" in result.stdout and "[0]: FINAL " in result.stdout
+
+
 # --- ringtrain.spark.run on a Spark standalone cluster (master on h1, a worker on h1 and h2) -----
+# These come last: the cluster keeps running until the session ends, and the `hosts` fixture of
+# the tests above counts any process on a host as left behind.
 SPARK_JOB = os.path.join(HERE, "multihost", "spark_job.py")
 
 
@@ -253,33 +286,3 @@ def test_spark_standalone_a_killed_attempt_is_retried_and_cleaned_up(spark_hosts
     assert ("an attempt failed (rank 3 was killed by signal 9 without reporting an exception); Spark retried "
             "the whole stage and it succeeded") in result.stderr, result.stderr[-3000:]
 
-
-# --- elastic recovery across hosts ----------------------------------------------------------------
-def test_a_host_that_goes_away_mid_training_leaves_the_job_to_finish_on_the_others(hosts):
-    """h3's rank dies at step 8 and the discovery script stops listing h3: the job restarts on h1
-    and h2 from the commit at step 6, reading it from the directory every host reaches."""
-    import shutil
-
-    work = os.path.join(HERE, "multihost", f"elastic-{os.getpid()}")  # under the checkout: on every host
-    os.makedirs(work)
-    host_list = os.path.join(work, "hosts")
-    with open(host_list, "w") as f:
-        f.write("h1:1\nh2:1\nh3:1\n")
-    discover = os.path.join(work, "discover")
-    with open(discover, "w") as f:
-        f.write(f"#!/bin/sh\ncat {host_list}\n")
-    os.chmod(discover, 0o755)
-    try:
-        result = ringtrain_run_on_h1(
-            hosts, "-np", "3", "--min-np", "2", "--max-restarts", "1", "--host-discovery-script", discover,
-            "--elastic-dir", os.path.join(work, "commits"), "python", os.path.join(HERE, "elastic", "train.py"),
-            "30", "3", "0:8:2", env=dict(hosts.mpi_environment(), ELASTIC_HOSTS_AFTER_KILL=f"{host_list}=h1:1\nh2:1"),
-            timeout=300)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    assert "ringtrain run: 3 ranks on h1:1,h2:1,h3:1" in output and "ringtrain run: 2 ranks on h1:1,h2:1" in output
-    assert "[2]: KILL 0 at step 8" in result.stdout
-    assert "[0]: RESUMED 1 at step 7" in result.stdout and "[1]: RESUMED 1 at step 7" in result.stdout
-    assert "[0]: DONE on 2 ranks" in result.stdout and "[0]: FINAL " in result.stdout
