@@ -10,6 +10,7 @@
 #define NPY_NO_DEPRECATED_API NPY_1_22_API_VERSION
 #include <numpy/arrayobject.h>
 #include <stdlib.h>
+#include <string.h>
 #include "ringtrain.h"
 
 static PyObject *MPIError, *NoProgressError;
@@ -320,6 +321,48 @@ static PyObject *py_control_band(PyObject *self, PyObject *args) {
     return control_done("a negotiation round", err);
 }
 
+/* round_allreduce(ctrl_f, words, comm_f, src, dst, dtype, op, prescale, postscale, small, segment) ->
+ * bool: a negotiation round's bit vector (AND across the control communicator) and, if every rank
+ * proposed exactly these bits, the one allreduce they stand for, with the GIL released once. When
+ * the vectors differ, words holds their AND and nothing else was sent (the engine goes on). */
+static PyObject *py_round_allreduce(PyObject *self, PyObject *args) {
+    int ctrl_f, comm_f, dtype, op, err;
+    PyObject *words_obj, *src_obj, *dst_obj;
+    double prescale, postscale;
+    Py_ssize_t small_bytes, segment_bytes;
+    if (!PyArg_ParseTuple(args, "iOiOOiiddnn", &ctrl_f, &words_obj, &comm_f, &src_obj, &dst_obj, &dtype, &op,
+                          &prescale, &postscale, &small_bytes, &segment_bytes))
+        return NULL;
+    char *words, *src, *dst;
+    size_t word_bytes, src_bytes, dst_bytes;
+    if (check_dtype(dtype) || check_op(op) || get_array(words_obj, "words", 1, &words, &word_bytes) ||
+        get_array(src_obj, "tensor", 0, &src, &src_bytes) || get_array(dst_obj, "output", 1, &dst, &dst_bytes))
+        return NULL;
+    if (src_bytes != dst_bytes) return PyErr_Format(PyExc_ValueError, "output has %zu bytes, tensor %zu", dst_bytes, src_bytes);
+    uint64_t proposal_small[8], *proposal = word_bytes <= sizeof proposal_small ? proposal_small : malloc(word_bytes);
+    if (!proposal) return PyErr_NoMemory();
+    memcpy(proposal, words, word_bytes);
+    MPI_Comm ctrl = MPI_Comm_f2c(ctrl_f), comm = MPI_Comm_f2c(comm_f);
+    rt_tuning tuning = {(size_t)small_bytes, (size_t)(segment_bytes > 0 ? segment_bytes : 1)};
+    rt_algorithm used;
+    int agreed = 0;
+    MPI_Request req;
+    Py_BEGIN_ALLOW_THREADS
+    err = MPI_Iallreduce(MPI_IN_PLACE, words, (int)(word_bytes / 8), MPI_UINT64_T, MPI_BAND, ctrl, &req);
+    if (!err) err = rt_wait_collective(&req, ctrl);
+    agreed = !err && memcmp(proposal, words, word_bytes) == 0;
+    if (agreed) {
+        rt_lock();
+        err = rt_allreduce(src, dst, src_bytes / rt_dtype_size(dtype), (rt_dtype)dtype, (rt_op)op, prescale,
+                           postscale, &tuning, comm, &used);
+        rt_unlock();
+    }
+    Py_END_ALLOW_THREADS
+    if (proposal != proposal_small) free(proposal);
+    if (err && raise_mpi_error(agreed ? "allreduce" : "a negotiation round", err)) return NULL;
+    return PyBool_FromLong(agreed);
+}
+
 /* control_gatherv(comm_f, payload, out, sizes, root): payloads (uint8) concatenated on root, whose
  * `sizes` (int64, one per rank) say how long each is; elsewhere out and sizes are ignored. */
 static PyObject *py_control_gatherv(PyObject *self, PyObject *args) {
@@ -420,6 +463,8 @@ static PyMethodDef methods[] = {
     {"reduce", py_reduce, METH_VARARGS, "reduce(inout, in, dtype, op): inout = inout op in"},
     {"barrier", py_barrier, METH_VARARGS, "barrier(comm_f)"},
     {"control_band", py_control_band, METH_VARARGS, "control_band(comm_f, words): bitwise AND of uint64 words, in place"},
+    {"round_allreduce", py_round_allreduce, METH_VARARGS,
+     "round_allreduce(ctrl_f, words, comm_f, src, dst, dtype, op, prescale, postscale, small, segment) -> agreed"},
     {"control_gatherv", py_control_gatherv, METH_VARARGS, "control_gatherv(comm_f, payload, out, sizes, root)"},
     {"control_bcast", py_control_bcast, METH_VARARGS, "control_bcast(comm_f, buf, root)"},
     {"liveness_start", py_liveness_start, METH_VARARGS, "liveness_start(comm_f, period, stale): start the heartbeats"},

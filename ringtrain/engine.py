@@ -303,29 +303,39 @@ class Engine:
         if state.id == 0 and self._cross_check_due(started):
             need_slow = True
 
-        flags = np.zeros(state.cache.words() * 64, dtype=np.uint8)
-        flags[cached] = 1
-        flags[NO_SLOW_PATH_BIT] = not need_slow
+        # the round's bit vector, built as a Python int (a few hundred ns for a training step's bits)
+        mask = 0 if need_slow else 1 << NO_SLOW_PATH_BIT
+        for bit in cached:
+            mask |= 1 << bit
         if joined:
-            flags[JOINED_BIT] = 1
-            flags[[bit for bit, (_, sig) in state.cache.entry.items() if sig[0] == "allreduce"]] = 1
+            mask |= 1 << JOINED_BIT
+            for bit, (_, sig) in state.cache.entry.items():
+                if sig[0] == "allreduce":
+                    mask |= 1 << bit
         if state.size > 1:  # one rank agrees with itself
-            words = np.packbits(flags, bitorder="little").view(np.uint64)
-            self.runtime.core.control_band(state.ctrl_handle, words)
-            flags = np.unpackbits(words.view(np.uint8), bitorder="little")
-        agreed = np.flatnonzero(flags[FIRST_TENSOR_BIT:]) + FIRST_TENSOR_BIT
-        everyone_joined = bool(flags[JOINED_BIT])
+            words = np.frombuffer(mask.to_bytes(state.cache.words() * 8, "little"), dtype=np.uint64).copy()
+            fast = self._fast_candidate(state, cached, announce, need_slow, joined)
+            if fast is not None and self._fast_allreduce(state, fast, words, started):
+                return
+            if fast is None:  # (the fast path already ran the round's allreduce of bits)
+                self.runtime.core.control_band(state.ctrl_handle, words)
+            mask = int.from_bytes(words.tobytes(), "little")
+        no_slow_path = bool(mask >> NO_SLOW_PATH_BIT & 1)
+        everyone_joined = bool(mask >> JOINED_BIT & 1)
 
         ready_at = time.perf_counter()
         items = []
         if not everyone_joined:
-            for bit in agreed.tolist():
-                name, signature = state.cache.entry[bit]
+            tensors = mask >> FIRST_TENSOR_BIT << FIRST_TENSOR_BIT
+            while tensors:  # the agreed bits, lowest first
+                lowest = tensors & -tensors
+                name, signature = state.cache.entry[lowest.bit_length() - 1]
                 items.append(Item(name, signature, state.pending.get(name), ready_at))
+                tensors ^= lowest
 
-        if state.pending or state.queue or items or joined or not flags[NO_SLOW_PATH_BIT]:
+        if state.pending or state.queue or items or joined or not no_slow_path:
             self._activity = True  # not idle: keep the engine's pace
-        if not flags[NO_SLOW_PATH_BIT]:  # someone asked for the slow path
+        if not no_slow_path:  # someone asked for the slow path
             message = {"announce": announce, "errors": state.errors_to_report, "join": joined and not state.join_announced}
             if state.id == 0:
                 claims = self._claims(started)
@@ -352,6 +362,44 @@ class Engine:
         self._execute(state, items)
         if self.autotuner is not None and state.id == 0 and items:
             self.autotuner.observe(self.executor.bytes_reduced, time.perf_counter())
+
+    def _fast_candidate(self, state, cached, announce, need_slow, joined):
+        """The steady state of a training loop's synchronous call: this set has one request
+        pending, a single-tensor allreduce whose bit is cached, and nothing else to say. Its
+        round then sends exactly what the general path sends (the same bit vector, then the
+        same allreduce), so other ranks need not take the fast path too; only Python's
+        bookkeeping between the two collectives is skipped, in one C call."""
+        if len(cached) != 1 or announce or need_slow or joined or len(state.pending) != 1 or self.timeline:
+            return None
+        request = next(iter(state.pending.values()))
+        if request.kind != "allreduce" or len(request.tensors) != 1:
+            return None
+        return request
+
+    def _fast_allreduce(self, state, request, words, started):
+        """Runs the round's bit-vector allreduce and, if every rank proposed exactly this one
+        tensor, its allreduce, in C. False (words holding the agreed bits) when the others
+        proposed something else: the general path goes on from there."""
+        t, core = self.tuning, self.runtime.core
+        try:
+            agreed = core.round_allreduce(
+                state.ctrl_handle, words, state.handle, request.tensors[0], request.outputs[0], request.code,
+                request.op, request.prescale, request.postscale, t.small_allreduce_threshold, t.segment_bytes)
+        except core.NoProgressError as exc:
+            if str(exc).startswith("allreduce"):  # stopped in the data, not in the bit vector
+                exc.items = [Item(request.name, request.signature(), request, started)]
+            raise
+        if not agreed:
+            return False
+        self.negotiation_seconds += time.perf_counter() - started
+        self._activity = True
+        del state.pending[request.name]
+        state.waited.pop(request.name, None)
+        self.executor.bytes_reduced += request.tensors[0].nbytes
+        request.handle.complete(request.outputs[0])
+        if self.autotuner is not None and state.id == 0:
+            self.autotuner.observe(self.executor.bytes_reduced, time.perf_counter())
+        return True
 
     def _execute(self, state, items):
         """Data collectives go to the executor in runs; control requests (process sets,

@@ -175,6 +175,11 @@ def _at_exit():
         engine._thread.join(timeout=1.0)
     sys.stdout.flush()
     sys.stderr.flush()
+    if isinstance(engine.failure, ProgressTimeoutError):
+        # A stopped rank (SIGSTOP, a hung host) ignores the signals mpiexec ends a job with when a
+        # rank exits non-zero, so the job would wait for it for ever; MPI_Abort makes hydra kill
+        # every process of the job, that one included.
+        _runtime.comm.Abort(1)
     os._exit(1)
 
 
