@@ -100,7 +100,7 @@ class Engine:
         self.last_round = 0.0
         self.negotiation_seconds = 0.0   # time in rounds outside the collectives themselves
         self.rounds = 0
-        self._last_cross_check = 0.0
+        self._next_cross_check = 0.0
         if config.timeline:
             self.start_timeline(config.timeline)
         from .autotune import Autotuner
@@ -258,12 +258,14 @@ class Engine:
     def _cross_check_due(self, now):
         """A request pending for CROSS_CHECK_AFTER asks for a cross-set comparison, then again
         every CROSS_CHECK_EVERY while something is still pending that long."""
-        if now - self._last_cross_check < CROSS_CHECK_EVERY:
+        if now < self._next_cross_check:
             return False
         oldest = min((r.submitted for st in self.sets.values() for r in st.pending.values()), default=now)
         if now - oldest < CROSS_CHECK_AFTER:
+            # nothing is old yet: look again when the oldest could be (a newer request, later)
+            self._next_cross_check = min(oldest + CROSS_CHECK_AFTER, now + CROSS_CHECK_AFTER / 2)
             return False
-        self._last_cross_check = now
+        self._next_cross_check = now + CROSS_CHECK_EVERY
         return True
 
     def _intake(self, state):
