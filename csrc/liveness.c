@@ -6,8 +6,10 @@
  * ranks it waits on: a rank not heard from for `stale` seconds has stopped (SIGSTOP, a hung
  * host); a rank heard from but neither progressing nor waiting in ringtrain is stuck outside it
  * (its engine cannot run); a chain that comes back on itself is a cycle nobody can leave. Any of
- * these ends the wait with that rank named. A rank that is still completing requests (a long
- * collective on another process set, a slow link) is waited for.
+ * these ends the wait with that rank named, as does a job in which no rank at all has completed
+ * anything for `stale` seconds while every one is alive (a deadlock among live ranks). A rank that
+ * is still completing requests (a long collective on another process set, a slow link) is
+ * waited for.
  *
  * Every rank messages every other one: O(p^2) messages per period, fine at the sizes ringtrain
  * runs today; a tree would be the next step for thousands of ranks. */
@@ -185,7 +187,13 @@ static int follow(int start, double now, rt_stall *report) {
                     return 1;
                 }
             }
-            return 0;
+            /* every rank alive: it is only a wait worth keeping if some rank still progresses */
+            double last = 0.0;
+            for (int p = 0; p < hb.size; p++)
+                if (p != hb.rank && hb.progressed_at[p] > last) last = hb.progressed_at[p];
+            if (now - last < hb.stale) return 0;
+            report->culprit = cur, report->kind = RT_CULPRIT_STALLED, report->age = now - last;
+            return 1;
         }
         int seen = next == hb.rank;
         for (int i = 0; i < report->chain_length; i++) seen |= report->chain[i] == next;

@@ -19,7 +19,9 @@ static int raise_mpi_error(const char *collective, int err) {
     char text[MPI_MAX_ERROR_STRING + 1];
     int len = 0;
     if (err == RT_ERR_NO_PROGRESS) {  /* the engine builds the full story from stall_report() */
-        PyErr_Format(NoProgressError, "%s made no progress for %.1f s", collective, rt_stall_report()->quiet);
+        char message[200];  /* PyErr_Format has no %f */
+        snprintf(message, sizeof message, "%s made no progress for %.1f s", collective, rt_stall_report()->quiet);
+        PyErr_SetString(NoProgressError, message);
         return -1;
     }
     if (err == MPI_ERR_NO_MEM) snprintf(text, sizeof text, "out of memory");
@@ -444,7 +446,7 @@ static PyObject *py_take_longest_quiet(PyObject *self, PyObject *args) {
 /* stall_report() -> dict: what the last wait that gave up found (world ranks). */
 static PyObject *py_stall_report(PyObject *self, PyObject *args) {
     const rt_stall *r = rt_stall_report();
-    static const char *kinds[] = {"none", "silent", "stuck", "cycle"};
+    static const char *kinds[] = {"none", "silent", "stuck", "cycle", "stalled"};
     PyObject *chain = PyList_New(r->chain_length);
     if (!chain) return NULL;
     for (int i = 0; i < r->chain_length; i++) PyList_SET_ITEM(chain, i, PyLong_FromLong(r->chain[i]));

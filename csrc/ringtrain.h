@@ -96,7 +96,8 @@ typedef enum {
     RT_CULPRIT_NONE = 0,        /* no verdict (no heartbeats running): only this rank's wait is known */
     RT_CULPRIT_SILENT = 1,      /* no heartbeat from it for `age` seconds: stopped, hung or gone */
     RT_CULPRIT_STUCK = 2,       /* heartbeats arrive, but it neither progresses nor waits in ringtrain */
-    RT_CULPRIT_CYCLE = 3        /* the chain of waits comes back on itself: nobody can progress */
+    RT_CULPRIT_CYCLE = 3,       /* the chain of waits comes back on itself: nobody can progress */
+    RT_CULPRIT_STALLED = 4      /* every rank alive, none has completed anything for `age` seconds */
 } rt_culprit_kind;
 typedef struct {
     double quiet;               /* seconds this rank's wait went without a completion */

@@ -238,6 +238,9 @@ class Engine:
         elif kind == "stuck":
             text += (f": rank {culprit} is alive but has made no progress for {report['age']:.1f} s and is not waiting "
                      "in ringtrain (is a thread holding its GIL, or is it blocked outside ringtrain?)")
+        elif kind == "stalled":
+            text += (f": every rank is alive but none has completed a message for {report['age']:.1f} s (rank "
+                     f"{culprit} waits in a collective): the ranks wait for each other in a deadlock")
         elif kind == "cycle":
             text += f": ranks {', '.join(str(r) for r in [me] + chain)} wait on each other and none can progress"
         else:

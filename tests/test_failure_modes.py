@@ -228,3 +228,32 @@ def test_a_process_set_mismatch_fails_on_every_rank_without_a_stall_setting(rank
         assert found and found.group(2) == message, run.output[-3000:]
         assert float(found.group(1)) < 5
     assert "unreachable" not in run.output
+
+
+def test_a_deadlock_among_live_ranks_ends_at_the_progress_deadline():
+    # Every rank alive and heartbeating, each waiting in a collective the other never joins (a
+    # barrier on two different communicators): nobody is silent, nobody progresses. The engines'
+    # own rounds are halted first, or their idle rounds would count as progress.
+    path = script("""
+        import sys, time, ringtrain as rt
+        from ringtrain.runtime import current
+        rt.init(progress_timeout=2)
+        runtime = current("test")
+        runtime.engine.halt()
+        runtime.engine._thread.join()
+        comm = runtime.handle if rt.rank() == 0 else runtime.engine.sets[0].handle
+        started = time.time()
+        try:
+            runtime.core.barrier(comm)
+        except runtime.core.NoProgressError as error:
+            print(f"caught after {time.time() - started:.1f} s: {error}; {runtime.core.stall_report()['kind']}",
+                  flush=True)
+        sys.stdout.flush()
+        runtime.comm.Abort(3)
+    """)
+    run = run_mpiexec(2, [sys.executable, path], timeout=DEADLINE + 30, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    os.unlink(path)
+    assert not run.timed_out, f"the deadlock hung:\n{run.output[-3000:]}"
+    # whichever rank gives up first aborts the job for both
+    found = re.search(r"caught after ([\d.]+) s: barrier made no progress for [\d.]+ s; stalled", run.output)
+    assert found and float(found.group(1)) < 10, run.output[-3000:]
