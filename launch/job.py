@@ -24,7 +24,7 @@ import sys
 import threading
 
 from .channel import Server, interface_address, job_environment, new_secret
-from .mpiexec import die_with_parent, kill_process_group, mpiexec_command
+from .mpiexec import die_with_parent, kill_process_group, mpiexec_command, process_group_alive
 from .rank_output import RankLines
 
 FAILURE_GRACE = 3.0  # seconds the other ranks get to report their own errors after one fails
@@ -261,7 +261,8 @@ def _supervise(argv, env, service, stdout, stderr, timeout):
     stopped = []
 
     def kill_job(*_):
-        if process.poll() is None:
+        # mpiexec may have ended while its local proxy is still cleaning up: killing that leaves files too
+        if process.poll() is None or process_group_alive(process.pid):
             stopped.append(True)
         stop_mpiexec(process)
 

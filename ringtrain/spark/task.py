@@ -76,7 +76,7 @@ def barrier_task(job, secret, payload):
         from pyspark import BarrierTaskContext
 
         from ringtrain.launch.job import HydraLeftovers, JobService, end_after_a_failure, pump_rank_lines, stop_mpiexec
-        from ringtrain.launch.mpiexec import die_with_parent, mpiexec_command
+        from ringtrain.launch.mpiexec import die_with_parent, mpiexec_command, process_group_alive
 
         ctx = BarrierTaskContext.get()
         index = ctx.partitionId()
@@ -204,7 +204,8 @@ def barrier_task(job, secret, payload):
             return iter(records)
         finally:
             finished.set()
-            ended_by_themselves = all(p is None or p.poll() == 0 for p in (mpiexec, proxy))
+            ended_by_themselves = all(p is None or (p.poll() == 0 and not process_group_alive(p.pid))
+                                      for p in (mpiexec, proxy))
             if mpiexec is not None:
                 stop_mpiexec(mpiexec)
                 mpiexec.wait()
