@@ -61,10 +61,13 @@ def _check_rows(array, arg, collective):
 
 def _set(process_set, caller):
     """(engine, set state) for a process set this rank belongs to."""
-    rt = runtime.current(caller)
-    if not isinstance(process_set, ProcessSet):
+    engine = runtime.current(caller).engine
+    if type(process_set) is not ProcessSet and not isinstance(process_set, ProcessSet):
         raise TypeError(f"process_set={process_set!r} must be a ringtrain.ProcessSet")
-    return rt.engine, process_set._state(caller)
+    state = engine.sets.get(process_set.process_set_id)
+    if state is None:  # not registered, or not a member: the set says which
+        state = process_set._state(caller)
+    return engine, state
 
 
 def _tensors(tensors, writable, caller):

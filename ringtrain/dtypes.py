@@ -22,8 +22,16 @@ SUPPORTED = tuple(CODES)
 BOOL_CODE = CODES[np.dtype(np.bool_)]
 
 
+# Hashing a numpy dtype takes about a microsecond; its type number does not (this runs on every
+# call). Equal dtypes can have different numbers (int64 is both 'l' and 'q' here), so a miss
+# falls back to the dtype itself; a byte-swapped dtype shares its number but is not supported.
+_CODES_BY_NUMBER = {dtype.num: code for dtype, code in CODES.items()}
+
+
 def dtype_code(dtype, arg="tensor"):
-    code = CODES.get(dtype)
+    code = _CODES_BY_NUMBER.get(dtype.num) if dtype.isnative else None
+    if code is None:
+        code = CODES.get(dtype)
     if code is None:
         names = ", ".join(str(d) for d in SUPPORTED)
         raise TypeError(f"{arg} has dtype {dtype}, which ringtrain does not support; supported: {names}")

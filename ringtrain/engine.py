@@ -290,12 +290,13 @@ class Engine:
         started = time.perf_counter()
         self.rounds += 1
         announce, cached = [], []
+        announced, waited, lookup = state.announced, state.waited, state.cache.lookup
         for name, request in state.pending.items():
-            if name in state.announced:
+            if name in announced:
                 continue
             signature = request.signature()
-            bit, hit = state.cache.lookup(name, signature)
-            if hit and state.waited[name] < FALLBACK_ROUNDS:
+            bit, hit = lookup(name, signature)
+            if hit and waited[name] < FALLBACK_ROUNDS:
                 cached.append(bit)
             else:
                 announce.append([name, signature])
@@ -332,10 +333,11 @@ class Engine:
         items = []
         if not everyone_joined:
             tensors = mask >> FIRST_TENSOR_BIT << FIRST_TENSOR_BIT
+            entry, pending = state.cache.entry, state.pending
             while tensors:  # the agreed bits, lowest first
                 lowest = tensors & -tensors
-                name, signature = state.cache.entry[lowest.bit_length() - 1]
-                items.append(Item(name, signature, state.pending.get(name), ready_at))
+                name, signature = entry[lowest.bit_length() - 1]
+                items.append(Item(name, signature, pending.get(name), ready_at))
                 tensors ^= lowest
 
         if state.pending or state.queue or items or joined or not no_slow_path:
@@ -355,14 +357,17 @@ class Engine:
             self._apply(state, response, items, ready_at)
 
         self.negotiation_seconds += time.perf_counter() - started
+        pending = state.pending
         for item in items:
             if item.request is not None:
-                state.pending.pop(item.name, None)
-                state.announced.discard(item.name)
-                state.waited.pop(item.name, None)
-        for name in state.pending:
-            if name not in state.announced:
-                state.waited[name] += 1
+                pending.pop(item.name, None)
+                if announced:
+                    announced.discard(item.name)
+                if waited:
+                    waited.pop(item.name, None)
+        for name in pending:
+            if name not in announced:
+                waited[name] += 1
 
         self._execute(state, items)
         if self.autotuner is not None and state.id == 0 and items:

@@ -22,9 +22,10 @@ def split_rows(rows, parts):
 
 class Item:
     """One agreed collective as this rank runs it: its own request, or (for a rank that has
-    joined) zeros shaped by the agreed signature."""
+    joined) zeros shaped by the agreed signature. Its size and fusion key are computed once:
+    a training step's round plans and runs hundreds of items."""
 
-    __slots__ = ("name", "signature", "request", "tensors", "outputs", "ready_at")
+    __slots__ = ("name", "signature", "request", "tensors", "outputs", "ready_at", "nbytes", "fusion_key")
 
     def __init__(self, name, signature, request, ready_at):
         self.name, self.signature, self.request, self.ready_at = name, signature, request, ready_at
@@ -33,15 +34,9 @@ class Item:
         else:
             self.tensors = zeros_like_signature(signature)
             self.outputs = [np.empty_like(t) for t in self.tensors]
-
-    @property
-    def fusion_key(self):
-        kind, code, _, op, _, pre, post = self.signature
-        return (code, op, pre, post) if kind == "allreduce" else None
-
-    @property
-    def nbytes(self):
-        return sum(t.nbytes for t in self.tensors)
+        self.nbytes = self.tensors[0].nbytes if len(self.tensors) == 1 else sum(t.nbytes for t in self.tensors)
+        kind, code, _, op, _, pre, post = signature
+        self.fusion_key = (code, op, pre, post) if kind == "allreduce" else None
 
 
 def plan_fusion(items, threshold, direct_bytes):
@@ -113,7 +108,7 @@ class Executor:
                                             t.small_allreduce_threshold, t.segment_bytes)
             copied_in = copied_out = started
         else:
-            total = sum(x.nbytes for x in tensors)
+            total = sum(item.nbytes for item in group)
             fused = self._buffer(total)[:total].view(SUPPORTED[code])
             self.core.pack(fused, tensors)
             copied_in = time.perf_counter()
@@ -132,7 +127,7 @@ class Executor:
                 if len(tensors) > 1:
                     timeline.span(name, "MEMCPY_IN_FUSION_BUFFER", started, copied_in, tensors=len(tensors))
                     timeline.span(name, ALGORITHM_NAMES[algorithm], copied_in, copied_out,
-                                  bytes=int(sum(x.nbytes for x in tensors)))
+                                  bytes=int(total))
                     timeline.span(name, "MEMCPY_OUT_FUSION_BUFFER", copied_out, finished)
                 else:
                     timeline.span(name, ALGORITHM_NAMES[algorithm], started, finished, bytes=int(tensors[0].nbytes))
