@@ -251,33 +251,43 @@ static PyObject *py_reduce(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The data pointers and sizes of a list of arrays (freed with free(*data)); -1 with an error set. */
+static int get_array_list(PyObject *list, const char *what, int writable, char ***data, size_t **bytes,
+                          size_t *total) {
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    *data = malloc((n ? n : 1) * (sizeof(char *) + sizeof(size_t)));
+    if (!*data) { PyErr_NoMemory(); return -1; }
+    *bytes = (size_t *)(*data + (n ? n : 1));
+    *total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (get_array(PyList_GET_ITEM(list, i), what, writable, &(*data)[i], &(*bytes)[i])) {
+            free(*data);
+            *data = NULL;
+            return -1;
+        }
+        *total += (*bytes)[i];
+    }
+    return 0;
+}
+
 /* pack(buffer, tensors) / unpack(buffer, tensors): tensors back to back from the buffer's start. */
 static PyObject *fusion_copy(PyObject *args, int packing) {
     PyObject *buf_obj, *list;
     if (!PyArg_ParseTuple(args, "OO!", &buf_obj, &PyList_Type, &list)) return NULL;
-    char *buffer;
-    size_t capacity, total = 0;
+    char *buffer, **tensors;
+    size_t capacity, total, *bytes;
     if (get_array(buf_obj, "buffer", 1, &buffer, &capacity)) return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(list);
-    char **tensors = malloc((n ? n : 1) * sizeof(char *));
-    size_t *bytes = malloc((n ? n : 1) * sizeof(size_t));
-    if (!tensors || !bytes) { free(tensors); free(bytes); return PyErr_NoMemory(); }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (get_array(PyList_GET_ITEM(list, i), "fused tensor", !packing, &tensors[i], &bytes[i])) {
-            free(tensors); free(bytes);
-            return NULL;
-        }
-        total += bytes[i];
-    }
+    if (get_array_list(list, "fused tensor", !packing, &tensors, &bytes, &total)) return NULL;
     if (total > capacity) {
-        free(tensors); free(bytes);
+        free(tensors);
         return PyErr_Format(PyExc_ValueError, "fusion buffer holds %zu bytes, tensors need %zu", capacity, total);
     }
+    Py_ssize_t n = PyList_GET_SIZE(list);
     Py_BEGIN_ALLOW_THREADS
     if (packing) rt_pack(buffer, tensors, bytes, (size_t)n);
     else rt_unpack(buffer, tensors, bytes, (size_t)n);
     Py_END_ALLOW_THREADS
-    free(tensors); free(bytes);
+    free(tensors);
     Py_RETURN_NONE;
 }
 
@@ -328,21 +338,32 @@ static PyObject *py_control_band(PyObject *self, PyObject *args) {
  * proposed exactly these bits, the one allreduce they stand for, with the GIL released once. When
  * the vectors differ, words holds their AND and nothing else was sent (the engine goes on). */
 static PyObject *py_round_allreduce(PyObject *self, PyObject *args) {
-    int ctrl_f, comm_f, dtype, op, err;
-    PyObject *words_obj, *src_obj, *dst_obj;
+    int ctrl_f, comm_f, dtype, op, err = 0;
+    PyObject *words_obj, *srcs_obj, *dsts_obj, *fused_obj;
     double prescale, postscale;
     Py_ssize_t small_bytes, segment_bytes;
-    if (!PyArg_ParseTuple(args, "iOiOOiiddnn", &ctrl_f, &words_obj, &comm_f, &src_obj, &dst_obj, &dtype, &op,
-                          &prescale, &postscale, &small_bytes, &segment_bytes))
+    if (!PyArg_ParseTuple(args, "iOiO!O!Oiiddnn", &ctrl_f, &words_obj, &comm_f, &PyList_Type, &srcs_obj, &PyList_Type,
+                          &dsts_obj, &fused_obj, &dtype, &op, &prescale, &postscale, &small_bytes, &segment_bytes))
         return NULL;
-    char *words, *src, *dst;
-    size_t word_bytes, src_bytes, dst_bytes;
-    if (check_dtype(dtype) || check_op(op) || get_array(words_obj, "words", 1, &words, &word_bytes) ||
-        get_array(src_obj, "tensor", 0, &src, &src_bytes) || get_array(dst_obj, "output", 1, &dst, &dst_bytes))
-        return NULL;
-    if (src_bytes != dst_bytes) return PyErr_Format(PyExc_ValueError, "output has %zu bytes, tensor %zu", dst_bytes, src_bytes);
+    Py_ssize_t n = PyList_GET_SIZE(srcs_obj);
+    if (n < 1 || PyList_GET_SIZE(dsts_obj) != n) return PyErr_Format(PyExc_ValueError, "srcs and dsts: one per tensor");
+    char *words, **srcs = NULL, **dsts = NULL, *fused = NULL;
+    size_t word_bytes, src_total, dst_total, fused_bytes = 0, *src_bytes, *dst_bytes;
+    if (check_dtype(dtype) || check_op(op) || get_array(words_obj, "words", 1, &words, &word_bytes)) return NULL;
+    if (get_array_list(srcs_obj, "tensor", 0, &srcs, &src_bytes, &src_total)) return NULL;
+    if (get_array_list(dsts_obj, "output", 1, &dsts, &dst_bytes, &dst_total)) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (src_bytes[i] != dst_bytes[i]) {
+            PyErr_Format(PyExc_ValueError, "output %zd has %zu bytes, its tensor %zu", i, dst_bytes[i], src_bytes[i]);
+            goto fail;
+        }
+    if (n > 1 && (get_array(fused_obj, "fusion buffer", 1, &fused, &fused_bytes) || fused_bytes < src_total)) {
+        if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "fusion buffer holds %zu bytes, tensors need %zu",
+                                            fused_bytes, src_total);
+        goto fail;
+    }
     uint64_t proposal_small[8], *proposal = word_bytes <= sizeof proposal_small ? proposal_small : malloc(word_bytes);
-    if (!proposal) return PyErr_NoMemory();
+    if (!proposal) { PyErr_NoMemory(); goto fail; }
     memcpy(proposal, words, word_bytes);
     MPI_Comm ctrl = MPI_Comm_f2c(ctrl_f), comm = MPI_Comm_f2c(comm_f);
     rt_tuning tuning = {(size_t)small_bytes, (size_t)(segment_bytes > 0 ? segment_bytes : 1)};
@@ -353,16 +374,30 @@ static PyObject *py_round_allreduce(PyObject *self, PyObject *args) {
     err = MPI_Iallreduce(MPI_IN_PLACE, words, (int)(word_bytes / 8), MPI_UINT64_T, MPI_BAND, ctrl, &req);
     if (!err) err = rt_wait_collective(&req, ctrl);
     agreed = !err && memcmp(proposal, words, word_bytes) == 0;
-    if (agreed) {
+    if (agreed) {  /* what the executor does with one fusion group: one tensor directly, several packed */
+        const size_t count = src_total / rt_dtype_size(dtype);
         rt_lock();
-        err = rt_allreduce(src, dst, src_bytes / rt_dtype_size(dtype), (rt_dtype)dtype, (rt_op)op, prescale,
-                           postscale, &tuning, comm, &used);
+        if (n == 1) {
+            err = rt_allreduce(srcs[0], dsts[0], count, (rt_dtype)dtype, (rt_op)op, prescale, postscale, &tuning,
+                               comm, &used);
+        } else {
+            rt_pack(fused, srcs, src_bytes, (size_t)n);
+            err = rt_allreduce(fused, fused, count, (rt_dtype)dtype, (rt_op)op, prescale, postscale, &tuning, comm,
+                               &used);
+            if (!err) rt_unpack(fused, dsts, dst_bytes, (size_t)n);
+        }
         rt_unlock();
     }
     Py_END_ALLOW_THREADS
     if (proposal != proposal_small) free(proposal);
+    free(srcs);
+    free(dsts);
     if (err && raise_mpi_error(agreed ? "allreduce" : "a negotiation round", err)) return NULL;
     return PyBool_FromLong(agreed);
+fail:
+    free(srcs);
+    free(dsts);
+    return NULL;
 }
 
 /* control_gatherv(comm_f, payload, out, sizes, root): payloads (uint8) concatenated on root, whose
@@ -466,7 +501,8 @@ static PyMethodDef methods[] = {
     {"barrier", py_barrier, METH_VARARGS, "barrier(comm_f)"},
     {"control_band", py_control_band, METH_VARARGS, "control_band(comm_f, words): bitwise AND of uint64 words, in place"},
     {"round_allreduce", py_round_allreduce, METH_VARARGS,
-     "round_allreduce(ctrl_f, words, comm_f, src, dst, dtype, op, prescale, postscale, small, segment) -> agreed"},
+     "round_allreduce(ctrl_f, words, comm_f, srcs, dsts, fused, dtype, op, prescale, postscale, small, segment) -> "
+     "agreed: a round's bit vector, then (if every rank proposed exactly these bits) one fusion group's allreduce"},
     {"control_gatherv", py_control_gatherv, METH_VARARGS, "control_gatherv(comm_f, payload, out, sizes, root)"},
     {"control_bcast", py_control_bcast, METH_VARARGS, "control_bcast(comm_f, buf, root)"},
     {"liveness_start", py_liveness_start, METH_VARARGS, "liveness_start(comm_f, period, stale): start the heartbeats"},

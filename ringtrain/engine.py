@@ -374,39 +374,66 @@ class Engine:
             self.autotuner.observe(self.executor.bytes_reduced, time.perf_counter())
 
     def _fast_candidate(self, state, cached, announce, need_slow, joined):
-        """The steady state of a training loop's synchronous call: this set has one request
-        pending, a single-tensor allreduce whose bit is cached, and nothing else to say. Its
-        round then sends exactly what the general path sends (the same bit vector, then the
-        same allreduce), so other ranks need not take the fast path too; only Python's
-        bookkeeping between the two collectives is skipped, in one C call."""
-        if len(cached) != 1 or announce or need_slow or joined or len(state.pending) != 1 or self.timeline:
+        """The steady state of a training loop: every request pending on this set is a cached
+        allreduce this round proposes, and together they make exactly one fusion group (or one
+        tensor of any size). Returns them in bit order, or None. The fast round sends exactly
+        what the general path sends (the same bit vector, then the same allreduce of the same
+        packed bytes, planned by the same rule: executor.plan_fusion), so other ranks need not
+        take the fast path too; only Python's bookkeeping between the collectives is skipped."""
+        pending = state.pending
+        if len(cached) != len(pending) or not cached or announce or need_slow or joined or self.timeline:
             return None
-        request = next(iter(state.pending.values()))
-        if request.kind != "allreduce" or len(request.tensors) != 1:
+        requests = list(pending.values())
+        if len(requests) > 1:
+            requests.sort(key=lambda r, bit_of=state.cache.bit_of: bit_of[r.name])
+        first = requests[0]
+        if first.kind != "allreduce":
             return None
-        return request
+        if len(requests) == 1 and len(first.tensors) == 1:
+            return requests
+        key, total, t = (first.code, first.op, first.prescale, first.postscale), 0, self.tuning
+        for request in requests:
+            if request.kind != "allreduce" or (request.code, request.op, request.prescale, request.postscale) != key:
+                return None
+            nbytes = request.nbytes
+            if nbytes >= t.segment_bytes and len(request.tensors) == 1:
+                return None  # the general path runs this one on its own
+            total += nbytes
+        return requests if total <= t.fusion_threshold else None
 
-    def _fast_allreduce(self, state, request, words, started):
-        """Runs the round's bit-vector allreduce and, if every rank proposed exactly this one
-        tensor, its allreduce, in C. False (words holding the agreed bits) when the others
-        proposed something else: the general path goes on from there."""
+    def _fast_allreduce(self, state, requests, words, started):
+        """Runs the round's bit-vector allreduce and, if every rank proposed exactly these
+        tensors, their allreduce (packed if several), in C. False (words holding the agreed
+        bits) when the others proposed something else: the general path goes on from there."""
         t, core = self.tuning, self.runtime.core
+        first = requests[0]
+        if len(requests) == 1:
+            srcs, dsts = first.tensors, first.outputs
+        else:
+            srcs = [x for r in requests for x in r.tensors]
+            dsts = [x for r in requests for x in r.outputs]
+        total = sum(r.nbytes for r in requests) if len(srcs) > 1 else srcs[0].nbytes
         try:
             agreed = core.round_allreduce(
-                state.ctrl_handle, words, state.handle, request.tensors[0], request.outputs[0], request.code,
-                request.op, request.prescale, request.postscale, t.small_allreduce_threshold, t.segment_bytes)
+                state.ctrl_handle, words, state.handle, srcs, dsts,
+                self.executor.fusion_buffer(total) if len(srcs) > 1 else None, first.code, first.op, first.prescale,
+                first.postscale, t.small_allreduce_threshold, t.segment_bytes)
         except core.NoProgressError as exc:
             if str(exc).startswith("allreduce"):  # stopped in the data, not in the bit vector
-                exc.items = [Item(request.name, request.signature(), request, started)]
+                exc.items = [Item(r.name, r.signature(), r, started) for r in requests]
             raise
         if not agreed:
             return False
         self.negotiation_seconds += time.perf_counter() - started
         self._activity = True
-        del state.pending[request.name]
-        state.waited.pop(request.name, None)
-        self.executor.bytes_reduced += request.tensors[0].nbytes
-        request.handle.complete(request.outputs[0])
+        pending, waited = state.pending, state.waited
+        for request in requests:
+            del pending[request.name]
+            if waited:
+                waited.pop(request.name, None)
+            outputs = request.outputs
+            request.handle.complete(outputs[0] if len(outputs) == 1 else list(outputs))
+        self.executor.bytes_reduced += total
         if self.autotuner is not None and state.id == 0:
             self.autotuner.observe(self.executor.bytes_reduced, time.perf_counter())
         return True

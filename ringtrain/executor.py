@@ -91,7 +91,7 @@ class Executor:
         return failures
 
     # --- allreduce, fused or not ---------------------------------------------------------
-    def _buffer(self, nbytes):
+    def fusion_buffer(self, nbytes):
         if self._fusion_buffer.nbytes < nbytes:
             self._fusion_buffer = np.empty(max(nbytes, 2 * self._fusion_buffer.nbytes), dtype=np.uint8)
         return self._fusion_buffer
@@ -109,7 +109,7 @@ class Executor:
             copied_in = copied_out = started
         else:
             total = sum(item.nbytes for item in group)
-            fused = self._buffer(total)[:total].view(SUPPORTED[code])
+            fused = self.fusion_buffer(total)[:total].view(SUPPORTED[code])
             self.core.pack(fused, tensors)
             copied_in = time.perf_counter()
             algorithm = self.core.allreduce(ps.handle, fused, fused, code, op, pre, post,
@@ -154,7 +154,7 @@ class Executor:
             out[start:start + tensors[0].shape[0]] = tensors[0]
             self.core.allgatherv(ps.handle, out, block_bytes, self.tuning.segment_bytes)
         else:
-            staging = self._buffer(int(block_bytes.sum()))[: int(block_bytes.sum())]
+            staging = self.fusion_buffer(int(block_bytes.sum()))[: int(block_bytes.sum())]
             offset = int(block_bytes[: ps.rank].sum())
             self.core.pack(staging[offset:offset + int(block_bytes[ps.rank])], list(tensors))
             self.core.allgatherv(ps.handle, staging, block_bytes, self.tuning.segment_bytes)
@@ -192,7 +192,7 @@ class Executor:
         counts = np.sum(shares, axis=0)
         dtype = tensors[0].dtype
         total = int(counts.sum())
-        fused = self._buffer(2 * total * itemsize)
+        fused = self.fusion_buffer(2 * total * itemsize)
         packed = fused[: total * itemsize].view(dtype)
         mine = fused[total * itemsize: total * itemsize + int(counts[ps.rank]) * itemsize].view(dtype)
         offsets = [np.concatenate([[0], np.cumsum(s)]) for s in shares]

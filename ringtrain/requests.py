@@ -88,10 +88,12 @@ class Request:
     grouped: bool = False           # a grouped_* call: its result is a list, even of one tensor
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
     handle: Handle = None
+    nbytes: int = 0                 # of the inputs, set here: rounds ask often
     _signature: list = None
 
     def __post_init__(self):
         self.handle = Handle(self)
+        self.nbytes = self.tensors[0].nbytes if len(self.tensors) == 1 else sum(t.nbytes for t in self.tensors)
 
     def shape_key(self):
         if self.payload is not None:  # control requests: what every rank must agree on
@@ -108,9 +110,6 @@ class Request:
                                self.postscale]
         return self._signature
 
-    @property
-    def nbytes(self):
-        return sum(t.nbytes for t in self.tensors)
 
 
 def describe(field, value):
