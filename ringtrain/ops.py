@@ -23,6 +23,8 @@ Product = ReduceOp.Product
 
 def as_op(op):
     """The ReduceOp for `op` (a ReduceOp, its value or its name), or ValueError naming it."""
+    if type(op) is ReduceOp:  # the common case, on every call
+        return op
     try:
         if isinstance(op, str):
             return ReduceOp[op.capitalize()]

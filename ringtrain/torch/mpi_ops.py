@@ -179,6 +179,10 @@ def _set_rank(process_set, global_rank, arg="root_rank"):
 
 
 # --- allreduce ------------------------------------------------------------------------------
+_ALLREDUCE_SUBMIT = {(False, False): core.allreduce_async, (False, True): core.allreduce_async_,
+                     (True, False): core.grouped_allreduce_async, (True, True): core.grouped_allreduce_async_}
+
+
 def _allreduce_async(kind, tensors, in_place, name, op, prescale_factor, postscale_factor, process_set):
     grouped = kind.startswith("grouped")
     name, key = _claim(name, process_set, kind)
@@ -189,9 +193,7 @@ def _allreduce_async(kind, tensors, in_place, name, op, prescale_factor, postsca
     if op is Adasum:
         return _adasum_async(items, arrays, grouped, in_place, name, prescale_factor, postscale_factor, process_set,
                              key)
-    submit = {(False, False): core.allreduce_async, (False, True): core.allreduce_async_,
-              (True, False): core.grouped_allreduce_async, (True, True): core.grouped_allreduce_async_}[grouped, in_place]
-    handle = submit(arrays if grouped else arrays[0], op=op, name=name, prescale_factor=prescale_factor,
+    handle = _ALLREDUCE_SUBMIT[grouped, in_place](arrays if grouped else arrays[0], op=op, name=name, prescale_factor=prescale_factor,
                     postscale_factor=postscale_factor, process_set=process_set)
     if in_place:
         finish = (lambda _: tensors)

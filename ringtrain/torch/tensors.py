@@ -19,11 +19,12 @@ def _check_tensor(tensor, arg):
 def to_numpy(tensor, arg="tensor"):
     """A numpy array sharing `tensor`'s memory (no copy, whatever the dtype)."""
     _check_tensor(tensor, arg)
-    if tensor.device.type != "cpu":
+    if not tensor.is_cpu:
         raise ValueError(f"{arg} is on device {tensor.device}; ringtrain.torch reduces CPU tensors only")
     if tensor.layout != torch.strided:
         raise TypeError(f"{arg} has layout {tensor.layout}; use sparse_allreduce_async for sparse tensors")
-    tensor = tensor.detach()
+    if tensor.requires_grad:  # .numpy() refuses those; detach() is a new tensor object, so only then
+        tensor = tensor.detach()
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16).numpy().view(_NUMPY_BFLOAT16)
     try:
