@@ -59,7 +59,7 @@ from .model_parallel import ColumnParallelLinear, RowParallelLinear
 from .plan import plan  # rt.plan(...) is the advisor; `from ringtrain.plan import ...` reaches the module
 from .sparse import SparseGradient, sparse_allreduce
 from .averaging import ModelAveraging
-from .ops import Average, Max, Min, Product, ReduceOp, Sum
+from .ops import Adasum, Average, Max, Min, Product, ReduceOp, Sum
 from .runtime import (
     cross_rank,
     cross_size,

@@ -10,12 +10,12 @@ import math
 
 import numpy as np
 
-from . import runtime
+from . import adasum, runtime
 from .dtypes import BOOL_CODE
 from .executor import split_rows
-from .ops import Average, ReduceOp, as_op
+from .ops import Adasum, Average, ReduceOp, as_op
 from .process_sets import ProcessSet, global_process_set
-from .requests import Handle, Request, unnamed_name
+from .requests import Handle, Request, UnnamedName, unnamed_name
 from .tensors import as_array
 
 _PLAIN_NUMBERS = (int, float)
@@ -95,6 +95,10 @@ def _allreduce(kind, tensors, op, name, prescale_factor, postscale_factor, proce
     engine, state = _set(process_set, kind)
     arrays, code = _tensors(tensors, in_place, kind)
     op, pre, post = _check_reduction(op, code, prescale_factor, postscale_factor)
+    if op is Adasum:
+        handle = _adasum(engine, state, kind, arrays, code, _name(kind, name, state.id), pre, post, in_place)
+        result = engine.wait(handle) if wait else handle
+        return tensors if wait and in_place else result
     outputs = arrays if in_place else [np.empty_like(a) for a in arrays]
     request = Request("allreduce", _name(kind, name, state.id), state.id, arrays, outputs, code, int(op), -1, pre,
                       post, grouped=kind.startswith("grouped_"))
@@ -153,6 +157,29 @@ def grouped_allreduce_async_(tensors, op=Average, name=None, prescale_factor=1.0
                              process_set=global_process_set):
     return _allreduce("grouped_allreduce", list(tensors), op, name, prescale_factor, postscale_factor,
                       process_set, True, False)
+
+
+def _adasum(engine, state, kind, arrays, code, name, pre, post, in_place):
+    """op=Adasum: each tensor is allgathered (one row per rank) and the rows are combined in
+    Horovod's recursive-halving order, in float64 (ringtrain/adasum.py). This costs an
+    allgather, not an allreduce, and like Horovod's CPU Adasum needs a power-of-two set."""
+    adasum.check(state.size, [a.dtype for a in arrays])
+    part_name = UnnamedName if isinstance(name, UnnamedName) else str  # unnamed names keep recurring
+    parts = [_submit(engine, Request("allgather", part_name(f"{name}.adasum.{i}"), state.id, [a.reshape(1, -1)], [],
+                                     code), False) for i, a in enumerate(arrays)]
+
+    def combine():
+        outputs = []
+        for array, part in zip(arrays, parts):
+            rows = engine.wait(part)
+            result = (adasum.combine(rows.astype(np.float64) * pre) * post).reshape(array.shape).astype(array.dtype)
+            if in_place:
+                array[...] = result
+                result = array
+            outputs.append(result)
+        return outputs if len(outputs) > 1 else outputs[0]
+
+    return Handle("allreduce", name, kind.startswith("grouped_"), engine, parts=parts, deferred=combine)
 
 
 # --- allgather ------------------------------------------------------------------------------
@@ -229,6 +256,8 @@ def _reducescatter(kind, tensors, op, name, prescale_factor, postscale_factor, p
     for a in arrays:
         _check_rows(a, "tensor", "reducescatter")
     op, pre, post = _check_reduction(op, code, prescale_factor, postscale_factor)
+    if op is Adasum:
+        raise ValueError(f"{kind} does not support op=Adasum (nor does Horovod's); use allreduce")
     request = Request("reducescatter", _name(kind, name, state.id), state.id, arrays, [], code, int(op), -1, pre,
                       post, grouped=kind.startswith("grouped_"))
     return _submit(engine, request, wait)
@@ -316,13 +345,14 @@ def join():
 
 def poll(handle):
     """True once the operation behind `handle` has finished (successfully or not)."""
-    return _handle(handle, "poll").done
+    return _handle(handle, "poll").ready()
 
 
 def synchronize(handle):
     """Wait for `handle` and return its output (alltoall: (output, received_splits); grouped
     ops: a list), or raise the operation's error."""
-    return runtime.current("synchronize").engine.wait(_handle(handle, "synchronize"))
+    runtime.current("synchronize")
+    return _handle(handle, "synchronize").wait()
 
 
 def _handle(handle, caller):

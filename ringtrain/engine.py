@@ -130,12 +130,19 @@ class Engine:
                     if self.failure is not None or self._stop.is_set():
                         raise
             state.unnamed_holders[request.name] = weakref.ref(request.handle)  # not the result
+        request.handle.engine = self
         state.queue.append(request)
         if self._dozing:  # at the normal pace the loop comes by within a cycle anyway
             self._doorbell.set()
         return request.handle
 
     def wait(self, handle):
+        if handle.deferred is not None:  # a handle over parts: wait for them, then combine
+            run, handle.deferred = handle.deferred, None
+            try:
+                handle.complete(run())
+            except BaseException as exc:
+                handle.fail(exc)
         while not handle.done:
             if self.failure is not None:
                 raise self._failure_error()

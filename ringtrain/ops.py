@@ -1,5 +1,6 @@
 """Reduction operations, with Horovod's names. The integer values are the C core's codes
-(csrc/ringtrain.h, rt_op)."""
+(csrc/ringtrain.h, rt_op), except Adasum's: it is not an element-wise reduction, and
+ringtrain.collectives runs it as an allgather and a combination (ringtrain/adasum.py)."""
 import enum
 
 
@@ -9,6 +10,7 @@ class ReduceOp(enum.IntEnum):
     Min = 2
     Max = 3
     Product = 4
+    Adasum = 5
 
     def __repr__(self):
         return self.name
@@ -19,6 +21,7 @@ Average = ReduceOp.Average
 Min = ReduceOp.Min
 Max = ReduceOp.Max
 Product = ReduceOp.Product
+Adasum = ReduceOp.Adasum
 
 
 def as_op(op):

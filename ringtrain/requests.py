@@ -19,19 +19,27 @@ SIGNATURE_FIELDS = ("collective", "dtype", "shape", "op", "root rank", "prescale
 
 
 class Handle:
-    """An operation in flight. poll() tells whether it finished; synchronize() waits for it and
-    returns its output (or raises its error)."""
+    """An operation in flight, the one handle type of the numpy API and ringtrain.torch.
+    ready() tells whether waiting would not block; wait() (or calling the handle, as Horovod's
+    sparse handles are called) waits and returns the output, or raises the operation's error.
+    `finish` (or None) turns the core's result into what wait() returns (torch tensors). A
+    handle over other handles (`parts`, e.g. Adasum's allgathers) completes by running
+    `deferred` when it is first waited on."""
 
     # No reference back to the Request: the Request holds the handle, and a cycle between them
     # would keep the output arrays alive until the cyclic garbage collector ran, so every large
     # out-of-place call paid for fresh memory (page faults) instead of reusing what was freed.
-    __slots__ = ("kind", "name", "grouped", "done", "result", "error", "__weakref__")
+    __slots__ = ("kind", "name", "grouped", "done", "result", "error", "engine", "finish", "parts", "deferred",
+                 "__weakref__")
 
-    def __init__(self, request):
-        self.kind, self.name, self.grouped = request.kind, request.name, request.grouped
+    def __init__(self, kind, name, grouped=False, engine=None, parts=None, deferred=None):
+        self.kind, self.name, self.grouped = kind, name, grouped
         self.done = False
         self.result = None
         self.error = None
+        self.engine = engine  # set by Engine.submit: who completes it
+        self.finish = None
+        self.parts, self.deferred = parts, deferred
 
     def complete(self, result):
         if self.grouped and not isinstance(result, list):  # a one-tensor group is still a group
@@ -41,6 +49,16 @@ class Handle:
     def fail(self, error):
         if not self.done:
             self.error, self.done = error, True
+
+    def ready(self):
+        """Finished, or (a handle over parts) every part has: waiting will not block."""
+        return self.done or (self.parts is not None and all(p.ready() for p in self.parts))
+
+    def wait(self):
+        result = self.engine.wait(self)
+        return result if self.finish is None else self.finish(result)
+
+    __call__ = wait
 
     def __repr__(self):
         state = "failed" if self.error else "done" if self.done else "pending"
@@ -92,7 +110,7 @@ class Request:
     _signature: list = None
 
     def __post_init__(self):
-        self.handle = Handle(self)
+        self.handle = Handle(self.kind, self.name, self.grouped)
         self.nbytes = self.tensors[0].nbytes if len(self.tensors) == 1 else sum(t.nbytes for t in self.tensors)
 
     def shape_key(self):

@@ -5,18 +5,16 @@ core's (`average=` -> op, a global root rank -> the rank inside the process set,
 splits tensor), and submits through ringtrain.collectives, which validates, negotiates and
 runs everything. What is left here is what Horovod does differently at the edge:
 
-* handles: Horovod's *_async calls return a handle that poll()/synchronize() take, and
-  synchronize() returns torch tensors. A second in-flight operation with the same name is a
-  ValueError at once, on the rank that made it (Horovod's behaviour), rather than a failed
-  handle later.
-* Adasum: the core has no Adasum collective. The tensors are allgathered here and combined by
-  ringtrain.adasum, pairwise in the order of Horovod's recursive halving (ranks 0+1, 2+3, then
-  (0+1)+(2+3), ...). This costs an allgather, not an allreduce, and like Horovod's CPU Adasum it
-  needs a power-of-two number of ranks; other sizes raise ValueError.
+* handles: the core's Handle, with a `finish` that turns its result into torch tensors. A
+  second in-flight operation with the same name is a ValueError at once, on the rank that made
+  it (Horovod's behaviour), rather than a failed handle later.
+* Adasum is the core's op (ringtrain.collectives: an allgather, then the rows combined in
+  Horovod's recursive-halving order; like Horovod's CPU Adasum it needs a power-of-two set).
 * sparse_allreduce_async: through ringtrain.sparse, its cost model choosing the method.
 * unnamed operations are numbered per (kind, process set), so that calls some ranks make on a
   set they belong to cannot shift the names of later calls on other sets."""
 import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -24,10 +22,10 @@ import torch
 from .. import adasum
 from .. import collectives as core
 from .. import runtime
-from ..ops import Average, Max, Min, Product, Sum, as_op
+from ..ops import Adasum, Average, Max, Min, Product, Sum, as_op
 from ..process_sets import ProcessSet as _CoreProcessSet
 from ..process_sets import global_process_set
-from ..requests import unnamed_name
+from ..requests import Handle, unnamed_name
 from .tensors import contiguous, from_numpy, to_numpy
 
 
@@ -46,67 +44,7 @@ class ProcessSet(_CoreProcessSet):
         return super().rank()
 
 
-class _AdasumOp:
-    """Horovod's hvd.Adasum: an adaptive sum of gradients (see the module docstring)."""
-
-    def __repr__(self):
-        return "Adasum"
-
-
-Adasum = _AdasumOp()
-
-
-class Handle:
-    """An operation in flight: poll(handle), synchronize(handle), or call it (sparse handles are
-    called in Horovod). `finish` turns the core's result into what synchronize() returns."""
-
-    __slots__ = ("_core", "_finish", "_key", "_result", "_done")
-
-    def __init__(self, core_handle, finish, key=None):
-        self._core, self._finish, self._key = core_handle, finish, key
-        self._done = False
-        self._result = None
-
-    def poll(self):
-        return self._done or self._core.done
-
-    def wait(self):
-        if not self._done:
-            try:
-                value = core.synchronize(self._core)
-            finally:
-                _in_flight.pop(self._key, None)
-            self._result, self._done = self._finish(value), True
-        return self._result
-
-    __call__ = wait
-
-
-class _Ready(Handle):
-    """A handle over several handles (Adasum's allgathers): finish receives their results."""
-
-    __slots__ = ("_parts",)
-
-    def __init__(self, parts, finish, key=None):
-        super().__init__(None, finish, key)
-        self._parts = parts
-
-    def poll(self):
-        return self._done or all(p.poll() for p in self._parts)
-
-    def wait(self):
-        if not self._done:
-            try:
-                values = [p.wait() for p in self._parts]
-            finally:
-                _in_flight.pop(self._key, None)
-            self._result, self._done = self._finish(values), True
-        return self._result
-
-    __call__ = wait
-
-
-# (process set id, name) -> Handle, for Horovod's duplicate-name check
+# (process set id, name) -> weak reference to the latest Handle, for Horovod's duplicate-name check
 _in_flight = {}
 
 
@@ -121,15 +59,18 @@ def _claim(name, process_set, kind):
         raise TypeError(f"name={name!r} must be a str")
     key = (process_set.process_set_id, name)
     previous = _in_flight.get(key)
-    if previous is not None and not previous.poll():
+    previous = previous() if previous is not None else None
+    if previous is not None and not previous.ready():
         raise ValueError(f"{kind}: an operation named '{name}' is already in flight on rank {runtime.rank()}; "
                          "names of concurrent operations must be unique")
     return name, key
 
 
-def _track(handle):
-    if handle._key is not None:
-        _in_flight[handle._key] = handle
+def _track(handle, finish, key):
+    """The core's handle, returning torch tensors (finish) and known by name until it completes."""
+    handle.finish = finish
+    if key is not None:
+        _in_flight[key] = weakref.ref(handle)
     return handle
 
 
@@ -139,7 +80,7 @@ def _tensor_list(outputs):
 
 def poll(handle):
     """True once the operation behind `handle` has finished."""
-    return _handle(handle, "poll").poll()
+    return _handle(handle, "poll").ready()
 
 
 def synchronize(handle):
@@ -148,7 +89,7 @@ def synchronize(handle):
 
 
 def _handle(handle, caller):
-    if not (hasattr(handle, "poll") and hasattr(handle, "wait")):
+    if not isinstance(handle, Handle):
         raise TypeError(f"{caller}() takes the handle that a *_async call returned, got {handle!r}")
     return handle
 
@@ -163,7 +104,7 @@ def _op(op, average):
         return Average if average else Sum
     if op is None:
         return Average
-    return op if op is Adasum else as_op(op)
+    return as_op(op)
 
 
 def _set_rank(process_set, global_rank, arg="root_rank"):
@@ -190,18 +131,9 @@ def _allreduce_async(kind, tensors, in_place, name, op, prescale_factor, postsca
     if not in_place:
         items = [contiguous(t) for t in items]
     arrays = [to_numpy(t, f"tensors[{i}]" if grouped else "tensor") for i, t in enumerate(items)]
-    if op is Adasum:
-        return _adasum_async(items, arrays, grouped, in_place, name, prescale_factor, postscale_factor, process_set,
-                             key)
     handle = _ALLREDUCE_SUBMIT[grouped, in_place](arrays if grouped else arrays[0], op=op, name=name, prescale_factor=prescale_factor,
                     postscale_factor=postscale_factor, process_set=process_set)
-    if in_place:
-        finish = (lambda _: tensors)
-    elif grouped:
-        finish = _tensor_list
-    else:
-        finish = from_numpy
-    return _track(Handle(handle, finish, key))
+    return _track(handle, (lambda _: tensors) if in_place else _tensor_list if grouped else from_numpy, key)
 
 
 def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
@@ -240,43 +172,21 @@ def grouped_allreduce_(tensors, average=None, name=None, op=None, prescale_facto
                                                 process_set))
 
 
-# --- Adasum ---------------------------------------------------------------------------------
 adasum_reference = adasum.combine  # kept under this name for the binding's tests
-
-def _adasum_async(tensors, arrays, grouped, in_place, name, prescale_factor, postscale_factor, process_set, key):
-    adasum.check(process_set.size(), [a.dtype for a in arrays])
-    # One row per tensor element, gathered in rank order; the combination is done in float64.
-    flat = [np.ascontiguousarray(a.reshape(1, -1)) for a in arrays]
-    parts = [_track(Handle(core.allgather_async(f, name=f"{name}.adasum.{i}",
-                                                process_set=process_set), lambda v: v)) for i, f in enumerate(flat)]
-
-    def finish(gathered):
-        outputs = []
-        for tensor, array, rows in zip(tensors, arrays, gathered):
-            combined = adasum.combine(rows.astype(np.float64) * prescale_factor) * postscale_factor
-            result = combined.reshape(array.shape).astype(array.dtype)
-            if in_place:
-                array[...] = result
-                outputs.append(tensor)
-            else:
-                outputs.append(from_numpy(result))
-        return outputs if grouped else outputs[0]
-
-    return _track(_Ready(parts, finish, key))
 
 
 # --- allgather ------------------------------------------------------------------------------
 def allgather_async(tensor, name=None, process_set=global_process_set):
     name, key = _claim(name, process_set, "allgather")
     handle = core.allgather_async(to_numpy(contiguous(tensor)), name=name, process_set=process_set)
-    return _track(Handle(handle, from_numpy, key))
+    return _track(handle, from_numpy, key)
 
 
 def grouped_allgather_async(tensors, name=None, process_set=global_process_set):
     name, key = _claim(name, process_set, "grouped_allgather")
     arrays = [to_numpy(contiguous(t), f"tensors[{i}]") for i, t in enumerate(tensors)]
     handle = core.grouped_allgather_async(arrays, name=name, process_set=process_set)
-    return _track(Handle(handle, _tensor_list, key))
+    return _track(handle, _tensor_list, key)
 
 
 # --- broadcast ------------------------------------------------------------------------------
@@ -285,9 +195,9 @@ def _broadcast_async(tensor, root_rank, name, process_set, in_place):
     root = _set_rank(process_set, root_rank)
     if in_place:
         handle = core.broadcast_async_(to_numpy(tensor), root, name=name, process_set=process_set)
-        return _track(Handle(handle, lambda _: tensor, key))
+        return _track(handle, lambda _: tensor, key)
     handle = core.broadcast_async(to_numpy(contiguous(tensor)), root, name=name, process_set=process_set)
-    return _track(Handle(handle, from_numpy, key))
+    return _track(handle, from_numpy, key)
 
 
 def broadcast_async(tensor, root_rank, name=None, process_set=global_process_set):
@@ -333,7 +243,7 @@ def alltoall_async(tensor, splits=None, name=None, process_set=global_process_se
         output, received = result
         return from_numpy(output), torch.from_numpy(np.asarray(received, dtype=np.int32))
 
-    return _track(Handle(handle, finish, key))
+    return _track(handle, finish, key)
 
 
 # --- reducescatter --------------------------------------------------------------------------
@@ -346,10 +256,10 @@ def _reducescatter_async(kind, tensors, name, op, prescale_factor, postscale_fac
         arrays = [to_numpy(contiguous(t), f"tensors[{i}]") for i, t in enumerate(tensors)]
         handle = core.grouped_reducescatter_async(arrays, op=op, name=name, prescale_factor=prescale_factor,
                                                   postscale_factor=postscale_factor, process_set=process_set)
-        return _track(Handle(handle, _tensor_list, key))
+        return _track(handle, _tensor_list, key)
     handle = core.reducescatter_async(to_numpy(contiguous(tensors)), op=op, name=name, prescale_factor=prescale_factor,
                                       postscale_factor=postscale_factor, process_set=process_set)
-    return _track(Handle(handle, from_numpy, key))
+    return _track(handle, from_numpy, key)
 
 
 def reducescatter_async(tensor, name=None, op=Average, prescale_factor=1.0, postscale_factor=1.0,
@@ -365,30 +275,6 @@ def grouped_reducescatter_async(tensors, name=None, op=Average, prescale_factor=
 
 
 # --- sparse ---------------------------------------------------------------------------------
-class _Deferred(Handle):
-    """A sparse allreduce: ringtrain.sparse.sparse_allreduce runs when the handle is waited on (or
-    called, as Horovod's sparse handles are)."""
-
-    __slots__ = ("_run",)
-
-    def __init__(self, run, key):
-        super().__init__(None, None, key)
-        self._run = run
-
-    def poll(self):
-        return self._done
-
-    def wait(self):
-        if not self._done:
-            try:
-                self._result, self._done = self._run(), True
-            finally:
-                _in_flight.pop(self._key, None)
-        return self._result
-
-    __call__ = wait
-
-
 def sparse_allreduce_async(tensor, name=None, op=Average, process_set=global_process_set):
     """Allreduce of a sparse COO tensor through ringtrain.sparse (method "auto": Horovod's
     allgather of indices and values, owner-sharded reduction or dense, whichever its cost model
@@ -419,7 +305,8 @@ def sparse_allreduce_async(tensor, name=None, op=Average, process_set=global_pro
         values = torch.from_numpy(np.ascontiguousarray(reduced.values)).to(t.dtype)
         return torch.sparse_coo_tensor(indices, values, shape, check_invariants=False).coalesce()
 
-    return _track(_Deferred(run, key))
+    engine = runtime.current("sparse_allreduce_async").engine
+    return _track(Handle("sparse_allreduce", name, engine=engine, deferred=run), None, key)
 
 
 # --- synchronisation and process sets -------------------------------------------------------

@@ -124,3 +124,37 @@ def test_releases_the_gil_while_communicating():
         stop.set()
         thread.join()
     assert during > 0, "the counting thread never ran during the allreduce: the GIL was held"
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["out-of-place", "in-place"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_adasum_matches_reference_or_refuses_non_power_of_two(dtype, in_place):
+    size, rank = rt.size(), rt.rank()
+    inputs = [rank_input(dtype, (37,), q) for q in range(size)]
+    mine = inputs[rank].copy()
+    call = rt.allreduce_ if in_place else rt.allreduce
+    if size & (size - 1):
+        with pytest.raises(ValueError, match="power-of-two"):
+            call(mine, op=rt.Adasum, name="adasum.refused")
+        np.testing.assert_array_equal(mine, inputs[rank])  # nothing was touched
+        return
+    result = call(mine, op=rt.Adasum, prescale_factor=0.5, postscale_factor=3.0)
+    assert (result is mine) == in_place
+    # independent reference: pairwise (1 - a.b/2|a|^2) a + (1 - a.b/2|b|^2) b, in recursive-halving order
+    level = [0.5 * x.astype(np.float64) for x in inputs]
+    while len(level) > 1:
+        nxt = []
+        for a, b in zip(level[::2], level[1::2]):
+            dot = a @ b
+            nxt.append((1 - dot / (2 * (a @ a))) * a + (1 - dot / (2 * (b @ b))) * b)
+        level = nxt
+    np.testing.assert_allclose(result, (3.0 * level[0]).astype(dtype), rtol=1e-6 if dtype == np.float32 else 1e-12)
+    # grouped and async: one handle over both tensors' allgathers
+    handle = rt.grouped_allreduce_async([inputs[rank], inputs[rank][:5].copy()], op=rt.Adasum, name="adasum.group")
+    grouped = rt.synchronize(handle)
+    assert rt.poll(handle) and len(grouped) == 2
+    np.testing.assert_allclose(grouped[0], rt.allreduce(inputs[rank], op=rt.Adasum), rtol=0)
+    with pytest.raises(ValueError, match="Adasum"):
+        rt.reducescatter(np.ones(4, dtype), op=rt.Adasum)
+    with pytest.raises(TypeError, match="floating-point"):
+        rt.allreduce(np.ones(4, np.int32), op=rt.Adasum)
