@@ -474,6 +474,13 @@ static PyObject *py_set_progress_timeout(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_set_gentle_waits(PyObject *self, PyObject *args) {
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
+    rt_set_gentle_waits(on);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_take_longest_quiet(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(rt_take_longest_quiet());
 }
@@ -508,6 +515,8 @@ static PyMethodDef methods[] = {
     {"liveness_start", py_liveness_start, METH_VARARGS, "liveness_start(comm_f, period, stale): start the heartbeats"},
     {"liveness_stop", py_liveness_stop, METH_NOARGS, "liveness_stop(): stop the heartbeats"},
     {"set_progress_timeout", py_set_progress_timeout, METH_VARARGS, "set_progress_timeout(seconds); 0 waits for ever"},
+    {"set_gentle_waits", py_set_gentle_waits, METH_VARARGS,
+     "set_gentle_waits(on): this thread's waits sleep once quiet (a background thread's)"},
     {"take_longest_quiet", py_take_longest_quiet, METH_NOARGS,
      "take_longest_quiet() -> seconds: the longest quiet stretch of a wait that completed (resets it)"},
     {"stall_report", py_stall_report, METH_NOARGS, "stall_report() -> dict: who the last wait that gave up waited on"},

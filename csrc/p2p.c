@@ -26,6 +26,16 @@
 static _Atomic double progress_timeout = 0.0;
 static _Atomic double longest_quiet = 0.0;
 
+/* A background thread's waits (the engine's own rounds) sleep once quiet for GENTLE_AFTER: the
+ * rank's main thread is computing meanwhile, and a waiter that only yields stays runnable and
+ * takes its core (2 ranks on 2 cores: each rank's engine thread competed with both main
+ * threads). A caller's own waits keep yielding: it has nothing else to do. */
+#define GENTLE_AFTER 50e-6
+#define GENTLE_SLEEP_NS 50000
+static _Thread_local int gentle_waits = 0;
+
+void rt_set_gentle_waits(int on) { gentle_waits = on; }
+
 void rt_set_progress_timeout(double seconds) { progress_timeout = seconds > 0 ? seconds : 0.0; }
 double rt_progress_timeout(void) { return progress_timeout; }
 
@@ -128,9 +138,14 @@ static int wait_loop(MPI_Request *items, const int *peers, size_t n, long target
             quiet_since = 0.0;
             continue;
         }
-        sched_yield();
         double now = rt_now();
-        if (quiet_since == 0.0) { quiet_since = now; continue; }
+        if (quiet_since == 0.0) quiet_since = now;
+        if (gentle_waits && now - quiet_since > GENTLE_AFTER) {
+            struct timespec pause = {0, GENTLE_SLEEP_NS};
+            nanosleep(&pause, NULL);
+        } else {
+            sched_yield();
+        }
         if (!published && now - quiet_since > PUBLISH_AFTER) {
             long first = target >= 0 ? target : 0;
             while (target < 0 && (size_t)first < n && items[first] == MPI_REQUEST_NULL) first++;

@@ -82,6 +82,9 @@ int rt_wait_collective(MPI_Request *req, MPI_Comm comm);
 /* Seconds without any completion before a wait consults liveness.c (0: wait for ever). */
 void rt_set_progress_timeout(double seconds);
 double rt_progress_timeout(void);
+/* Waits of the calling thread sleep once quiet for a while instead of only yielding (for a
+ * background thread: the engine's). */
+void rt_set_gentle_waits(int on);
 /* The longest stretch (seconds) a wait went without a completion and still completed, since
  * the last call (which resets it): what a deadline must stay above. */
 double rt_take_longest_quiet(void);

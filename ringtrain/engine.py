@@ -166,6 +166,7 @@ class Engine:
         next round at once. The pause counts from the end of a round: a round ends at the same
         moment on every rank (its first step is an allreduce), so idle ranks stay in phase and
         do not spin in MPI waiting for each other's next round."""
+        self.runtime.core.set_gentle_waits(True)  # this thread's rounds must not take the main thread's core
         idle_rounds = 0
         while True:
             cycle = self.tuning.cycle_time / 1000.0
