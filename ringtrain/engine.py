@@ -33,6 +33,7 @@ import weakref
 
 import numpy as np
 
+from .control import Announcement, Claim, Failure, FailureKind, Response, RoundMessage
 from .errors import ProgressTimeoutError, RingtrainError
 from .executor import Executor, Item
 from .negotiation import CROSS_CHECK_AFTER, CROSS_CHECK_EVERY, Coordinator, StallInspector
@@ -67,7 +68,7 @@ class SetState:
         self.announced = set()                # names sent to the coordinator
         self.waited = collections.Counter()   # name -> rounds waited on the cache path
         self.cache = ResponseCache()
-        self.errors_to_report = []
+        self.failures_to_report = []          # control.Failure found here, for the coordinator
         self.join_request = None
         self.join_announced = False
         self.unnamed_holders = {}             # unnamed name -> weak reference to its latest call's Handle
@@ -263,7 +264,7 @@ class Engine:
     def _claims(self, now):
         """Everything this rank has pending, in every set: the global coordinator compares them
         across sets to find a name submitted on different process sets (negotiation.py)."""
-        return [[name, state.id, state.ranks, now - request.submitted]
+        return [Claim(name, state.id, tuple(state.ranks), now - request.submitted)
                 for state in self.sets.values() for name, request in state.pending.items()]
 
     def _cross_check_due(self, now):
@@ -289,7 +290,7 @@ class Engine:
                 text = (f"'{request.name}' was submitted twice on rank {self.runtime.rank} "
                         "(the first one has not completed yet)")
                 request.handle.fail(RingtrainError(text))
-                state.errors_to_report.append([request.name, text])
+                state.failures_to_report.append(Failure(request.name, FailureKind.DUPLICATE, text))
                 continue
             state.pending[request.name] = request
 
@@ -307,9 +308,9 @@ class Engine:
             if hit and waited[name] < FALLBACK_ROUNDS:
                 cached.append(bit)
             else:
-                announce.append([name, signature])
+                announce.append(Announcement(name, signature))
         joined = state.join_request is not None
-        need_slow = bool(announce or state.errors_to_report or (joined and not state.join_announced))
+        need_slow = bool(announce or state.failures_to_report or (joined and not state.join_announced))
         if state.coordinator is not None and state.coordinator.needs_slow_round(started):
             need_slow = True
         if self.autotuner is not None and state.id == 0 and self.autotuner.has_news():
@@ -351,15 +352,13 @@ class Engine:
         if state.pending or state.queue or items or joined or not no_slow_path:
             self._activity = True  # not idle: keep the engine's pace
         if not no_slow_path:  # someone asked for the slow path
-            message = {"announce": announce, "errors": state.errors_to_report, "join": joined and not state.join_announced}
+            message = RoundMessage(announce, state.failures_to_report, joined and not state.join_announced)
             if state.id == 0:
-                claims = self._claims(started)
-                if claims:
-                    message["claims"] = claims
+                message.claims = self._claims(started) or None
             response = self._negotiate(state, message)
-            state.errors_to_report = []
-            state.announced.update(name for name, _ in announce)
-            if message["join"]:
+            state.failures_to_report = []
+            state.announced.update(a.name for a in announce)
+            if message.join:
                 state.join_announced = True
             ready_at = time.perf_counter()
             self._apply(state, response, items, ready_at)
@@ -475,17 +474,15 @@ class Engine:
                 item.request.handle.complete(result)
 
     def _negotiate(self, state, message):
+        """One slow round: every rank's RoundMessage to the coordinator, its Response to all."""
         if self.autotuner is not None and state.id == 0:
-            news = self.autotuner.take_news()
-            if news:
-                message["params"] = news
+            message.params = self.autotuner.take_news() or None
         if state.size == 1:  # the coordinator is this rank: no messages needed
             response = state.coordinator.process({0: message}, state.cache.next_bit, state.cache.capacity)
-            if "params" in message:
-                response["params"] = message["params"]
+            response.params = message.params
             return response
         core, ctrl = self.runtime.core, state.ctrl_handle
-        payload = np.frombuffer(json.dumps(message).encode(), dtype=np.uint8)
+        payload = np.frombuffer(json.dumps(message.to_wire()).encode(), dtype=np.uint8)
         sizes = np.zeros(state.size, dtype=np.int64)
         eights = np.full(state.size, 8, dtype=np.int64)
         core.control_gatherv(ctrl, np.array([payload.size], dtype=np.int64).view(np.uint8), sizes.view(np.uint8),
@@ -494,11 +491,11 @@ class Engine:
         core.control_gatherv(ctrl, payload, gathered, sizes, 0)
         if state.rank == 0:
             offsets = np.concatenate([[0], np.cumsum(sizes)])
-            messages = {r: json.loads(gathered[offsets[r]:offsets[r + 1]].tobytes()) for r in range(state.size)}
+            messages = {r: RoundMessage.from_wire(json.loads(gathered[offsets[r]:offsets[r + 1]].tobytes()))
+                        for r in range(state.size)}
             response = state.coordinator.process(messages, state.cache.next_bit, state.cache.capacity)
-            if "params" in message:
-                response["params"] = message["params"]
-            reply = np.frombuffer(json.dumps(response).encode(), dtype=np.uint8).copy()
+            response.params = message.params
+            reply = np.frombuffer(json.dumps(response.to_wire()).encode(), dtype=np.uint8).copy()
             length = np.array([reply.size], dtype=np.int64)
         else:
             length = np.zeros(1, dtype=np.int64)
@@ -506,46 +503,48 @@ class Engine:
         if state.rank != 0:
             reply = np.empty(int(length[0]), dtype=np.uint8)
         core.control_bcast(ctrl, reply, 0)
-        return json.loads(reply.tobytes()) if state.rank != 0 else response
+        return Response.from_wire(json.loads(reply.tobytes())) if state.rank != 0 else response
 
     def _apply(self, state, response, items, ready_at):
-        for text in response["warnings"]:
+        for text in response.warnings:
             log.warning("ringtrain: %s", text)
-        for name, text, targets in response["errors"]:
-            if targets is not None and state.rank not in targets:
+        for failure in response.failures:
+            if failure.ranks is not None and state.rank not in failure.ranks:
                 continue
+            name = failure.name
             request = state.pending.pop(name, None)
             state.announced.discard(name)
             state.waited.pop(name, None)
             state.cache.evict(name)
             if request is not None:
-                error_class = StallError if text.startswith("Stall:") else RingtrainError
-                request.handle.fail(error_class(text))
-        for name, signature, bit in response["ok"]:
-            if bit is not None:
-                state.cache.assign(name, signature, bit)
-            request = state.pending.get(name)
+                error_class = StallError if failure.kind is FailureKind.STALL else RingtrainError
+                request.handle.fail(error_class(failure.text))
+        for ready in response.ready:
+            if ready.bit is not None:
+                state.cache.assign(ready.name, ready.signature, ready.bit)
+            request = state.pending.get(ready.name)
             if request is None and state.join_request is None:
-                raise RingtrainError(f"internal: response for '{name}' which rank {self.runtime.rank} never submitted")
-            items.append(Item(name, signature, request, ready_at))
-        for name, text, targets in response.get("set_errors", ()):
-            for rank, set_id in targets:
+                raise RingtrainError(f"internal: response for '{ready.name}' which rank {self.runtime.rank} "
+                                     "never submitted")
+            items.append(Item(ready.name, ready.signature, request, ready_at))
+        for failure in response.set_failures:
+            for rank, set_id in failure.targets:
                 other = self.sets.get(set_id)
                 if rank != self.runtime.rank or other is None:
                     continue
-                request = other.pending.pop(name, None)
-                other.waited.pop(name, None)
-                other.cache.evict(name)
-                if name in other.announced:  # the set's coordinator forgets it, and owes it to latecomers
-                    other.announced.discard(name)
-                    other.errors_to_report.append([name, text])
+                request = other.pending.pop(failure.name, None)
+                other.waited.pop(failure.name, None)
+                other.cache.evict(failure.name)
+                if failure.name in other.announced:  # the set's coordinator forgets it, and owes it to latecomers
+                    other.announced.discard(failure.name)
+                    other.failures_to_report.append(Failure(failure.name, FailureKind.PROCESS_SET, failure.text))
                 if request is not None:
-                    request.handle.fail(RingtrainError(text))
-        if response.get("params"):
-            self.tuning.update(response["params"])
-        if response["join_done"] is not None:
+                    request.handle.fail(RingtrainError(failure.text))
+        if response.params:
+            self.tuning.update(response.params)
+        if response.join_done is not None:
             if state.join_request is not None:
-                state.join_request.handle.complete(response["join_done"])
+                state.join_request.handle.complete(response.join_done)
             state.join_request = None
             state.join_announced = False
 

@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import time
 
+from .control import Failure, FailureKind, Ready, Response, SetFailure
 from .requests import mismatch_message
 from .response_cache import FIRST_TENSOR_BIT
 
@@ -36,7 +37,7 @@ class StallInspector:
         self.shutdown_seconds = shutdown_seconds
 
     def inspect(self, table, size, joined, now):
-        """(warnings, errors): texts for stalled entries; errors are (name, text)."""
+        """(warnings, failures): texts for stalled entries, and Failures for those given up on."""
         warnings, errors = [], []
         for name, entry in table.items():
             age = now - entry.first_seen
@@ -46,7 +47,8 @@ class StallInspector:
             text = (f"Stall: '{name}' ({kind}) was submitted by ranks {_ranks(have)} and is still waiting for "
                     f"ranks {_ranks(missing)} after {age:.1f} s")
             if self.shutdown_seconds and age >= self.shutdown_seconds:
-                errors.append((name, text + f"; giving up (RINGTRAIN_STALL_SHUTDOWN_TIME={self.shutdown_seconds:g})"))
+                errors.append(Failure(name, FailureKind.STALL, text + "; giving up "
+                                      f"(RINGTRAIN_STALL_SHUTDOWN_TIME={self.shutdown_seconds:g})"))
             elif self.check_seconds and age >= self.check_seconds and not entry.warned:
                 entry.warned = True
                 warnings.append(text)
@@ -70,15 +72,15 @@ CROSS_CHECK_EVERY = 1.0
 def process_set_mismatches(claims):
     """Names submitted on different process sets by ranks that should meet in one of them.
 
-    claims: rank -> [[name, set_id, set_ranks, age_seconds], ...], everything each rank has
-    pending in every set, gathered in one round of the global set. Rank r waiting (for at least
-    CROSS_CHECK_AFTER) on `name` in set S, while another member q of S has no `name` pending in S
-    but has it pending in another set T, is a mismatch: neither can ever complete. Returns
-    [(name, text, [(rank, set_id), ...] every claim of that name)]."""
+    claims: rank -> [control.Claim], everything each rank has pending in every set, gathered in
+    one round of the global set. Rank r waiting (for at least CROSS_CHECK_AFTER) on `name` in set
+    S, while another member q of S has no `name` pending in S but has it pending in another set
+    T, is a mismatch: neither can ever complete. Returns [control.SetFailure], each naming every
+    (rank, set id) that holds the name."""
     by_name = collections.defaultdict(dict)  # name -> rank -> {set_id: (set_ranks, age)}
     for rank, entries in claims.items():
-        for name, set_id, set_ranks, age in entries:
-            by_name[name].setdefault(rank, {})[set_id] = (set_ranks, age)
+        for claim in entries:
+            by_name[claim.name].setdefault(rank, {})[claim.set_id] = (claim.set_ranks, claim.age)
     found = []
     for name, holders in by_name.items():
         for rank in sorted(holders):
@@ -99,8 +101,8 @@ def process_set_mismatches(claims):
                 where = [f"on process set {sid} (ranks {members[sid]}) by rank(s) "
                          f"{sorted(r for r, sets in holders.items() if sid in sets)}" for sid in sorted(members)]
                 text = f"Mismatched process sets for '{name}': it was submitted " + ", ".join(where)
-                targets = sorted((r, sid) for r, sets in holders.items() for sid in sets)
-                found.append((name, text, targets))
+                targets = tuple(sorted((r, sid) for r, sets in holders.items() for sid in sets))
+                found.append(SetFailure(name, text, targets))
                 break
     return found
 
@@ -111,7 +113,7 @@ class Coordinator:
         self.table = collections.OrderedDict()
         self.joined = []            # in the order ranks joined
         self.stalls = stall_inspector
-        # name -> (error text, ranks that have not announced it yet): a failed name is failed
+        # name -> (Failure, ranks that have not announced it yet): a failed name is failed
         # for the latecomers too when they get there, instead of leaving them waiting forever.
         self.owed = {}
         # names failed because a rank had joined: a rank that still owes them would have
@@ -122,39 +124,40 @@ class Coordinator:
         return self.stalls.wants_a_look(self.table, now)
 
     def process(self, messages, next_bit, cache_capacity):
-        """messages: rank -> {"announce": [[name, sig]], "errors": [[name, text]], "join": bool}.
-        Returns the response broadcast to every rank of the set."""
+        """messages: rank -> control.RoundMessage. Returns the control.Response broadcast to
+        every rank of the set."""
         now = time.perf_counter()
-        response = {"ok": [], "errors": [], "warnings": [], "join_done": None}
+        response = Response()
         failed = {}
         reporters = {}
         for rank in sorted(messages):
             message = messages[rank]
-            for name, text in message.get("errors", ()):
-                failed.setdefault(name, text)
-                reporters.setdefault(name, set()).add(rank)
-            if message.get("join") and rank not in self.joined:
+            for failure in message.failures:
+                failed.setdefault(failure.name, failure)
+                reporters.setdefault(failure.name, set()).add(rank)
+            if message.join and rank not in self.joined:
                 self.joined.append(rank)
-            for name, signature in message.get("announce", ()):
+            for announcement in message.announce:
+                name = announcement.name
                 owed = self.owed.get(name)
                 if owed is not None and rank in owed[1]:
                     owed[1].discard(rank)
                     if not owed[1]:
                         del self.owed[name]
-                    response["errors"].append([name, owed[0], [rank]])
+                    response.failures.append(dataclasses.replace(owed[0], ranks=(rank,)))
                     continue
                 entry = self.table.get(name)
                 if entry is None:
                     entry = self.table[name] = Entry(now)
                 if rank in entry.signatures:
-                    failed.setdefault(name, f"'{name}' was submitted twice on rank {rank} before it completed")
-                entry.signatures[rank] = signature
-        for name, text in failed.items():
-            self._fail(response, name, text, reporters[name])
+                    failed.setdefault(name, Failure(name, FailureKind.DUPLICATE,
+                                                    f"'{name}' was submitted twice on rank {rank} before it completed"))
+                entry.signatures[rank] = announcement.signature
+        for name, failure in failed.items():
+            self._fail(response, failure, reporters.get(name, ()))
 
-        if any("claims" in message for message in messages.values()):
-            response["set_errors"] = [[name, text, [list(t) for t in targets]] for name, text, targets in
-                                      process_set_mismatches({r: m.get("claims", []) for r, m in messages.items()})]
+        if any(message.claims is not None for message in messages.values()):
+            response.set_failures = process_set_mismatches({r: m.claims or [] for r, m in messages.items()})
         joined = set(self.joined)
         # ranks that are leaving (shutdown(), or the end of the program): what they have not
         # submitted can never complete, and their shutdown cannot complete while others wait
@@ -174,15 +177,15 @@ class Coordinator:
                 # every rank that has not submitted it is named, not only those already seen
                 # leaving: which of them left first is a matter of timing
                 absent = sorted(set(range(self.size)) - present - joined)
-                self._fail(response, name, f"{kind} '{name}' cannot complete: rank(s) {absent} did not submit it; "
-                           f"rank(s) {gone} called shutdown() (or reached the end of the program) without "
-                           f"submitting it")
+                self._fail(response, Failure(name, FailureKind.SHUTDOWN, (
+                    f"{kind} '{name}' cannot complete: rank(s) {absent} did not submit it; rank(s) {gone} called "
+                    "shutdown() (or reached the end of the program) without submitting it")))
                 continue
             if kinds != {"allreduce"} and joined - present:
                 # a joined rank contributes zeros to allreduces only; nothing else can complete
                 # now, so fail at once rather than wait for the other ranks' submissions
-                self._fail(response, name, f"{kinds.pop()} '{name}' cannot complete: rank(s) "
-                           f"{sorted(joined - present)} have already joined")
+                self._fail(response, Failure(name, FailureKind.JOINED, (
+                    f"{kinds.pop()} '{name}' cannot complete: rank(s) {sorted(joined - present)} have already joined")))
                 if name in self.owed:
                     self.owed_for_join.add(name)
                 continue
@@ -191,40 +194,40 @@ class Coordinator:
             del self.table[name]
             problem = mismatch_message(name, entry.signatures)
             if problem:
-                response["errors"].append([name, problem, None])
+                response.failures.append(Failure(name, FailureKind.MISMATCH, problem))
                 continue
             signature = next(iter(entry.signatures.values()))
             bit = None
             # unnamed calls too: their names recur from a bounded set (requests.unnamed_name)
             if signature[0] not in UNCACHED_KINDS and next_bit < cache_capacity:
                 bit, next_bit = next_bit, next_bit + 1
-            response["ok"].append([name, signature, bit])
+            response.ready.append(Ready(name, signature, bit))
 
         if stranded:
             more = f" (and {len(stranded) - 1} more)" if len(stranded) > 1 else ""
             for name in [n for n, e in self.table.items() if {sig[0] for sig in e.signatures.values()} == {"shutdown"}]:
-                self._fail(response, name, f"shutdown() cannot complete: the other ranks still wait for "
-                           f"{stranded[0]}{more}")
-        warnings, errors = self.stalls.inspect(self.table, self.size, joined, now)
-        response["warnings"] = warnings
-        for name, text in errors:
-            self._fail(response, name, text)
+                self._fail(response, Failure(name, FailureKind.SHUTDOWN, (
+                    f"shutdown() cannot complete: the other ranks still wait for {stranded[0]}{more}")))
+        warnings, stalled = self.stalls.inspect(self.table, self.size, joined, now)
+        response.warnings = warnings
+        for failure in stalled:
+            self._fail(response, failure)
         if len(joined) == self.size:
-            response["join_done"] = self.joined[-1]
+            response.join_done = self.joined[-1]
             self.joined = []
             for name in self.owed_for_join:
                 self.owed.pop(name, None)
             self.owed_for_join.clear()
         return response
 
-    def _fail(self, response, name, text, also_present=()):
-        """Fail `name` for every rank that has it, and remember to fail it for the others."""
-        entry = self.table.pop(name, None)
+    def _fail(self, response, failure, also_present=()):
+        """Fail a name for every rank that has it, and remember to fail it for the others."""
+        entry = self.table.pop(failure.name, None)
         present = set(entry.signatures if entry else ()) | set(also_present) | set(self.joined)
-        response["errors"].append([name, text, None])
+        response.failures.append(failure)
         missing = set(range(self.size)) - present
         if missing:
-            self.owed[name] = (text, missing)
+            self.owed[failure.name] = (failure, missing)
 
 
 assert FIRST_TENSOR_BIT >= 2

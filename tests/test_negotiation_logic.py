@@ -1,36 +1,90 @@
 """The coordinator's pure logic, without MPI: what it concludes from what ranks announce."""
+from ringtrain.control import Claim
 from ringtrain.negotiation import CROSS_CHECK_AFTER, process_set_mismatches
 
 OLD = CROSS_CHECK_AFTER + 1.0
-EVERYONE = [0, 1, 2]
+EVERYONE = (0, 1, 2)
 
 
 def test_a_name_on_a_subset_while_the_others_use_the_global_set_is_a_mismatch():
-    claims = {0: [["t", 1, [0, 1], OLD]], 1: [["t", 0, EVERYONE, OLD]], 2: [["t", 0, EVERYONE, OLD]]}
-    [(name, text, targets)] = process_set_mismatches(claims)
+    claims = {0: [Claim("t", 1, (0, 1), OLD)], 1: [Claim("t", 0, EVERYONE, OLD)], 2: [Claim("t", 0, EVERYONE, OLD)]}
+    [failure] = process_set_mismatches(claims)
+    name, text, targets = failure.name, failure.text, failure.targets
     assert name == "t"
     assert text == ("Mismatched process sets for 't': it was submitted on process set 0 (ranks [0, 1, 2]) by "
                     "rank(s) [1, 2], on process set 1 (ranks [0, 1]) by rank(s) [0]")
-    assert targets == [(0, 1), (1, 0), (2, 0)]
+    assert targets == ((0, 1), (1, 0), (2, 0))
 
 
 def test_two_subsets_that_should_have_been_one():
-    claims = {0: [["s", 1, [0, 1], OLD]], 1: [["s", 2, [1, 2], OLD]], 2: []}
-    [(_, text, targets)] = process_set_mismatches(claims)
+    claims = {0: [Claim("s", 1, (0, 1), OLD)], 1: [Claim("s", 2, (1, 2), OLD)], 2: []}
+    [failure] = process_set_mismatches(claims)
+    text, targets = failure.text, failure.targets
     assert "on process set 1 (ranks [0, 1]) by rank(s) [0], on process set 2 (ranks [1, 2]) by rank(s) [1]" in text
-    assert targets == [(0, 1), (1, 2)]
+    assert targets == ((0, 1), (1, 2))
 
 
 def test_the_same_name_on_disjoint_sets_is_fine():
-    claims = {0: [["grad", 1, [0, 1], OLD]], 1: [], 2: [["grad", 2, [2, 3], OLD]], 3: []}
+    claims = {0: [Claim("grad", 1, (0, 1), OLD)], 1: [], 2: [Claim("grad", 2, (2, 3), OLD)], 3: []}
     assert process_set_mismatches(claims) == []
 
 
 def test_a_rank_with_the_name_pending_in_both_sets_is_only_late():
-    claims = {0: [["g", 1, [0, 1], OLD]], 1: [["g", 2, [1, 2], OLD], ["g", 1, [0, 1], 0.0]], 2: []}
+    claims = {0: [Claim("g", 1, (0, 1), OLD)], 1: [Claim("g", 2, (1, 2), OLD), Claim("g", 1, (0, 1), 0.0)], 2: []}
     assert process_set_mismatches(claims) == []
 
 
 def test_a_young_request_is_not_judged_yet():
-    claims = {0: [["t", 1, [0, 1], 0.01]], 1: [["t", 0, EVERYONE, 0.01]], 2: [["t", 0, EVERYONE, 0.01]]}
+    claims = {0: [Claim("t", 1, (0, 1), 0.01)], 1: [Claim("t", 0, EVERYONE, 0.01)], 2: [Claim("t", 0, EVERYONE, 0.01)]}
     assert process_set_mismatches(claims) == []
+
+
+# --- Coordinator.process: what every rank is told, from what each announced -----------------
+from ringtrain.control import Announcement, Failure, FailureKind, Response, RoundMessage  # noqa: E402
+from ringtrain.negotiation import Coordinator, StallInspector  # noqa: E402
+
+F32_4 = ["allreduce", 2, [[4]], 1, -1, 1.0, 1.0]  # a signature: allreduce, float32, shape (4,), Average
+
+
+def coordinator(size=3, check=0.0, shutdown=0.0):
+    return Coordinator(size, StallInspector(check, shutdown))
+
+
+def announce(*pairs):
+    return RoundMessage([Announcement(name, signature) for name, signature in pairs])
+
+
+def test_a_name_every_rank_announced_is_ready_with_a_cache_bit():
+    response = coordinator().process({r: announce(("g", F32_4)) for r in range(3)}, next_bit=2, cache_capacity=64)
+    assert [(r.name, r.bit) for r in response.ready] == [("g", 2)] and response.failures == []
+
+
+def test_a_name_some_ranks_announced_waits_for_the_others():
+    c = coordinator()
+    assert c.process({0: announce(("g", F32_4)), 1: RoundMessage(), 2: RoundMessage()}, 2, 64).ready == []
+    assert [r.name for r in c.process({0: RoundMessage(), 1: announce(("g", F32_4)), 2: announce(("g", F32_4))},
+                                      2, 64).ready] == ["g"]
+
+
+def test_a_shape_mismatch_fails_on_every_rank_naming_both():
+    other = ["allreduce", 2, [[5]], 1, -1, 1.0, 1.0]
+    response = coordinator(2).process({0: announce(("g", F32_4)), 1: announce(("g", other))}, 2, 64)
+    [failure] = response.failures
+    assert failure.kind is FailureKind.MISMATCH and failure.ranks is None
+    assert failure.text == "Mismatched allreduce shapes for 'g': rank 0 has (4,), but rank 1 has (5,)"
+
+
+def test_a_stall_is_given_up_on_as_a_stall_and_owed_to_the_latecomer():
+    c = coordinator(2, shutdown=1e-9)
+    assert c.process({0: announce(("g", F32_4)), 1: RoundMessage()}, 2, 64).failures == []  # just seen
+    [failure] = c.process({0: RoundMessage(), 1: RoundMessage()}, 2, 64).failures
+    assert failure.kind is FailureKind.STALL and "waiting for ranks 1" in failure.text
+    late = c.process({0: RoundMessage(), 1: announce(("g", F32_4))}, 2, 64)  # rank 1 gets there at last
+    assert [(f.name, f.kind, f.ranks) for f in late.failures] == [("g", FailureKind.STALL, (1,))]
+
+
+def test_messages_and_responses_survive_the_wire():
+    message = RoundMessage([Announcement("g", F32_4)], [Failure("h", FailureKind.DUPLICATE, "twice")], True)
+    assert RoundMessage.from_wire(message.to_wire()) == message
+    response = coordinator(1).process({0: message}, 2, 64)
+    assert Response.from_wire(response.to_wire()) == response
