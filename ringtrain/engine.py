@@ -71,7 +71,7 @@ class SetState:
         self.failures_to_report = []          # control.Failure found here, for the coordinator
         self.join_request = None
         self.join_announced = False
-        self.unnamed_holders = {}             # unnamed name -> weak reference to its latest call's Handle
+        self.holders = {}                     # name -> weak reference to its latest call's Handle
         self.coordinator = (Coordinator(self.size, StallInspector(config.stall_check_time, config.stall_shutdown_time))
                             if self.rank == 0 else None)
 
@@ -119,18 +119,26 @@ class Engine:
             raise ValueError(f"process_set id {request.process_set} is not registered on rank {self.runtime.rank}")
         if self.failure is not None:
             raise self._failure_error()
-        if isinstance(request.name, UnnamedName):
-            # unnamed names recur (requests.unnamed_name): the call that last held this name
-            # must have completed here first; its outcome belongs to its own caller
-            previous = state.unnamed_holders.get(request.name)
-            previous = previous() if previous is not None else None  # gone: the engine let go of it, done
-            if previous is not None and not previous.done:
-                try:
-                    self.wait(previous)
-                except RingtrainError:
-                    if self.failure is not None or self._stop.is_set():
-                        raise
-            state.unnamed_holders[request.name] = weakref.ref(request.handle)  # not the result
+        # The one duplicate-name check, for the numpy API and ringtrain.torch alike: a name may
+        # be reused once the call that held it has completed on this rank. Unnamed names recur
+        # (requests.unnamed_name), so an unnamed call waits for its name's last holder (whose
+        # outcome belongs to its own caller); a named one is refused at once, as Horovod does,
+        # before anything is sent, and the first call goes on.
+        holders = state.holders
+        previous = holders.get(request.name)
+        previous = previous() if previous is not None else None  # gone: the engine let go of it, done
+        if previous is not None and not previous.done:
+            if not isinstance(request.name, UnnamedName):
+                raise ValueError(f"{request.kind}: an operation named '{request.name}' is already in flight on rank "
+                                 f"{self.runtime.rank}; names of concurrent operations must be unique (a name can be "
+                                 "reused once its operation has completed)")
+            try:
+                self.wait(previous)
+            except RingtrainError:
+                if self.failure is not None or self._stop.is_set():
+                    raise
+        name = request.name
+        holders[name] = weakref.ref(request.handle, lambda ref: holders.get(name) is ref and holders.pop(name, None))
         request.handle.engine = self
         state.queue.append(request)
         if self._dozing:  # at the normal pace the loop comes by within a cycle anyway

@@ -14,7 +14,6 @@ runs everything. What is left here is what Horovod does differently at the edge:
 * unnamed operations are numbered per (kind, process set), so that calls some ranks make on a
   set they belong to cannot shift the names of later calls on other sets."""
 import warnings
-import weakref
 
 import numpy as np
 import torch
@@ -44,33 +43,21 @@ class ProcessSet(_CoreProcessSet):
         return super().rank()
 
 
-# (process set id, name) -> weak reference to the latest Handle, for Horovod's duplicate-name check
-_in_flight = {}
-
-
 def _claim(name, process_set, kind):
-    """(name to submit under, duplicate-check key). A name already in flight is a ValueError."""
+    """The name to submit under (validated; unnamed calls get the core's recurring names). A name
+    already in flight is the core's ValueError (engine.submit), raised before anything is sent."""
     if not isinstance(process_set, _CoreProcessSet):
         raise TypeError(f"process_set={process_set!r} must be a ringtrain.torch.ProcessSet")
     if name is None:
-        set_id = process_set.process_set_id
-        return unnamed_name(kind, set_id), None
+        return unnamed_name(kind, process_set.process_set_id)
     if not isinstance(name, str):
         raise TypeError(f"name={name!r} must be a str")
-    key = (process_set.process_set_id, name)
-    previous = _in_flight.get(key)
-    previous = previous() if previous is not None else None
-    if previous is not None and not previous.ready():
-        raise ValueError(f"{kind}: an operation named '{name}' is already in flight on rank {runtime.rank()}; "
-                         "names of concurrent operations must be unique")
-    return name, key
+    return name
 
 
-def _track(handle, finish, key):
-    """The core's handle, returning torch tensors (finish) and known by name until it completes."""
+def _track(handle, finish):
+    """The core's handle, returning torch tensors (finish)."""
     handle.finish = finish
-    if key is not None:
-        _in_flight[key] = weakref.ref(handle)
     return handle
 
 
@@ -126,14 +113,14 @@ _ALLREDUCE_SUBMIT = {(False, False): core.allreduce_async, (False, True): core.a
 
 def _allreduce_async(kind, tensors, in_place, name, op, prescale_factor, postscale_factor, process_set):
     grouped = kind.startswith("grouped")
-    name, key = _claim(name, process_set, kind)
+    name = _claim(name, process_set, kind)
     items = list(tensors) if grouped else [tensors]
     if not in_place:
         items = [contiguous(t) for t in items]
     arrays = [to_numpy(t, f"tensors[{i}]" if grouped else "tensor") for i, t in enumerate(items)]
     handle = _ALLREDUCE_SUBMIT[grouped, in_place](arrays if grouped else arrays[0], op=op, name=name, prescale_factor=prescale_factor,
                     postscale_factor=postscale_factor, process_set=process_set)
-    return _track(handle, (lambda _: tensors) if in_place else _tensor_list if grouped else from_numpy, key)
+    return _track(handle, (lambda _: tensors) if in_place else _tensor_list if grouped else from_numpy)
 
 
 def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
@@ -177,27 +164,27 @@ adasum_reference = adasum.combine  # kept under this name for the binding's test
 
 # --- allgather ------------------------------------------------------------------------------
 def allgather_async(tensor, name=None, process_set=global_process_set):
-    name, key = _claim(name, process_set, "allgather")
+    name = _claim(name, process_set, "allgather")
     handle = core.allgather_async(to_numpy(contiguous(tensor)), name=name, process_set=process_set)
-    return _track(handle, from_numpy, key)
+    return _track(handle, from_numpy)
 
 
 def grouped_allgather_async(tensors, name=None, process_set=global_process_set):
-    name, key = _claim(name, process_set, "grouped_allgather")
+    name = _claim(name, process_set, "grouped_allgather")
     arrays = [to_numpy(contiguous(t), f"tensors[{i}]") for i, t in enumerate(tensors)]
     handle = core.grouped_allgather_async(arrays, name=name, process_set=process_set)
-    return _track(handle, _tensor_list, key)
+    return _track(handle, _tensor_list)
 
 
 # --- broadcast ------------------------------------------------------------------------------
 def _broadcast_async(tensor, root_rank, name, process_set, in_place):
-    name, key = _claim(name, process_set, "broadcast")
+    name = _claim(name, process_set, "broadcast")
     root = _set_rank(process_set, root_rank)
     if in_place:
         handle = core.broadcast_async_(to_numpy(tensor), root, name=name, process_set=process_set)
-        return _track(handle, lambda _: tensor, key)
+        return _track(handle, lambda _: tensor)
     handle = core.broadcast_async(to_numpy(contiguous(tensor)), root, name=name, process_set=process_set)
-    return _track(handle, from_numpy, key)
+    return _track(handle, from_numpy)
 
 
 def broadcast_async(tensor, root_rank, name=None, process_set=global_process_set):
@@ -232,7 +219,7 @@ def _splits(splits, size, rows):
 
 def alltoall_async(tensor, splits=None, name=None, process_set=global_process_set):
     """synchronize() returns (output, received_splits)."""
-    name, key = _claim(name, process_set, "alltoall")
+    name = _claim(name, process_set, "alltoall")
     tensor = contiguous(tensor)
     if tensor.dim() == 0:
         raise ValueError("alltoall needs a tensor with at least one dimension")
@@ -243,23 +230,23 @@ def alltoall_async(tensor, splits=None, name=None, process_set=global_process_se
         output, received = result
         return from_numpy(output), torch.from_numpy(np.asarray(received, dtype=np.int32))
 
-    return _track(handle, finish, key)
+    return _track(handle, finish)
 
 
 # --- reducescatter --------------------------------------------------------------------------
 def _reducescatter_async(kind, tensors, name, op, prescale_factor, postscale_factor, process_set):
     if op is Adasum:
         raise NotImplementedError(f"{kind} does not support op=Adasum (nor does Horovod's)")
-    name, key = _claim(name, process_set, kind)
+    name = _claim(name, process_set, kind)
     grouped = kind.startswith("grouped")
     if grouped:
         arrays = [to_numpy(contiguous(t), f"tensors[{i}]") for i, t in enumerate(tensors)]
         handle = core.grouped_reducescatter_async(arrays, op=op, name=name, prescale_factor=prescale_factor,
                                                   postscale_factor=postscale_factor, process_set=process_set)
-        return _track(handle, _tensor_list, key)
+        return _track(handle, _tensor_list)
     handle = core.reducescatter_async(to_numpy(contiguous(tensors)), op=op, name=name, prescale_factor=prescale_factor,
                                       postscale_factor=postscale_factor, process_set=process_set)
-    return _track(handle, from_numpy, key)
+    return _track(handle, from_numpy)
 
 
 def reducescatter_async(tensor, name=None, op=Average, prescale_factor=1.0, postscale_factor=1.0,
@@ -288,7 +275,7 @@ def sparse_allreduce_async(tensor, name=None, op=Average, process_set=global_pro
         raise ValueError(f"sparse_allreduce_async supports op=Sum and op=Average, got {op!r}")
     if not isinstance(tensor, torch.Tensor) or not tensor.is_sparse:
         raise TypeError("sparse_allreduce_async needs a sparse COO torch.Tensor")
-    name, key = _claim(name, process_set, "sparse_allreduce")
+    name = _claim(name, process_set, "sparse_allreduce")
     t = tensor.detach().coalesce()
     shape, k = tuple(t.shape), t.sparse_dim()
     row_dims = shape[:k]
@@ -306,7 +293,7 @@ def sparse_allreduce_async(tensor, name=None, op=Average, process_set=global_pro
         return torch.sparse_coo_tensor(indices, values, shape, check_invariants=False).coalesce()
 
     engine = runtime.current("sparse_allreduce_async").engine
-    return _track(Handle("sparse_allreduce", name, engine=engine, deferred=run), None, key)
+    return _track(Handle("sparse_allreduce", name, engine=engine, deferred=run), None)
 
 
 # --- synchronisation and process sets -------------------------------------------------------
