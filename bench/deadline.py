@@ -4,7 +4,7 @@ the default RINGTRAIN_PROGRESS_TIMEOUT. The deadline only trips after that long 
 completing, so this ratio is the safety margin a healthy job has.
 
     python bench/deadline.py                 # 2 ranks on this host (BENCH_NP=3 for 3)
-    sudo python bench/multihost.py --only-deadline   # 2 emulated hosts, links shaped to 1 Gbit/s
+    sudo python bench/multihost.py --only deadline   # 2 emulated hosts, links shaped to 1 Gbit/s
 
 Calls go through the public API, named, as a training loop makes them."""
 import os

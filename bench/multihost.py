@@ -1,10 +1,10 @@
 """Across emulated hosts (tests/emulated_hosts.py; needs root): allreduce against MPI_Allreduce
-on 2 hosts x 1 rank and 2 x 2, links unshaped and shaped to 10 Gbit/s, the progress deadline's
-margin (bench/deadline.py) with links shaped to 1 Gbit/s, and the launch time of a
-trivial 4-rank job on a Spark standalone cluster (master + a worker per host) against the same
-kind of job on local[N] in the same run.
+on 2 hosts x 1 rank and 2 x 2, links unshaped and shaped to 10 Gbit/s; Tensor Fusion
+(bench/fusion.py) at 10 Gbit/s; the progress deadline's margin (bench/deadline.py) with links
+shaped to 1 Gbit/s; and the launch time of a trivial 4-rank job on a Spark standalone cluster
+(master + a worker per host) against the same kind of job on local[N] in the same run.
 
-    sudo python bench/multihost.py [--repeats 5] [--skip-allreduce] [--skip-spark] [--only-deadline]
+    sudo python bench/multihost.py [--repeats 5] [--only allreduce fusion deadline spark]
 
 The allreduce tables come from bench/allreduce.py, started with `ringtrain run -H` on the hosts
 (in place, unnamed, as that benchmark calls it)."""
@@ -25,23 +25,43 @@ from emulated_hosts import EmulatedCluster, SparkStandalone  # noqa: E402
 SPARK_JOB = os.path.join(ROOT, "tests", "multihost", "spark_job.py")
 
 
+def rank0_tables(cluster, spec, script, *args, what):
+    """`ringtrain run -H spec python bench/<script> args` on the emulated hosts; prints rank 0's
+    table lines."""
+    result = cluster.run("h1", [sys.executable, "-m", "ringtrain", "run", "-np", str(ranks_of(spec)), "-H", spec,
+                                "--launcher-command", cluster.launcher_exec, "--network-interface", "eth0",
+                                "python", os.path.join(HERE, script), *args],
+                         env=cluster.mpi_environment(), timeout=1800, cwd=HERE)
+    if result.returncode != 0:
+        print(result.stdout[-2000:], result.stderr[-4000:])
+        raise SystemExit(f"the {what} benchmark failed on {spec}")
+    for line in result.stdout.splitlines():
+        if line.startswith(("[0]: |", "[0]: #", "[0]: negotiation")):
+            print(line[5:], flush=True)
+
+
+def ranks_of(spec):
+    return sum(int(s.split(":")[1]) for s in spec.split(","))
+
+
 def allreduce_tables(cluster, max_bytes):
     for rate in (None, "10gbit"):
         cluster.shape(rate)
         for spec in ("h1:1,h2:1", "h1:2,h2:2"):
-            n = sum(int(s.split(":")[1]) for s in spec.split(","))
-            print(f"\n## allreduce, {spec} ({n} ranks), links {rate or 'unshaped'}", flush=True)
-            result = cluster.run("h1", [sys.executable, "-m", "ringtrain", "run", "-np", str(n), "-H", spec,
-                                        "--launcher-command", cluster.launcher_exec, "--network-interface", "eth0",
-                                        "python", os.path.join(HERE, "allreduce.py"), "--max-bytes", str(max_bytes)],
-                                 env=cluster.mpi_environment(), timeout=1800, cwd=HERE)
-            if result.returncode != 0:
-                print(result.stdout[-2000:], result.stderr[-4000:])
-                raise SystemExit(f"the allreduce benchmark failed on {spec}")
-            for line in result.stdout.splitlines():
-                if line.startswith("[0]: |") or line.startswith("[0]: #"):
-                    print(line[5:], flush=True)
+            print(f"\n## allreduce, {spec} ({ranks_of(spec)} ranks), links {rate or 'unshaped'}", flush=True)
+            rank0_tables(cluster, spec, "allreduce.py", "--max-bytes", str(max_bytes), what="allreduce")
     cluster.shape(None)
+
+
+def fusion_tables(cluster):
+    """bench/fusion.py across hosts (fused vs unfused vs one MPI_Allreduce), links shaped to 10 Gbit/s."""
+    cluster.shape("10gbit")
+    try:
+        for spec in ("h1:1,h2:1", "h1:2,h2:2"):
+            print(f"\n## fusion, {spec} ({ranks_of(spec)} ranks), links 10gbit", flush=True)
+            rank0_tables(cluster, spec, "fusion.py", what="fusion")
+    finally:
+        cluster.shape(None)
 
 
 def deadline_tables(cluster):
@@ -50,18 +70,8 @@ def deadline_tables(cluster):
     cluster.shape("1gbit")
     try:
         for spec in ("h1:1,h2:1", "h1:2,h2:2"):
-            n = sum(int(s.split(":")[1]) for s in spec.split(","))
-            print(f"\n## progress deadline margin, {spec} ({n} ranks), links 1gbit", flush=True)
-            result = cluster.run("h1", [sys.executable, "-m", "ringtrain", "run", "-np", str(n), "-H", spec,
-                                        "--launcher-command", cluster.launcher_exec, "--network-interface", "eth0",
-                                        "python", os.path.join(HERE, "deadline.py")],
-                                 env=cluster.mpi_environment(), timeout=1800, cwd=HERE)
-            if result.returncode != 0:
-                print(result.stdout[-2000:], result.stderr[-4000:])
-                raise SystemExit(f"the deadline benchmark failed on {spec}")
-            for line in result.stdout.splitlines():
-                if line.startswith("[0]: |") or line.startswith("[0]: #"):
-                    print(line[5:], flush=True)
+            print(f"\n## progress deadline margin, {spec} ({ranks_of(spec)} ranks), links 1gbit", flush=True)
+            rank0_tables(cluster, spec, "deadline.py", what="deadline")
     finally:
         cluster.shape(None)
 
@@ -95,24 +105,25 @@ def spark_launch_table(cluster, repeats):
                  "repeated / local[2]"], table)
 
 
+PARTS = ["allreduce", "fusion", "deadline", "spark"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=6, help="Spark jobs per cluster (the first is reported apart)")
     parser.add_argument("--max-bytes", type=int, default=64 << 20)
-    parser.add_argument("--skip-allreduce", action="store_true")
-    parser.add_argument("--skip-spark", action="store_true")
-    parser.add_argument("--only-deadline", action="store_true", help="only the progress deadline's margin at 1 Gbit/s")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=PARTS, help="run only these parts")
     args = parser.parse_args()
     print(f"# {machine_line()}; emulated hosts (network namespaces, veth + bridge, UCX_TLS=tcp,self)", flush=True)
     cluster = EmulatedCluster(2)
     try:
-        if args.only_deadline:
-            deadline_tables(cluster)
-            return
-        if not args.skip_allreduce:
+        if "allreduce" in args.only:
             allreduce_tables(cluster, args.max_bytes)
-        deadline_tables(cluster)
-        if not args.skip_spark:
+        if "fusion" in args.only:
+            fusion_tables(cluster)
+        if "deadline" in args.only:
+            deadline_tables(cluster)
+        if "spark" in args.only:
             spark_launch_table(cluster, args.repeats)
     finally:
         cluster.close()
