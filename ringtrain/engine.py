@@ -47,6 +47,9 @@ CONTROL_KINDS = frozenset({"shutdown", "add_process_set", "remove_process_set"})
 # The longest pause of an idle engine between rounds (seconds); see Engine._loop.
 IDLE_PAUSE_MAX = 0.1
 
+# Names remembered for the duplicate-name check before the finished ones are forgotten.
+HOLDERS_PRUNE_AT = 4096
+
 # Rounds a cached request may wait for its bit before it is announced to the coordinator.
 FALLBACK_ROUNDS = 3
 
@@ -72,6 +75,7 @@ class SetState:
         self.join_request = None
         self.join_announced = False
         self.holders = {}                     # name -> weak reference to its latest call's Handle
+        self.holders_limit = HOLDERS_PRUNE_AT
         self.coordinator = (Coordinator(self.size, StallInspector(config.stall_check_time, config.stall_shutdown_time))
                             if self.rank == 0 else None)
 
@@ -137,8 +141,11 @@ class Engine:
             except RingtrainError:
                 if self.failure is not None or self._stop.is_set():
                     raise
-        name = request.name
-        holders[name] = weakref.ref(request.handle, lambda ref: holders.get(name) is ref and holders.pop(name, None))
+        holders[request.name] = weakref.ref(request.handle)
+        if len(holders) > state.holders_limit:  # names that came and went (unique per step, say): forget them
+            for name in [n for n, ref in holders.items() if ref() is None or ref().done]:
+                del holders[name]
+            state.holders_limit = max(HOLDERS_PRUNE_AT, 2 * len(holders))
         request.handle.engine = self
         state.queue.append(request)
         if self._dozing:  # at the normal pace the loop comes by within a cycle anyway

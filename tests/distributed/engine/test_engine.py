@@ -312,3 +312,12 @@ def test_grouped_calls_return_lists_even_for_one_tensor():
     buf = [np.ones(3)]
     out = rt.grouped_allreduce_(buf, op=rt.Sum)
     assert isinstance(out, list) and out[0] is buf[0] and buf[0].tolist() == [size] * 3
+
+
+def test_names_used_once_are_forgotten_by_the_duplicate_name_check():
+    from ringtrain.engine import HOLDERS_PRUNE_AT
+
+    x = np.ones(1)
+    for i in range(HOLDERS_PRUNE_AT + 500):  # a new name every call, as a loop with f"step{i}" names makes
+        rt.allreduce_(x, op=rt.Max, name=f"once.{i}")
+    assert len(engine().sets[0].holders) <= HOLDERS_PRUNE_AT
