@@ -1,8 +1,11 @@
 """All settings, parsed once at init() into one typed object.
 
 Each setting can be given as an init() keyword argument or as its RINGTRAIN_* environment
-variable; the keyword wins. An invalid value is a ConfigurationError at init(), naming the
-variable and the value, never a surprise later."""
+variable; the keyword wins. Horovod's HOROVOD_* variables for the same settings are honoured
+too (below the RINGTRAIN_* ones), each with a one-line notice naming the ringtrain equivalent;
+HOROVOD_* variables that ringtrain has no equivalent for are named in a notice, never silently
+ignored. An invalid value is a ConfigurationError at init(), naming the variable and the value,
+never a surprise later."""
 import dataclasses
 import os
 
@@ -42,6 +45,35 @@ def _parse_path(text):
     return str(text)
 
 
+def _parse_count(text):
+    value = int(str(text).strip())
+    if value < 0:
+        raise ValueError("negative")
+    return value
+
+
+def _stall_check_disabled(text):
+    """HOROVOD_STALL_CHECK_DISABLE=1 is a stall check time of 0."""
+    return 0.0 if _parse_bool(text) else None
+
+
+# Horovod's variables for ringtrain's settings: (field, how to read it), in Horovod's units.
+HOROVOD_ENV = {
+    "HOROVOD_FUSION_THRESHOLD": ("fusion_threshold", _parse_bytes),
+    "HOROVOD_CYCLE_TIME": ("cycle_time", _parse_non_negative_float),
+    "HOROVOD_CACHE_CAPACITY": ("cache_capacity", _parse_count),
+    "HOROVOD_STALL_CHECK_TIME_SECONDS": ("stall_check_time", _parse_non_negative_float),
+    "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": ("stall_shutdown_time", _parse_non_negative_float),
+    "HOROVOD_STALL_CHECK_DISABLE": ("stall_check_time", _stall_check_disabled),
+    "HOROVOD_TIMELINE": ("timeline", _parse_path),
+    "HOROVOD_AUTOTUNE": ("autotune", _parse_bool),
+    "HOROVOD_AUTOTUNE_LOG": ("autotune_log", _parse_path),
+}
+# Set by horovodrun or the Horovod runtime itself, not settings: no notice for these.
+HOROVOD_LAUNCHER_ENV = frozenset({"HOROVOD_HOSTNAME", "HOROVOD_RANK", "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK",
+                                  "HOROVOD_LOCAL_SIZE", "HOROVOD_CROSS_RANK", "HOROVOD_CROSS_SIZE"})
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     # Allreduces of at most this many bytes use recursive doubling, larger ones the ring.
@@ -72,6 +104,11 @@ class Config:
     # Tune fusion_threshold, cycle_time and small_allreduce_threshold online.
     autotune: bool = False
     autotune_log: str = ""
+    # Response cache entries per process set (Horovod's default); 0 disables the cache, so every
+    # round negotiates through the coordinator.
+    cache_capacity: int = 4096
+    # What init() tells the user about the settings' sources (HOROVOD_* variables); not a setting.
+    notices: tuple = dataclasses.field(default=(), compare=False)
 
     ENV = {
         "small_allreduce_threshold": ("RINGTRAIN_SMALL_ALLREDUCE_THRESHOLD", _parse_bytes),
@@ -84,6 +121,7 @@ class Config:
         "timeline": ("RINGTRAIN_TIMELINE", _parse_path),
         "autotune": ("RINGTRAIN_AUTOTUNE", _parse_bool),
         "autotune_log": ("RINGTRAIN_AUTOTUNE_LOG", _parse_path),
+        "cache_capacity": ("RINGTRAIN_CACHE_CAPACITY", _parse_count),
     }
     MINIMUM = {"segment_bytes": 64}
     EXPECTED = {
@@ -91,6 +129,8 @@ class Config:
         _parse_non_negative_float: "a non-negative number",
         _parse_bool: "a boolean (1/0, true/false)",
         _parse_path: "a path",
+        _parse_count: "a non-negative integer",
+        _stall_check_disabled: "a boolean (1/0, true/false)",
     }
 
     @classmethod
@@ -102,20 +142,34 @@ class Config:
             raise ConfigurationError(
                 f"unknown init() setting(s) {sorted(unknown)}; known settings: {sorted(cls.ENV)}"
             )
-        values = {}
+        values, notices = {}, []
+        horovod = {field: [] for field in cls.ENV}
+        for variable, (field, _) in HOROVOD_ENV.items():  # in this order: HOROVOD_STALL_CHECK_DISABLE wins
+            if variable in environ:
+                horovod[field].append(variable)
+        for variable in sorted(v for v in environ if v.startswith("HOROVOD_")):
+            if variable not in HOROVOD_ENV and variable not in HOROVOD_LAUNCHER_ENV:
+                notices.append(f"{variable} has no equivalent in ringtrain and is ignored")
         for field, (variable, parse) in cls.ENV.items():
             if field in overrides:
-                source, raw = f"init({field}=...)", overrides[field]
+                sources = [(f"init({field}=...)", overrides[field], parse)]
             elif variable in environ:
-                source, raw = variable, environ[variable]
+                sources = [(variable, environ[variable], parse)]
             else:
-                continue
-            try:
-                values[field] = parse(raw)
-            except (TypeError, ValueError):
-                raise ConfigurationError(
-                    f"{source}={raw!r} is not a valid {field.replace('_', ' ')} (expected {cls.EXPECTED[parse]})"
-                ) from None
-            if values[field] < cls.MINIMUM.get(field, values[field]):
-                raise ConfigurationError(f"{source}={raw!r} is too small: the minimum is {cls.MINIMUM[field]}")
-        return cls(**values)
+                sources = [(name, environ[name], HOROVOD_ENV[name][1]) for name in horovod[field]]
+            for source, raw, read in sources:
+                try:
+                    value = read(raw)
+                except (TypeError, ValueError):
+                    raise ConfigurationError(f"{source}={raw!r} is not a valid {field.replace('_', ' ')} "
+                                             f"(expected {cls.EXPECTED[read]})") from None
+                if value is None:  # e.g. HOROVOD_STALL_CHECK_DISABLE=0: no setting
+                    continue
+                if value < cls.MINIMUM.get(field, value):
+                    raise ConfigurationError(f"{source}={raw!r} is too small: the minimum is {cls.MINIMUM[field]}")
+                values[field] = value
+                if source.startswith("HOROVOD_"):
+                    notices.append(f"{source}={raw} is honoured as {variable}={value!r}")
+            for name in horovod[field] if sources and not sources[0][0].startswith("HOROVOD_") else ():
+                notices.append(f"{name} is ignored: {sources[0][0]} sets {field}")
+        return cls(**values, notices=tuple(notices))

@@ -70,7 +70,7 @@ class SetState:
         self.pending = collections.OrderedDict()  # name -> Request
         self.announced = set()                # names sent to the coordinator
         self.waited = collections.Counter()   # name -> rounds waited on the cache path
-        self.cache = ResponseCache()
+        self.cache = ResponseCache(config.cache_capacity)
         self.failures_to_report = []          # control.Failure found here, for the coordinator
         self.join_request = None
         self.join_announced = False

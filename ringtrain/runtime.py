@@ -4,6 +4,7 @@ ringtrain works on its own duplicate of the communicator it is given (COMM_WORLD
 its messages never match a user's own MPI traffic. MPI is started lazily, at init(), so that
 importing ringtrain (say on a Spark driver) does not start an MPI singleton."""
 import atexit
+import logging
 import dataclasses
 import os
 import sys
@@ -11,6 +12,8 @@ import time
 
 from .config import Config
 from .errors import NotInitializedError, ProgressTimeoutError, RingtrainError
+
+log = logging.getLogger("ringtrain")
 
 
 @dataclasses.dataclass
@@ -68,6 +71,9 @@ def init(comm=None, process_sets=(), **settings):
     mine.Set_errhandler(MPI.ERRORS_RETURN)
     local = mine.Split_type(MPI.COMM_TYPE_SHARED, key=mine.Get_rank())
     cross = mine.Split(color=local.Get_rank(), key=mine.Get_rank())
+    if mine.Get_rank() == 0:
+        for notice in config.notices:  # HOROVOD_* variables: what became of them, said once
+            log.warning("ringtrain: %s", notice)
     _runtime = Runtime(
         comm=mine,
         handle=mine.py2f(),

@@ -79,6 +79,32 @@ def test_config_parsing():
         Config.from_sources({"fusion": 1}, environ={})
 
 
+def test_horovod_variables_are_honoured_with_a_notice_and_ringtrain_ones_win():
+    cfg = Config.from_sources({}, environ={
+        "HOROVOD_FUSION_THRESHOLD": "1048576", "HOROVOD_CYCLE_TIME": "5", "HOROVOD_STALL_CHECK_TIME_SECONDS": "9",
+        "HOROVOD_STALL_CHECK_DISABLE": "1", "HOROVOD_CACHE_CAPACITY": "20", "RINGTRAIN_CACHE_CAPACITY": "10",
+        "HOROVOD_HIERARCHICAL_ALLREDUCE": "1", "HOROVOD_RANK": "0"})
+    assert (cfg.fusion_threshold, cfg.cycle_time, cfg.stall_check_time, cfg.cache_capacity) == (1 << 20, 5.0, 0.0, 10)
+    assert "HOROVOD_FUSION_THRESHOLD=1048576 is honoured as RINGTRAIN_FUSION_THRESHOLD=1048576" in cfg.notices
+    assert "HOROVOD_STALL_CHECK_DISABLE=1 is honoured as RINGTRAIN_STALL_CHECK_TIME=0.0" in cfg.notices
+    assert "HOROVOD_CACHE_CAPACITY is ignored: RINGTRAIN_CACHE_CAPACITY sets cache_capacity" in cfg.notices
+    assert "HOROVOD_HIERARCHICAL_ALLREDUCE has no equivalent in ringtrain and is ignored" in cfg.notices
+    assert not any("HOROVOD_RANK" in n for n in cfg.notices)  # set by Horovod's launcher, not a setting
+    with pytest.raises(ConfigurationError, match=r"HOROVOD_CYCLE_TIME='fast' is not a valid cycle time"):
+        Config.from_sources({}, environ={"HOROVOD_CYCLE_TIME": "fast"})
+
+
+def test_horovod_notices_are_printed_at_init_and_a_disabled_cache_still_negotiates():
+    result = run_python("import numpy as np, ringtrain as rt; rt.init(); "
+                        "print([rt.allreduce(np.ones(2), op=rt.Sum, name='x').tolist() for _ in range(3)]); "
+                        "print(rt.runtime.current('t').engine.sets[0].cache.bit_of)",
+                        env={"HOROVOD_CACHE_CAPACITY": "0", "HOROVOD_TIMELINE_MARK_CYCLES": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "ringtrain: HOROVOD_CACHE_CAPACITY=0 is honoured as RINGTRAIN_CACHE_CAPACITY=0" in result.stderr
+    assert "ringtrain: HOROVOD_TIMELINE_MARK_CYCLES has no equivalent in ringtrain and is ignored" in result.stderr
+    assert result.stdout.splitlines() == ["[[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]", "{}"]  # nothing was cached
+
+
 KERNEL_OPS = {rt.Sum: np.add, rt.Min: np.minimum, rt.Max: np.maximum, rt.Product: np.multiply}
 
 
