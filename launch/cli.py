@@ -65,9 +65,14 @@ def build_parser():
     run.add_argument("--timeline-filename", help="write a Chrome trace (rank 0)")
     run.add_argument("--autotune", action="store_true", help="tune fusion and cycle time online")
     run.add_argument("--autotune-log-file", help="CSV of the autotune trials")
-    run.add_argument("--stall-check-time-seconds", type=_non_negative, help="warn about stalled tensors after this")
+    run.add_argument("--stall-check-time-seconds", "--stall-check-warning-time-seconds", dest="stall_check_time_seconds",
+                     type=_non_negative, help="warn about stalled tensors after this")
     run.add_argument("--stall-check-shutdown-time-seconds", type=_non_negative, help="fail stalled tensors after this")
-    run.add_argument("--stall-check-disable", action="store_true", help="no stall warnings")
+    run.add_argument("--stall-check-disable", "--no-stall-check", dest="stall_check_disable", action="store_true",
+                     help="no stall warnings")
+    cache = run.add_mutually_exclusive_group()
+    cache.add_argument("--cache-capacity", type=_non_negative_int, help="response cache entries (default 4096)")
+    cache.add_argument("--disable-cache", action="store_true", help="no response cache: every round negotiates")
     run.add_argument("--progress-timeout-seconds", type=_non_negative,
                      help="give up on a wait after this long without progress if a rank has stopped (default 30)")
     elastic = run.add_argument_group("elastic recovery (restart from the last commit, see ringtrain.elastic)")
@@ -188,6 +193,8 @@ def rank_environment(args, base=None):
         "RINGTRAIN_PROGRESS_TIMEOUT": None if args.progress_timeout_seconds is None
         else str(args.progress_timeout_seconds),
         "RINGTRAIN_ELASTIC_DIR": args.elastic_dir,
+        "RINGTRAIN_CACHE_CAPACITY": "0" if args.disable_cache else (
+            None if args.cache_capacity is None else str(args.cache_capacity)),
     }
     env.update({k: v for k, v in settings.items() if v is not None})
     env.setdefault("PYTHONUNBUFFERED", "1")  # rank output appears as it is written

@@ -55,3 +55,16 @@ def test_the_spark_driver_says_what_failed():
                        "mpiexec_said": []}, "proxies": []}
     assert _what_failed(killed) == " (rank 3 was killed by signal 9 without reporting an exception)"
     assert _what_failed({"exit": None, "proxies": []}) == ""
+
+
+def test_horovodrun_spellings_of_the_settings_reach_the_ranks():
+    from ringtrain.launch.cli import build_parser, rank_environment
+
+    def settings(*flags):
+        args = build_parser().parse_args(["run", "-np", "2", *flags, "python", "train.py"])
+        return {k: v for k, v in rank_environment(args, base={}).items() if k.startswith("RINGTRAIN_")}
+
+    assert settings("--stall-check-warning-time-seconds", "7", "--cache-capacity", "12") == {
+        "RINGTRAIN_STALL_CHECK_TIME": "7.0", "RINGTRAIN_CACHE_CAPACITY": "12"}
+    assert settings("--no-stall-check", "--disable-cache") == {
+        "RINGTRAIN_STALL_CHECK_TIME": "0", "RINGTRAIN_CACHE_CAPACITY": "0"}
