@@ -44,36 +44,31 @@ def ranks_of(spec):
     return sum(int(s.split(":")[1]) for s in spec.split(","))
 
 
+def shaped_tables(cluster, rate, title, script, *args):
+    """rank0_tables of `script` on 2 x 1 and 2 x 2 ranks, links shaped to `rate` (None: unshaped)."""
+    cluster.shape(rate)
+    try:
+        for spec in ("h1:1,h2:1", "h1:2,h2:2"):
+            print(f"\n## {title}, {spec} ({ranks_of(spec)} ranks), links {rate or 'unshaped'}", flush=True)
+            rank0_tables(cluster, spec, script, *args, what=title)
+    finally:
+        cluster.shape(None)
+
+
 def allreduce_tables(cluster, max_bytes):
     for rate in (None, "10gbit"):
-        cluster.shape(rate)
-        for spec in ("h1:1,h2:1", "h1:2,h2:2"):
-            print(f"\n## allreduce, {spec} ({ranks_of(spec)} ranks), links {rate or 'unshaped'}", flush=True)
-            rank0_tables(cluster, spec, "allreduce.py", "--max-bytes", str(max_bytes), what="allreduce")
-    cluster.shape(None)
+        shaped_tables(cluster, rate, "allreduce", "allreduce.py", "--max-bytes", str(max_bytes))
 
 
 def fusion_tables(cluster):
     """bench/fusion.py across hosts (fused vs unfused vs one MPI_Allreduce), links shaped to 10 Gbit/s."""
-    cluster.shape("10gbit")
-    try:
-        for spec in ("h1:1,h2:1", "h1:2,h2:2"):
-            print(f"\n## fusion, {spec} ({ranks_of(spec)} ranks), links 10gbit", flush=True)
-            rank0_tables(cluster, spec, "fusion.py", what="fusion")
-    finally:
-        cluster.shape(None)
+    shaped_tables(cluster, "10gbit", "fusion", "fusion.py")
 
 
 def deadline_tables(cluster):
     """bench/deadline.py across hosts on the slowest link the default progress deadline promises
     to tolerate: 1 Gbit/s."""
-    cluster.shape("1gbit")
-    try:
-        for spec in ("h1:1,h2:1", "h1:2,h2:2"):
-            print(f"\n## progress deadline margin, {spec} ({ranks_of(spec)} ranks), links 1gbit", flush=True)
-            rank0_tables(cluster, spec, "deadline.py", what="deadline")
-    finally:
-        cluster.shape(None)
+    shaped_tables(cluster, "1gbit", "progress deadline margin", "deadline.py")
 
 
 def spark_launch_table(cluster, repeats):

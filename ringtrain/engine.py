@@ -345,7 +345,7 @@ class Engine:
         if state.size > 1:  # one rank agrees with itself
             words = np.frombuffer(mask.to_bytes(state.cache.words() * 8, "little"), dtype=np.uint64).copy()
             fast = self._fast_candidate(state, cached, announce, need_slow, joined)
-            if fast is not None and self._fast_allreduce(state, fast, words, started):
+            if fast is not None and self._fast_allreduce(state, *fast, words, started):
                 return
             if fast is None:  # (the fast path already ran the round's allreduce of bits)
                 self.runtime.core.control_band(state.ctrl_handle, words)
@@ -398,7 +398,7 @@ class Engine:
     def _fast_candidate(self, state, cached, announce, need_slow, joined):
         """The steady state of a training loop: every request pending on this set is a cached
         allreduce this round proposes, and together they make exactly one fusion group (or one
-        tensor of any size). Returns them in bit order, or None. The fast round sends exactly
+        tensor of any size). Returns (them in bit order, their bytes), or None. The fast round sends exactly
         what the general path sends (the same bit vector, then the same allreduce of the same
         packed bytes, planned by the same rule: executor.plan_fusion), so other ranks need not
         take the fast path too; only Python's bookkeeping between the collectives is skipped."""
@@ -412,7 +412,7 @@ class Engine:
         if first.kind != "allreduce":
             return None
         if len(requests) == 1 and len(first.tensors) == 1:
-            return requests
+            return requests, first.nbytes
         key, total, t = (first.code, first.op, first.prescale, first.postscale), 0, self.tuning
         for request in requests:
             if request.kind != "allreduce" or (request.code, request.op, request.prescale, request.postscale) != key:
@@ -421,9 +421,9 @@ class Engine:
             if nbytes >= t.segment_bytes and len(request.tensors) == 1:
                 return None  # the general path runs this one on its own
             total += nbytes
-        return requests if total <= t.fusion_threshold else None
+        return (requests, total) if total <= t.fusion_threshold else None
 
-    def _fast_allreduce(self, state, requests, words, started):
+    def _fast_allreduce(self, state, requests, total, words, started):
         """Runs the round's bit-vector allreduce and, if every rank proposed exactly these
         tensors, their allreduce (packed if several), in C. False (words holding the agreed
         bits) when the others proposed something else: the general path goes on from there."""
@@ -434,7 +434,6 @@ class Engine:
         else:
             srcs = [x for r in requests for x in r.tensors]
             dsts = [x for r in requests for x in r.outputs]
-        total = sum(r.nbytes for r in requests) if len(srcs) > 1 else srcs[0].nbytes
         try:
             agreed = core.round_allreduce(
                 state.ctrl_handle, words, state.handle, srcs, dsts,
