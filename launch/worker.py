@@ -34,6 +34,10 @@ def main():
         fn, args, kwargs = loads_call(payload)
         value = fn(*args, **kwargs)
         client.request({"type": "result", "rank": rank}, cloudpickle.dumps(("ok", value)))
+    except KeyboardInterrupt:
+        # SIGINT reaches a rank when its job is being stopped (mpiexec forwards Ctrl-C to every
+        # rank once another has failed): a consequence, not the failure, so it is not reported
+        os._exit(130)
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
         text = traceback.format_exc()
         message = str(exc)
