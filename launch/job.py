@@ -22,9 +22,10 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 from .channel import Server, interface_address, job_environment, new_secret
-from .mpiexec import die_with_parent, kill_process_group, mpiexec_command, process_group_alive
+from .mpiexec import die_with_parent, kill_process_group, mpiexec_command
 from .rank_output import RankLines
 
 FAILURE_GRACE = 3.0  # seconds the other ranks get to report their own errors after one fails
@@ -225,20 +226,55 @@ def with_restarts(attempt, max_restarts, who, stderr=None):
 
 
 class HydraLeftovers:
-    """hydra's mpiexec and proxies each leave a topology file in /tmp when they are killed (they
-    remove it only when they end by themselves). Taken before starting them, remove() deletes
-    the files that appeared since."""
+    """hydra's proxies each write a topology file to /tmp for their ranks and remove it when they
+    end by themselves; a proxy killed first (by us, or by mpiexec, which SIGKILLs the proxies it
+    started once they have reported, racing their clean-up) leaves it behind. Taken before the job
+    starts, remove() deletes the files that appeared since, once no hydra proxy that shares this
+    /tmp is left to need one (a concurrent job's proxy keeps them: its file cannot be told apart)."""
     PATTERN = "/tmp/hydra_hwloc_xmlfile_*"
+    PROXY = b"hydra_pmi_proxy"
 
     def __init__(self):
         self._before = set(glob.glob(self.PATTERN))
 
-    def remove(self):
-        for path in set(glob.glob(self.PATTERN)) - self._before:
+    def remove(self, patience=2.0):
+        deadline = time.monotonic() + patience
+        while set(glob.glob(self.PATTERN)) - self._before:
+            if not self._proxies_sharing_tmp():
+                for path in set(glob.glob(self.PATTERN)) - self._before:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+                return
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+
+    @classmethod
+    def _proxies_sharing_tmp(cls):
+        """PIDs of live hydra proxies in this process's mount namespace (the ones that see our /tmp)."""
+        try:
+            mine = os.readlink("/proc/self/ns/mnt")
+        except OSError:
+            mine = None
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
             try:
-                os.unlink(path)
-            except OSError:
-                pass
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv0 = f.read().split(b"\0", 1)[0]
+                if not argv0.endswith(cls.PROXY):
+                    continue
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                        continue  # a zombie needs no file
+                if mine is None or os.readlink(f"/proc/{entry}/ns/mnt") == mine:
+                    found.append(int(entry))
+            except (OSError, IndexError):
+                continue
+        return found
 
 
 def _supervise(argv, env, service, stdout, stderr, timeout):
@@ -258,12 +294,7 @@ def _supervise(argv, env, service, stdout, stderr, timeout):
     for t in pumps:
         t.start()
 
-    stopped = []
-
     def kill_job(*_):
-        # mpiexec may have ended while its local proxy is still cleaning up: killing that leaves files too
-        if process.poll() is None or process_group_alive(process.pid):
-            stopped.append(True)
         stop_mpiexec(process)
 
     ended = threading.Event()
@@ -292,8 +323,7 @@ def _supervise(argv, env, service, stdout, stderr, timeout):
             t.join(timeout=5)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if stopped:
-            hydra_files.remove()
+        hydra_files.remove()
     failed_rank, failed_status = service.first_failure()
     out, err = seen.get("out") or RankLines(), seen.get("err") or RankLines()
     last = {r: list(err.last.get(r, [])) or list(out.last.get(r, [])) for r in set(err.last) | set(out.last)}

@@ -87,16 +87,6 @@ def kill_process_group(pgid, patience=5.0):
         time.sleep(0.02)
 
 
-def process_group_alive(pgid):
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _kill_group(process):
     kill_process_group(process.pid)
 

@@ -76,7 +76,7 @@ def barrier_task(job, secret, payload):
         from pyspark import BarrierTaskContext
 
         from ringtrain.launch.job import HydraLeftovers, JobService, end_after_a_failure, pump_rank_lines, stop_mpiexec
-        from ringtrain.launch.mpiexec import die_with_parent, mpiexec_command, process_group_alive
+        from ringtrain.launch.mpiexec import die_with_parent, mpiexec_command
 
         ctx = BarrierTaskContext.get()
         index = ctx.partitionId()
@@ -204,14 +204,11 @@ def barrier_task(job, secret, payload):
             return iter(records)
         finally:
             finished.set()
-            ended_by_themselves = all(p is None or (p.poll() == 0 and not process_group_alive(p.pid))
-                                      for p in (mpiexec, proxy))
             if mpiexec is not None:
                 stop_mpiexec(mpiexec)
                 mpiexec.wait()
             _kill_group(proxy)
-            if not ended_by_themselves:
-                hydra_files.remove()
+            hydra_files.remove()
             if service is not None:
                 service.close()
             driver.close()
