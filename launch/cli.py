@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+from ringtrain.config import LOG_LEVELS
 from ringtrain.errors import RingtrainError
 
 from .job import Hosts, run_job, with_restarts
@@ -60,9 +61,20 @@ def build_parser():
                           "default: ssh")
     run.add_argument("--network-interface", metavar="IFACE",
                      help="the network interface the hosts reach each other on (e.g. eth0)")
+    run.add_argument("-p", "--ssh-port", type=_positive_int, help="ssh port on the hosts (given to the launcher as -p)")
+    run.add_argument("--start-timeout", type=_non_negative, default=None,
+                     help="seconds for every rank to start, else the job is stopped "
+                          "(default: HOROVOD_START_TIMEOUT or 30; 0 waits for ever)")
+    run.add_argument("--output-filename", metavar="DIR",
+                     help="also write each rank's output to DIR/rank.N/stdout and DIR/rank.N/stderr")
+    run.add_argument("--verbose", action="store_true",
+                     help="say the mpiexec command line, and log at INFO on every rank (unless --log-level)")
+    run.add_argument("--log-level", type=str.upper, choices=sorted(LOG_LEVELS),
+                     help="the ringtrain logger's level on every rank")
     run.add_argument("--fusion-threshold-mb", type=_non_negative, help="Tensor Fusion buffer size in MB (0 disables)")
     run.add_argument("--cycle-time-ms", type=_non_negative, help="pause between negotiation rounds")
     run.add_argument("--timeline-filename", help="write a Chrome trace (rank 0)")
+    run.add_argument("--timeline-mark-cycles", action="store_true", help="mark each negotiation round in the timeline")
     run.add_argument("--autotune", action="store_true", help="tune fusion and cycle time online")
     run.add_argument("--autotune-log-file", help="CSV of the autotune trials")
     run.add_argument("--stall-check-time-seconds", "--stall-check-warning-time-seconds", dest="stall_check_time_seconds",
@@ -184,6 +196,8 @@ def rank_environment(args, base=None):
         else str(int(args.fusion_threshold_mb * 1024 * 1024)),
         "RINGTRAIN_CYCLE_TIME": None if args.cycle_time_ms is None else str(args.cycle_time_ms),
         "RINGTRAIN_TIMELINE": args.timeline_filename,
+        "RINGTRAIN_TIMELINE_MARK_CYCLES": "1" if args.timeline_mark_cycles else None,
+        "RINGTRAIN_LOG_LEVEL": args.log_level or ("INFO" if args.verbose else None),
         "RINGTRAIN_AUTOTUNE": "1" if args.autotune else None,
         "RINGTRAIN_AUTOTUNE_LOG": args.autotune_log_file,
         "RINGTRAIN_STALL_CHECK_TIME": "0" if args.stall_check_disable else (
@@ -209,7 +223,7 @@ def placement(args, parser):
     from .channel import ChannelError
 
     try:
-        hosts = Hosts.parse(args.hosts, args.hostfile, args.launcher_command, args.network_interface)
+        hosts = Hosts.parse(args.hosts, args.hostfile, args.launcher_command, args.network_interface, args.ssh_port)
         if hosts is not None:
             hosts.check_slots(args.np)
             hosts.service_address()  # a --network-interface this host lacks, before anything starts
@@ -272,6 +286,12 @@ def main(argv=None):
         parser.error("--host-discovery-script finds the hosts itself: give it instead of -H/--hostfile")
     hosts = None if args.host_discovery_script else placement(args, parser)
     env = rank_environment(args)
+    start_timeout = args.start_timeout
+    if start_timeout is None:
+        try:
+            start_timeout = _non_negative(os.environ.get("HOROVOD_START_TIMEOUT", "30"))
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"HOROVOD_START_TIMEOUT: {exc}")
 
     if args.host_discovery_script:
         env["RINGTRAIN_ELASTIC_DISCOVERY"] = "1"  # elastic commits ask the launcher for new hosts
@@ -284,7 +304,8 @@ def main(argv=None):
                 np, where = discovered_placement(args)
                 watch = functools.partial(watch_hosts, args, np, where)
             result = run_job(np, command, env=dict(env, RINGTRAIN_RESTART=str(restart)), hosts=where,
-                             mpi_args=args.mpi_args.split(), watch=watch)
+                             mpi_args=args.mpi_args.split(), watch=watch, start_timeout=start_timeout,
+                             output_dir=args.output_filename, verbose=args.verbose)
             if not result.resized:
                 return result, (result.failure_report() if result.returncode != 0 else None)
             print("ringtrain run: the ranks stopped at a commit to move to the hosts discovery offers now; "
@@ -339,7 +360,8 @@ def discovered_placement(args):
             raise OSError(f"--host-discovery-script {args.host_discovery_script} failed with status "
                           f"{found.returncode}: {found.stderr.strip()[-500:]}")
         entries = [line.strip() for line in found.stdout.splitlines() if line.strip()]
-        hosts = Hosts.parse(",".join(entries), None, args.launcher_command, args.network_interface) if entries else None
+        hosts = Hosts.parse(",".join(entries), None, args.launcher_command, args.network_interface,
+                            args.ssh_port) if entries else None
         slots = hosts.slots if hosts else 0
         if slots >= min_np:
             np = min(max_np, slots)

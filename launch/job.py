@@ -17,10 +17,13 @@ if mpiexec has not."""
 import dataclasses
 import glob
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -38,9 +41,10 @@ class Hosts:
     entries: tuple                      # ((host, slots), ...)
     launcher_command: str = None        # called like ssh: COMMAND HOST COMMAND...; None: hydra's ssh
     network_interface: str = None       # the interface the hosts reach each other on
+    ssh_port: int = None                # passed to the launcher command as -p PORT (horovodrun's -p)
 
     @classmethod
-    def parse(cls, hosts=None, hostfile=None, launcher_command=None, network_interface=None):
+    def parse(cls, hosts=None, hostfile=None, launcher_command=None, network_interface=None, ssh_port=None):
         """-> Hosts, or None for a job on this host only. Raises ValueError on a bad entry."""
         if hosts and hostfile:
             raise ValueError("give hosts or a hostfile, not both")
@@ -50,8 +54,8 @@ class Hosts:
         elif hosts:
             items = [h.strip() for h in hosts.split(",")] if isinstance(hosts, str) else list(hosts)
         else:
-            if launcher_command or network_interface:
-                raise ValueError("a launcher command or network interface needs hosts (-H or --hostfile)")
+            if launcher_command or network_interface or ssh_port:
+                raise ValueError("a launcher command, ssh port or network interface needs hosts (-H or --hostfile)")
             return None
         entries = []
         for item in filter(None, items):
@@ -61,7 +65,7 @@ class Hosts:
             entries.append((host, int(count or 1)))
         if not entries:
             raise ValueError(f"no hosts in {hostfile or hosts!r}")
-        return cls(tuple(entries), launcher_command, network_interface)
+        return cls(tuple(entries), launcher_command, network_interface, ssh_port)
 
     @property
     def slots(self):
@@ -100,6 +104,7 @@ class JobService:
         self.payload = payload
         self.exits = {}     # rank -> (status, time, host)
         self.results = {}   # rank -> bytes (a pickled record, see worker.py)
+        self.started = set()  # ranks whose rank_exec has reported in
         self.hosts_changed = False  # set by a host discovery watcher; ranks ask at each elastic commit
         self._lock = threading.Lock()
         self._server = Server(self.secret, self._handle, host)
@@ -114,11 +119,13 @@ class JobService:
                 self.exits[int(message["rank"])] = (int(message["status"]), float(message["time"]), message["host"])
             elif kind == "result":
                 self.results[int(message["rank"])] = data
+            elif kind == "started":
+                self.started.add(int(message["rank"]))
         if kind == "payload":
             reply({"type": "payload"}, self.payload)
         elif kind == "hosts_changed":
             reply({"type": "hosts", "changed": self.hosts_changed})
-        elif kind in ("exit", "result"):
+        elif kind in ("exit", "result", "started"):
             reply({"type": "ok"})
 
     def a_rank_failed(self):
@@ -152,8 +159,11 @@ class JobResult:
     results: dict = dataclasses.field(default_factory=dict)  # rank -> bytes, from worker.py
     mpiexec_lines: list = dataclasses.field(default_factory=list)  # hydra's own words
     resized: bool = False         # every rank left to restart on the hosts discovery offers now
+    not_started: str = None       # why the launcher ended the job before every rank had started
 
     def failure_report(self):
+        if self.not_started:
+            return self.not_started
         if self.failed_rank is None:
             said = "\n".join(f"    {line}" for line in self.mpiexec_lines[-8:] if line.strip())
             return (f"the job failed with status {self.returncode} and no rank reported an exit"
@@ -179,22 +189,33 @@ def pump_rank_lines(stream, emit):
 
 
 def run_job(np, command, env=None, hosts=None, mpi_args=(), payload=b"", stdout=None, stderr=None, timeout=None,
-            watch=None):
+            watch=None, start_timeout=None, output_dir=None, verbose=False):
     """Run `command` on np ranks (on `hosts`, a Hosts, or this host); each rank's lines go to
-    stdout/stderr as "[rank]: line". Returns a JobResult when mpiexec has ended. watch(service,
-    ended) runs in a thread while the job runs (a host discovery watcher)."""
+    stdout/stderr as "[rank]: line", and with output_dir also to output_dir/rank.N/stdout and
+    stderr (horovodrun's --output-filename layout). Returns a JobResult when mpiexec has ended.
+    watch(service, ended) runs in a thread while the job runs (a host discovery watcher). A job
+    whose ranks have not all started within start_timeout seconds is stopped. verbose: say the
+    mpiexec command line on stderr."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     service = JobService(payload, host=hosts.service_address() if hosts else "127.0.0.1")
     ended = threading.Event()
     watcher = threading.Thread(target=watch, args=(service, ended), daemon=True) if watch else None
+    launcher_dir = None
     try:
         job_env = dict(os.environ if env is None else env, **service.environment())
+        if hosts is not None and hosts.ssh_port:
+            launcher_dir = tempfile.mkdtemp(prefix="ringtrain-launcher-")
+            hosts = dataclasses.replace(hosts, launcher_command=_launcher_with_port(hosts, launcher_dir))
         argv = mpiexec_command(np, [sys.executable, "-m", "ringtrain.launch.rank_exec", *command],
                                hosts=hosts, extra=mpi_args)
+        if verbose:
+            # control characters (the prepend pattern's) escaped: one readable line
+            stderr.write("ringtrain run: " + shlex.join(argv).encode("unicode_escape").decode("ascii") + "\n")
+            stderr.flush()
         if watcher is not None:
             watcher.start()
-        result = _supervise(argv, job_env, service, stdout, stderr, timeout)
+        result = _supervise(argv, job_env, service, stdout, stderr, timeout, np, start_timeout, output_dir)
         result.resized = service.every_rank_left_to_resize(np)
         return result
     finally:
@@ -202,6 +223,42 @@ def run_job(np, command, env=None, hosts=None, mpi_args=(), payload=b"", stdout=
         if watcher is not None:
             watcher.join(timeout=70)
         service.close()
+        if launcher_dir is not None:
+            shutil.rmtree(launcher_dir, ignore_errors=True)
+
+
+def _launcher_with_port(hosts, directory):
+    """hydra calls its launcher with fixed arguments: a private script puts -p PORT in front."""
+    path = os.path.join(directory, "launcher")
+    with open(path, "w") as f:
+        f.write(f'#!/bin/sh\nexec {shlex.quote(hosts.launcher_command or "ssh")} -p {int(hosts.ssh_port)} "$@"\n')
+    os.chmod(path, 0o700)
+    return path
+
+
+class RankFiles:
+    """Each rank's lines in directory/rank.N/stdout and stderr, opened as ranks first speak."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self._files = {}
+        self._lock = threading.Lock()
+
+    def write(self, rank, stream, line):
+        with self._lock:
+            f = self._files.get((rank, stream))
+            if f is None:
+                folder = os.path.join(self.directory, f"rank.{rank}")
+                os.makedirs(folder, exist_ok=True)
+                f = self._files[(rank, stream)] = open(os.path.join(folder, stream), "a")
+            f.write(line + "\n")
+            f.flush()
+
+    def close(self):
+        with self._lock:
+            for f in self._files.values():
+                f.close()
+            self._files.clear()
 
 
 # The status with which every rank leaves when ringtrain.elastic saw, at a commit, that the host
@@ -277,8 +334,9 @@ class HydraLeftovers:
         return found
 
 
-def _supervise(argv, env, service, stdout, stderr, timeout):
+def _supervise(argv, env, service, stdout, stderr, timeout, np=None, start_timeout=None, output_dir=None):
     hydra_files = HydraLeftovers()
+    files = RankFiles(output_dir) if output_dir else None
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                env=env, start_new_session=True, preexec_fn=die_with_parent)
     seen = {}
@@ -287,6 +345,8 @@ def _supervise(argv, env, service, stdout, stderr, timeout):
         def emit(rank, line):
             sink.write(f"[{rank}]: {line}\n" if rank != "mpiexec" else f"{line}\n")
             sink.flush()
+            if files is not None and rank != "mpiexec":
+                files.write(rank, "stdout" if name == "out" else "stderr", line)
         seen[name] = pump_rank_lines(stream, emit)
 
     pumps = [threading.Thread(target=pump, args=(process.stdout, stdout, "out"), daemon=True),
@@ -300,6 +360,24 @@ def _supervise(argv, env, service, stdout, stderr, timeout):
     ended = threading.Event()
     watchdog = threading.Thread(target=end_after_a_failure, daemon=True, args=(service.a_rank_failed, ended, kill_job))
     watchdog.start()
+    not_started = []
+
+    def start_watch():
+        deadline = time.monotonic() + start_timeout
+        while not ended.wait(0.1):
+            if len(service.started) >= np or service.exits:
+                return
+            if time.monotonic() > deadline:
+                missing = sorted(set(range(np)) - service.started)
+                not_started.append(f"ranks {', '.join(map(str, missing))} of {np} did not start within --start-timeout "
+                                   f"{start_timeout:g} s (is every host reachable by the launcher command, and "
+                                   "ringtrain installed at the same path there?)")
+                kill_job()
+                return
+
+    starter = threading.Thread(target=start_watch, daemon=True) if start_timeout and np else None
+    if starter is not None:
+        starter.start()
 
     def interrupted(signum, _frame):
         kill_job()
@@ -318,9 +396,13 @@ def _supervise(argv, env, service, stdout, stderr, timeout):
     finally:
         ended.set()
         watchdog.join()
+        if starter is not None:
+            starter.join()
         kill_job()  # ranks that outlived mpiexec must not linger
         for t in pumps:
             t.join(timeout=5)
+        if files is not None:
+            files.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         hydra_files.remove()
@@ -328,7 +410,8 @@ def _supervise(argv, env, service, stdout, stderr, timeout):
     out, err = seen.get("out") or RankLines(), seen.get("err") or RankLines()
     last = {r: list(err.last.get(r, [])) or list(out.last.get(r, [])) for r in set(err.last) | set(out.last)}
     hydra = list(err.last.get("mpiexec", [])) + list(out.last.get("mpiexec", []))
-    return JobResult(returncode, failed_rank, failed_status, last, dict(service.results), hydra)
+    return JobResult(returncode, failed_rank, failed_status, last, dict(service.results), hydra,
+                     not_started=not_started[0] if not_started else None)
 
 
 def stop_mpiexec(process, patience=2.0):

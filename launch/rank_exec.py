@@ -31,6 +31,7 @@ def main():
     client = Client.from_environment()
     if client is None:
         sys.exit("ringtrain.launch.rank_exec: no job channel in the environment: start it through ringtrain run")
+    client.request({"type": "started", "rank": int(rank)})  # for the launcher's --start-timeout
     child = subprocess.Popen(command, close_fds=False, preexec_fn=die_with_parent)
 
     def forward(signum, _frame):

@@ -385,11 +385,12 @@ def remove_process_set(process_set):
     process_set.process_set_id = None
 
 
-def start_timeline(path):
-    """Start writing a Chrome trace of every collective to `path` (rank 0 writes; call on all ranks)."""
+def start_timeline(path, mark_cycles=False):
+    """Start writing a Chrome trace of every collective to `path` (rank 0 writes; call on all
+    ranks); mark_cycles adds a CYCLE_START mark at each negotiation round that ran collectives."""
     engine = runtime.current("start_timeline").engine
     with engine._round_lock:
-        engine.start_timeline(path)
+        engine.start_timeline(path, mark_cycles)
 
 
 def stop_timeline():

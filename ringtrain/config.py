@@ -52,6 +52,18 @@ def _parse_count(text):
     return value
 
 
+# Horovod's log levels, as the logging module's names
+LOG_LEVELS = {"TRACE": "DEBUG", "DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "WARNING", "ERROR": "ERROR",
+              "FATAL": "CRITICAL", "CRITICAL": "CRITICAL"}
+
+
+def _parse_log_level(text):
+    level = LOG_LEVELS.get(str(text).strip().upper())
+    if level is None:
+        raise ValueError(text)
+    return level
+
+
 def _stall_check_disabled(text):
     """HOROVOD_STALL_CHECK_DISABLE=1 is a stall check time of 0."""
     return 0.0 if _parse_bool(text) else None
@@ -66,6 +78,8 @@ HOROVOD_ENV = {
     "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": ("stall_shutdown_time", _parse_non_negative_float),
     "HOROVOD_STALL_CHECK_DISABLE": ("stall_check_time", _stall_check_disabled),
     "HOROVOD_TIMELINE": ("timeline", _parse_path),
+    "HOROVOD_TIMELINE_MARK_CYCLES": ("timeline_mark_cycles", _parse_bool),
+    "HOROVOD_LOG_LEVEL": ("log_level", _parse_log_level),
     "HOROVOD_AUTOTUNE": ("autotune", _parse_bool),
     "HOROVOD_AUTOTUNE_LOG": ("autotune_log", _parse_path),
 }
@@ -99,8 +113,13 @@ class Config:
     # The longest quiet stretch of a 64 MB allreduce over a 1 Gbit/s link is far below this
     # (bench/RESULTS.md, "Progress deadline").
     progress_timeout: float = 30.0
-    # Chrome trace JSON written by rank 0 ("" = off).
+    # Chrome trace JSON written by rank 0 ("" = off); with mark cycles, a CYCLE_START mark at
+    # every round that ran collectives (Horovod's --timeline-mark-cycles).
     timeline: str = ""
+    timeline_mark_cycles: bool = False
+    # The "ringtrain" logger's level on every rank (Horovod's --log-level; TRACE is DEBUG here);
+    # "" leaves the logger as the program configured it.
+    log_level: str = ""
     # Tune fusion_threshold, cycle_time and small_allreduce_threshold online.
     autotune: bool = False
     autotune_log: str = ""
@@ -119,6 +138,8 @@ class Config:
         "stall_shutdown_time": ("RINGTRAIN_STALL_SHUTDOWN_TIME", _parse_non_negative_float),
         "progress_timeout": ("RINGTRAIN_PROGRESS_TIMEOUT", _parse_non_negative_float),
         "timeline": ("RINGTRAIN_TIMELINE", _parse_path),
+        "timeline_mark_cycles": ("RINGTRAIN_TIMELINE_MARK_CYCLES", _parse_bool),
+        "log_level": ("RINGTRAIN_LOG_LEVEL", _parse_log_level),
         "autotune": ("RINGTRAIN_AUTOTUNE", _parse_bool),
         "autotune_log": ("RINGTRAIN_AUTOTUNE_LOG", _parse_path),
         "cache_capacity": ("RINGTRAIN_CACHE_CAPACITY", _parse_count),
@@ -131,6 +152,7 @@ class Config:
         _parse_path: "a path",
         _parse_count: "a non-negative integer",
         _stall_check_disabled: "a boolean (1/0, true/false)",
+        _parse_log_level: "one of " + ", ".join(LOG_LEVELS),
     }
 
     @classmethod

@@ -42,6 +42,7 @@ class Claim:
     set_id: int
     set_ranks: tuple
     age: float                     # seconds since it was submitted
+    kind: str = "?"                # the collective (allreduce, broadcast, ...), for messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +69,14 @@ class RoundMessage:
     join: bool = False             # this rank has called join() and not yet said so
     claims: list = None            # [Claim], from the global set's rank 0 when a cross-check is due
     params: dict = None            # autotune's new settings, from the global set's rank 0
+    waiting: bool = False          # a caller on this rank is blocked waiting for a handle (sent with claims)
 
     def to_wire(self):
         wire = {"a": [[a.name, a.signature] for a in self.announce],
                 "f": [[f.name, f.kind.value, f.text] for f in self.failures], "j": self.join}
         if self.claims is not None:
-            wire["c"] = [[c.name, c.set_id, list(c.set_ranks), c.age] for c in self.claims]
+            wire["c"] = [[c.name, c.set_id, list(c.set_ranks), c.age, c.kind] for c in self.claims]
+            wire["w"] = self.waiting
         if self.params:
             wire["p"] = self.params
         return wire
@@ -83,7 +86,8 @@ class RoundMessage:
         claims = wire.get("c")
         return cls([Announcement(n, s) for n, s in wire["a"]],
                    [Failure(n, FailureKind(k), t) for n, k, t in wire["f"]], wire["j"],
-                   None if claims is None else [Claim(n, i, tuple(r), a) for n, i, r, a in claims], wire.get("p"))
+                   None if claims is None else [Claim(n, i, tuple(r), a, k) for n, i, r, a, k in claims], wire.get("p"),
+                   bool(wire.get("w")))
 
 
 @dataclasses.dataclass

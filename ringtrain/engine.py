@@ -100,6 +100,7 @@ class Engine:
         self._doorbell = threading.Event()   # submit() wakes an idle engine (see _loop)
         self._activity = False
         self._dozing = False
+        self._waiting = set()        # threads blocked in wait() (set.add/discard are atomic)
         self.round_ended = 0.0
         self.failure = None
         self.last_round = 0.0
@@ -107,7 +108,7 @@ class Engine:
         self.rounds = 0
         self._next_cross_check = 0.0
         if config.timeline:
-            self.start_timeline(config.timeline)
+            self.start_timeline(config.timeline, config.timeline_mark_cycles)
         from .autotune import Autotuner
 
         self.autotuner = Autotuner(self.tuning, config.autotune_log) if config.autotune and runtime.rank == 0 else None
@@ -159,16 +160,21 @@ class Engine:
                 handle.complete(run())
             except BaseException as exc:
                 handle.fail(exc)
-        while not handle.done:
-            if self.failure is not None:
-                raise self._failure_error()
-            with self._round_lock:
-                if not handle.done and not self._stop.is_set():
-                    self._rounds_or_fail()
-            if self._stop.is_set() and not handle.done:
+        me = threading.get_ident()
+        self._waiting.add(me)  # while a caller waits, this rank submits nothing more (negotiation.divergence)
+        try:
+            while not handle.done:
                 if self.failure is not None:
                     raise self._failure_error()
-                raise RingtrainError("ringtrain was shut down before this operation completed")
+                with self._round_lock:
+                    if not handle.done and not self._stop.is_set():
+                        self._rounds_or_fail()
+                if self._stop.is_set() and not handle.done:
+                    if self.failure is not None:
+                        raise self._failure_error()
+                    raise RingtrainError("ringtrain was shut down before this operation completed")
+        finally:
+            self._waiting.discard(me)
         if handle.error is not None:
             raise handle.error
         return handle.result
@@ -279,7 +285,7 @@ class Engine:
     def _claims(self, now):
         """Everything this rank has pending, in every set: the global coordinator compares them
         across sets to find a name submitted on different process sets (negotiation.py)."""
-        return [Claim(name, state.id, tuple(state.ranks), now - request.submitted)
+        return [Claim(name, state.id, tuple(state.ranks), now - request.submitted, request.kind)
                 for state in self.sets.values() for name, request in state.pending.items()]
 
     def _cross_check_due(self, now):
@@ -370,6 +376,7 @@ class Engine:
             message = RoundMessage(announce, state.failures_to_report, joined and not state.join_announced)
             if state.id == 0:
                 message.claims = self._claims(started) or None
+                message.waiting = bool(self._waiting)
             response = self._negotiate(state, message)
             state.failures_to_report = []
             state.announced.update(a.name for a in announce)
@@ -391,6 +398,8 @@ class Engine:
             if name not in announced:
                 waited[name] += 1
 
+        if items and self.timeline is not None and self.timeline.mark_cycles:
+            self.timeline.mark("CYCLE_START", started)
         self._execute(state, items)
         if self.autotuner is not None and state.id == 0 and items:
             self.autotuner.observe(self.executor.bytes_reduced, time.perf_counter())
@@ -533,7 +542,11 @@ class Engine:
             if request is not None:
                 error_class = StallError if failure.kind is FailureKind.STALL else RingtrainError
                 request.handle.fail(error_class(failure.text))
+        debug = log.isEnabledFor(logging.DEBUG)
         for ready in response.ready:
+            if debug:
+                log.debug("negotiated %s '%s' on process set %d (cache bit %s)", ready.signature[0], ready.name,
+                          state.id, ready.bit)
             if ready.bit is not None:
                 state.cache.assign(ready.name, ready.signature, ready.bit)
             request = state.pending.get(ready.name)
@@ -582,11 +595,11 @@ class Engine:
             state.free()
 
     # --- timeline -------------------------------------------------------------------------
-    def start_timeline(self, path):
+    def start_timeline(self, path, mark_cycles=False):
         from .timeline import Timeline
 
         if self.runtime.rank == 0:
-            old, self.timeline = self.timeline, Timeline(path)
+            old, self.timeline = self.timeline, Timeline(path, mark_cycles)
             if old is not None:
                 old.close()
 

@@ -67,6 +67,9 @@ class StallInspector:
 # what every rank has pending in every process set (see process_set_mismatches).
 CROSS_CHECK_AFTER = 0.2
 CROSS_CHECK_EVERY = 1.0
+# A divergence (see divergence()) must look the same for this long before it fails the ranks:
+# long enough for any other thread of a rank to have submitted what it was about to.
+DIVERGENCE_AFTER = 1.0
 
 
 def process_set_mismatches(claims):
@@ -107,6 +110,46 @@ def process_set_mismatches(claims):
     return found
 
 
+def divergence(claims, waiting, size):
+    """Ranks whose programs went different ways (an exception on some ranks skipped a
+    collective, a branch only some ranks took): every rank of the job is blocked waiting for a
+    handle, and no pending name is held by every member of its set, so none can ever complete.
+
+    claims: rank -> [control.Claim] (what each rank has pending, in every set); waiting: rank ->
+    whether a caller is blocked in wait(). Returns None, or (fingerprint, [control.SetFailure])
+    where the fingerprint identifies the situation: the coordinator acts only when it has found
+    the same one for DIVERGENCE_AFTER (a second thread of a rank might still submit)."""
+    if any(not claims.get(r) or not waiting.get(r) for r in range(size)):
+        return None
+    holders, kinds, members = collections.defaultdict(set), {}, {}
+    for rank, entries in claims.items():
+        for claim in entries:
+            key = (claim.name, claim.set_id)
+            holders[key].add(rank)
+            kinds[key], members[key] = claim.kind, set(claim.set_ranks)
+    if any(members[key] <= ranks for key, ranks in holders.items()):
+        return None  # something can still complete
+    waits = collections.defaultdict(list)  # what a rank waits for -> the ranks waiting for it
+    for rank in range(size):
+        mine = tuple(sorted((c.name, c.set_id) for c in claims[rank]))
+        waits[mine].append(rank)
+
+    def what(keys):
+        shown = [f"{kinds[k]} '{k[0]}'" + (f" (process set {k[1]})" if k[1] else "") +
+                 f", which rank(s) {_ranks(sorted(members[k] - holders[k]))} did not submit" for k in keys[:3]]
+        return "; ".join(shown) + (f" (and {len(keys) - 3} more)" if len(keys) > 3 else "")
+
+    parts = [f"rank(s) {_ranks(ranks)} wait for {what(list(keys))}" for keys, ranks in sorted(waits.items(), key=lambda kv: kv[1])]
+    text = ("The ranks' programs diverged: every rank is blocked waiting for a collective that other ranks did "
+            "not submit, so none can complete: " + "; ".join(parts) +
+            ". (Did an exception on some ranks skip a collective, or did only some ranks take a branch?)")
+    failures = []
+    for key in sorted(holders):
+        failures.append(SetFailure(key[0], text, tuple(sorted((r, key[1]) for r in holders[key]))))
+    fingerprint = frozenset((r, c.name, c.set_id) for r, entries in claims.items() for c in entries)
+    return fingerprint, failures
+
+
 class Coordinator:
     def __init__(self, size, stall_inspector):
         self.size = size
@@ -119,6 +162,7 @@ class Coordinator:
         # names failed because a rank had joined: a rank that still owes them would have
         # announced them before its own join, so they expire when the join completes
         self.owed_for_join = set()
+        self.suspected_divergence = (None, 0.0)   # divergence()'s fingerprint, and since when
 
     def needs_slow_round(self, now):
         return self.stalls.wants_a_look(self.table, now)
@@ -157,7 +201,17 @@ class Coordinator:
             self._fail(response, failure, reporters.get(name, ()))
 
         if any(message.claims is not None for message in messages.values()):
-            response.set_failures = process_set_mismatches({r: m.claims or [] for r, m in messages.items()})
+            claims = {r: m.claims or [] for r, m in messages.items()}
+            response.set_failures = process_set_mismatches(claims)
+            found = None if response.set_failures or self.joined else \
+                divergence(claims, {r: m.waiting for r, m in messages.items()}, self.size)
+            if found is None:
+                self.suspected_divergence = (None, now)
+            elif found[0] != self.suspected_divergence[0]:
+                self.suspected_divergence = (found[0], now)
+            elif now - self.suspected_divergence[1] >= DIVERGENCE_AFTER:
+                response.set_failures = found[1]
+                self.suspected_divergence = (None, now)
         joined = set(self.joined)
         # ranks that are leaving (shutdown(), or the end of the program): what they have not
         # submitted can never complete, and their shutdown cannot complete while others wait

@@ -4,9 +4,10 @@ ringtrain works on its own duplicate of the communicator it is given (COMM_WORLD
 its messages never match a user's own MPI traffic. MPI is started lazily, at init(), so that
 importing ringtrain (say on a Spark driver) does not start an MPI singleton."""
 import atexit
-import logging
 import dataclasses
+import logging
 import os
+import socket
 import sys
 import time
 
@@ -53,6 +54,16 @@ def load_core():
     return _core
 
 
+def _set_log_level(level):
+    """Horovod's --log-level: the level, and a handler when none would show it (Python's last
+    resort handler shows warnings and worse only)."""
+    log.setLevel(level)
+    if not log.handlers and logging.getLevelName(level) < logging.WARNING:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("ringtrain %(levelname)s: %(message)s"))
+        log.addHandler(handler)
+
+
 def init(comm=None, process_sets=(), **settings):
     """Start ringtrain on `comm` (an mpi4py communicator; default COMM_WORLD).
 
@@ -71,6 +82,8 @@ def init(comm=None, process_sets=(), **settings):
     mine.Set_errhandler(MPI.ERRORS_RETURN)
     local = mine.Split_type(MPI.COMM_TYPE_SHARED, key=mine.Get_rank())
     cross = mine.Split(color=local.Get_rank(), key=mine.Get_rank())
+    if config.log_level:
+        _set_log_level(config.log_level)
     if mine.Get_rank() == 0:
         for notice in config.notices:  # HOROVOD_* variables: what became of them, said once
             log.warning("ringtrain: %s", notice)
@@ -89,6 +102,12 @@ def init(comm=None, process_sets=(), **settings):
 
     _runtime.engine = Engine(_runtime, config, process_sets)
     _install_exit_hooks()
+    if log.isEnabledFor(logging.INFO):
+        changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                   if f.compare and getattr(config, f.name) != f.default}
+        log.info("rank %d of %d (local rank %d of %d) on %s; settings changed from the defaults: %s",
+                 _runtime.rank, _runtime.size, local.Get_rank(), local.Get_size(), socket.gethostname(),
+                 changed or "none")
 
 
 def _start_liveness(runtime, MPI):

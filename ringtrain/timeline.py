@@ -9,8 +9,9 @@ import time
 
 
 class Timeline:
-    def __init__(self, path):
+    def __init__(self, path, mark_cycles=False):
         self.path = path
+        self.mark_cycles = mark_cycles
         self._file = open(path, "w", encoding="ascii")
         self._file.write("[\n]")
         self._file.flush()
@@ -42,6 +43,13 @@ class Timeline:
             if args:
                 event["args"] = args
             self._emit(event)
+
+    def mark(self, name, at):
+        """An instant across the whole trace (a negotiation cycle's start, say) at perf_counter() `at`."""
+        with self._lock:
+            if self._file is not None:
+                self._emit({"name": name, "ph": "i", "s": "g", "pid": 0, "tid": 0,
+                            "ts": round((at - self._origin) * 1e6, 3)})
 
     def close(self):
         with self._lock:

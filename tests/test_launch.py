@@ -1,5 +1,7 @@
 """The ways in: `ringtrain run` (and python -m ringtrain), and rt.run / @rt.distributed."""
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -137,6 +139,58 @@ def test_check_and_argument_errors():
     assert iface.returncode == 2 and "network interface 'nope0' has no IPv4 address here" in iface.stderr
     missing = ringtrain_run("python", "-c", "pass")
     assert missing.returncode == 2 and "run needs -np N" in missing.stderr
+
+
+def test_horovodrun_output_verbose_log_level_and_timeline_flags(tmp_path):
+    path = write("""
+        import sys
+        import numpy as np
+        import ringtrain as rt
+        rt.init()
+        rt.allreduce(np.ones(3), name="flags.grad")
+        print(f"out of rank {rt.rank()}")
+        print(f"err of rank {rt.rank()}", file=sys.stderr)
+    """)
+    out, trace = tmp_path / "logs", tmp_path / "trace.json"
+    result = ringtrain_run("-np", "2", "--output-filename", str(out), "--verbose", "--log-level", "debug",
+                           "--timeline-filename", str(trace), "--timeline-mark-cycles", "python", path)
+    os.unlink(path)
+    assert result.returncode == 0, result.stderr
+    for r in range(2):  # horovodrun's layout, and the console still gets every line
+        assert (out / f"rank.{r}" / "stdout").read_text().splitlines()[-1] == f"out of rank {r}"
+        assert f"err of rank {r}" in (out / f"rank.{r}" / "stderr").read_text().splitlines()
+        assert f"[{r}]: out of rank {r}" in result.stdout.splitlines()
+        # --log-level DEBUG on every rank: the init line and each negotiated name
+        assert re.search(rf"^\[{r}\]: ringtrain INFO: rank {r} of 2 \(local rank {r} of 2\) on .*; settings changed "
+                         r"from the defaults: .*'log_level': 'DEBUG'", result.stderr, re.M), result.stderr
+        assert f"[{r}]: ringtrain DEBUG: negotiated allreduce 'flags.grad' on process set 0" in result.stderr
+    # --verbose: the mpiexec command line, which carries no secret
+    line = next(line for line in result.stderr.splitlines() if line.startswith("ringtrain run: "))
+    assert "mpiexec" in line and "ringtrain.launch.rank_exec" in line and "SECRET" not in line.upper()
+    events = json.loads(trace.read_text())
+    assert any(e["name"] == "CYCLE_START" for e in events) and any(e["name"] == "RING_ALLREDUCE"
+                                                                     or e["ph"] == "X" for e in events)
+    bad = ringtrain_run("-np", "2", "--log-level", "loud", "python", "-c", "pass")
+    assert bad.returncode == 2 and "--log-level: invalid choice: 'LOUD'" in bad.stderr
+
+
+def test_ranks_that_never_start_end_the_job_at_the_start_timeout(tmp_path):
+    """A host the launcher cannot reach leaves ssh hanging: here a launcher command that never
+    runs what it is given. --start-timeout ends the job, names the ranks, and kills the launcher."""
+    marker = "ringtrain-start-timeout-marker-5e1a"
+    hanging = tmp_path / "hanging-ssh"
+    hanging.write_text(f"#!/bin/sh\n# {marker}\nexec sleep 600 # {marker}\n")
+    hanging.chmod(0o755)
+    started = time.monotonic()
+    result = ringtrain_run("-np", "2", "-H", "unreachable-host:2", "--launcher-command", str(hanging),
+                           "--start-timeout", "2", "python", "-c", "print('never')", timeout=120)
+    assert result.returncode != 0
+    assert "ranks 0, 1 of 2 did not start within --start-timeout 2 s" in result.stderr, result.stderr
+    assert time.monotonic() - started < 60
+    deadline = time.monotonic() + 10
+    while leftovers(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not leftovers(marker)
 
 
 def test_plain_hosts_flag_runs_locally():

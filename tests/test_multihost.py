@@ -127,6 +127,32 @@ def test_ringtrain_run_with_a_host_list(hosts, spec):
     check_layout(cli_layouts(result.stdout), spec)
 
 
+def test_ssh_port_reaches_the_launcher_command(hosts):
+    """horovodrun's -p: hydra cannot pass a port to its launcher, so ringtrain puts `-p PORT` in
+    front of the launcher command's arguments (here a launcher that records them, then enters
+    the host like ssh would)."""
+    launcher = os.path.join(HERE, "multihost", "port-recording-launcher")
+    record = os.path.join(HERE, "multihost", "port-recording-launcher.log")
+    with open(launcher, "w") as f:
+        f.write(f'#!/bin/sh\necho "$*" >> {record}\n[ "$1" = -p ] || exit 255\nshift 2\n'
+                f'exec {hosts.launcher_exec} "$@"\n')
+    os.chmod(launcher, 0o755)
+    try:
+        result = hosts.run("h1", [PYTHON, "-m", "ringtrain", "run", "--launcher-command", launcher,
+                                  "--network-interface", "eth0", "-p", "2222", "-np", "2", "-H", "h1:1,h2:1",
+                                  "python", LAYOUT_JOB], env=hosts.mpi_environment(), timeout=120)
+        with open(record) as f:
+            calls = f.read().splitlines()
+    finally:
+        for path in (launcher, record):
+            if os.path.exists(path):
+                os.unlink(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    check_layout(cli_layouts(result.stdout), [("h1", 1), ("h2", 1)])
+    assert calls and all(call.startswith("-p 2222 ") for call in calls), calls
+    assert any(" h2 " in f" {call} " for call in calls), calls
+
+
 def test_ringtrain_run_with_a_hostfile_reports_a_rank_failing_on_the_second_host(hosts):
     hostfile = os.path.join(HERE, "multihost", "hostfile-h1-h2")
     with open(hostfile, "w") as f:

@@ -1,6 +1,6 @@
 """The coordinator's pure logic, without MPI: what it concludes from what ranks announce."""
 from ringtrain.control import Claim
-from ringtrain.negotiation import CROSS_CHECK_AFTER, process_set_mismatches
+from ringtrain.negotiation import CROSS_CHECK_AFTER, divergence, process_set_mismatches
 
 OLD = CROSS_CHECK_AFTER + 1.0
 EVERYONE = (0, 1, 2)
@@ -88,3 +88,28 @@ def test_messages_and_responses_survive_the_wire():
     assert RoundMessage.from_wire(message.to_wire()) == message
     response = coordinator(1).process({0: message}, 2, 64)
     assert Response.from_wire(response.to_wire()) == response
+
+
+def test_divergence_needs_every_rank_blocked_and_nothing_that_can_complete():
+    claims = {0: [Claim("check", 0, EVERYONE, OLD, "allreduce")], 1: [Claim("next", 0, EVERYONE, OLD, "broadcast")],
+              2: [Claim("check", 0, EVERYONE, OLD, "allreduce")]}
+    everyone = {0: True, 1: True, 2: True}
+    fingerprint, failures = divergence(claims, everyone, 3)
+    assert [(f.name, f.targets) for f in failures] == [("check", ((0, 0), (2, 0))), ("next", ((1, 0),))]
+    assert failures[0].text == failures[1].text
+    assert ("rank(s) 0, 2 wait for allreduce 'check', which rank(s) 1 did not submit; rank(s) 1 wait for "
+            "broadcast 'next', which rank(s) 0, 2 did not submit") in failures[0].text
+    assert divergence(claims, everyone, 3)[0] == fingerprint  # the same situation, recognised again
+    # a rank that is not waiting may still submit what the others wait for
+    assert divergence(claims, {**everyone, 1: False}, 3) is None
+    # a rank with nothing pending is free to submit
+    assert divergence({**claims, 1: []}, everyone, 3) is None
+    # a name every member holds completes: no divergence (yet)
+    both = {**claims, 1: [Claim("check", 0, EVERYONE, OLD, "allreduce"), Claim("next", 0, EVERYONE, OLD, "broadcast")]}
+    assert divergence(both, everyone, 3) is None
+    # process sets: each name judged against its own set's members
+    sets = {0: [Claim("a", 1, (0, 1), OLD, "allreduce")], 1: [Claim("b", 1, (0, 1), OLD, "allgather")],
+            2: [Claim("c", 2, (2,), OLD, "allreduce")]}
+    assert divergence(sets, everyone, 3) is None  # rank 2's 'c' on its own set can complete
+    sets[2] = [Claim("d", 0, EVERYONE, OLD, "barrier")]
+    assert "allgather 'b' (process set 1), which rank(s) 0 did not submit" in divergence(sets, everyone, 3)[1][0].text

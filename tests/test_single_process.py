@@ -98,10 +98,10 @@ def test_horovod_notices_are_printed_at_init_and_a_disabled_cache_still_negotiat
     result = run_python("import numpy as np, ringtrain as rt; rt.init(); "
                         "print([rt.allreduce(np.ones(2), op=rt.Sum, name='x').tolist() for _ in range(3)]); "
                         "print(rt.runtime.current('t').engine.sets[0].cache.bit_of)",
-                        env={"HOROVOD_CACHE_CAPACITY": "0", "HOROVOD_TIMELINE_MARK_CYCLES": "1"})
+                        env={"HOROVOD_CACHE_CAPACITY": "0", "HOROVOD_HIERARCHICAL_ALLGATHER": "1"})
     assert result.returncode == 0, result.stderr
     assert "ringtrain: HOROVOD_CACHE_CAPACITY=0 is honoured as RINGTRAIN_CACHE_CAPACITY=0" in result.stderr
-    assert "ringtrain: HOROVOD_TIMELINE_MARK_CYCLES has no equivalent in ringtrain and is ignored" in result.stderr
+    assert "ringtrain: HOROVOD_HIERARCHICAL_ALLGATHER has no equivalent in ringtrain and is ignored" in result.stderr
     assert result.stdout.splitlines() == ["[[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]", "{}"]  # nothing was cached
 
 

@@ -318,9 +318,9 @@ def remove_process_set(process_set):
 
 
 def start_timeline(file_path, mark_cycles=False):
-    """Write a Chrome trace of every collective to file_path (mark_cycles is accepted and ignored:
-    ringtrain's rounds are not drawn)."""
-    core.start_timeline(file_path)
+    """Write a Chrome trace of every collective to file_path; mark_cycles marks each negotiation
+    round that ran collectives (CYCLE_START)."""
+    core.start_timeline(file_path, mark_cycles)
 
 
 def stop_timeline():

@@ -12,7 +12,7 @@ import torch
 import ringtrain.torch as hvd
 from ringtrain import runtime
 from torch_harness import ALL_DTYPES, INT_DTYPES, all_inputs, assert_close, even_odd_sets, \
-    rank_tensor, reference
+    rank_tensor, recursive_doubling_sum, reference, ring_order_sum
 
 SHAPES = [(17,), (5, 7), (3, 4, 5), (1000, 3)]
 OPS = [hvd.Sum, hvd.Average, hvd.Min, hvd.Max, hvd.Product]
@@ -84,6 +84,58 @@ def test_prescale_and_postscale(dtype):
     expected = (reference(hvd.Sum, inputs, dtype).to(torch.float64) * factor)
     expected = expected if dtype.is_floating_point else torch.trunc(expected)
     assert_close(post, expected, dtype, "postscale")
+
+
+HALF_LENGTHS = {"recursive-doubling": 1001, "ring": 30001}  # 2 KB and 60 KB around the 8 KB default threshold
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("path", list(HALF_LENGTHS))
+def test_half_precision_sums_are_bitwise_the_stated_order(dtype, path):
+    """README (Coming from Horovod): a prescale is applied on each rank in float32 and rounded,
+    then every addition is done in float32 and rounded, in the order of the algorithm."""
+    assert runtime.current("t").config.small_allreduce_threshold == 8 * 1024
+    factor, p = 0.37, hvd.size()
+    inputs = all_inputs((HALF_LENGTHS[path],), dtype, seed=11)
+    scaled = [(t.to(torch.float32) * factor).to(dtype) for t in inputs]
+    expected = (ring_order_sum if path == "ring" else recursive_doubling_sum)(scaled, dtype)
+    mine = inputs[hvd.rank()]
+    assert torch.equal(hvd.allreduce(mine, op=hvd.Sum, prescale_factor=factor), expected)
+    inplace = mine.clone()
+    hvd.allreduce_(inplace, op=hvd.Sum, prescale_factor=factor)
+    assert torch.equal(inplace, expected)
+    # Average: the sum, then times float32(1 / p), rounded once
+    average = hvd.allreduce(mine, op=hvd.Average)
+    summed = (ring_order_sum if path == "ring" else recursive_doubling_sum)(inputs, dtype)
+    assert torch.equal(average, (summed.to(torch.float32) * torch.tensor(1.0 / p, dtype=torch.float32)).to(dtype))
+    # the check a Horovod user writes, with the same tensor on every rank: at up to 3 ranks no
+    # order can change it (x + x is exact), so it holds bitwise
+    same = inputs[0]
+    if p <= 3:
+        assert torch.equal(hvd.allreduce(same, op=hvd.Sum, prescale_factor=factor),
+                           (same.to(torch.float32) * factor).to(dtype) * p)
+    # reducescatter: always the ring's order, rank r keeping block r
+    block = hvd.reducescatter(mine, op=hvd.Sum, prescale_factor=factor)
+    ring = ring_order_sum(scaled, dtype)
+    n = ring.numel()
+    start = sum(n // p + (b < n % p) for b in range(hvd.rank()))
+    assert torch.equal(block, ring[start:start + block.numel()])
+
+
+def test_float32_average_is_the_sum_times_float32_of_one_over_p():
+    """Horovod's CPU core multiplies by (float)(postscale / size); so does ringtrain: at 3 ranks
+    that differs from sum / 3 in the last bit for some elements, bitwise equal to this rule."""
+    inputs = all_inputs((10007,), torch.float32, seed=12)
+    mine = inputs[hvd.rank()]
+    summed = hvd.allreduce(mine, op=hvd.Sum)
+    one_over_p = torch.tensor(1.0 / hvd.size(), dtype=torch.float32)
+    assert torch.equal(hvd.allreduce(mine, op=hvd.Average), summed * one_over_p)
+    assert torch.equal(hvd.allreduce(mine, op=hvd.Average, postscale_factor=3.0),
+                       summed * torch.tensor(3.0 / hvd.size(), dtype=torch.float32))
+    # fused, the same rule (a fused buffer's sum order follows its own layout: compare like with like)
+    grouped_sum = hvd.grouped_allreduce([mine, mine[:5]], op=hvd.Sum)
+    for average, total in zip(hvd.grouped_allreduce([mine, mine[:5]], op=hvd.Average), grouped_sum):
+        assert torch.equal(average, total * one_over_p)
 
 
 def test_async_handles_and_fusion():

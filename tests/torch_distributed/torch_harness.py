@@ -60,3 +60,43 @@ def even_odd_sets():
     sets = [hvd.add_process_set(evens)] + ([hvd.add_process_set(odds)] if odds else [])
     mine = sets[hvd.rank() % 2]
     return sets, mine, (evens if hvd.rank() % 2 == 0 else odds)
+
+
+# The order of a 16-bit sum (README, "Coming from Horovod"): each addition is done in float32 and
+# rounded to the 16-bit type, as Horovod's float16 MPI op does, so at 3 or more ranks the order
+# matters. These follow ringtrain's two allreduce algorithms addition by addition.
+def _add_rounded(a, b, dtype):
+    return (a.to(torch.float32) + b.to(torch.float32)).to(dtype)
+
+
+def ring_order_sum(inputs, dtype):
+    """Ring (buffers above RINGTRAIN_SMALL_ALLREDUCE_THRESHOLD; reducescatter always): the flat
+    buffer is cut into p blocks, the first len % p one element longer; block b starts on rank
+    b+1 and each next rank round the ring adds its own, ending with rank b."""
+    p, flat = len(inputs), [t.reshape(-1) for t in inputs]
+    n, out, start = flat[0].numel(), [], 0
+    for b in range(p):
+        count = n // p + (b < n % p)
+        acc = flat[(b + 1) % p][start:start + count]
+        for k in range(2, p + 1):
+            acc = _add_rounded(acc, flat[(b + k) % p][start:start + count], dtype)
+        out.append(acc)
+        start += count
+    return torch.cat(out).reshape(inputs[0].shape)
+
+
+def recursive_doubling_sum(inputs, dtype):
+    """Recursive doubling (small buffers): with p = 2^k + rem, ranks 2i and 2i+1 (i < rem) first
+    add into one, then the 2^k survivors add pairwise with the partner whose index differs in
+    one bit, for each bit in turn."""
+    p = len(inputs)
+    pof2 = 1
+    while pof2 * 2 <= p:
+        pof2 *= 2
+    rem = p - pof2
+    values = [_add_rounded(inputs[2 * i], inputs[2 * i + 1], dtype) for i in range(rem)] + list(inputs[2 * rem:])
+    mask = 1
+    while mask < pof2:
+        values = [_add_rounded(values[i], values[i ^ mask], dtype) for i in range(pof2)]
+        mask <<= 1
+    return values[0]

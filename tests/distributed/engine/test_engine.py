@@ -138,6 +138,28 @@ def test_mismatch_raises_on_every_rank(case):
     assert rt.allreduce(np.ones(2), op=rt.Sum, name=f"after.{case}").tolist() == [rt.size()] * 2
 
 
+def test_ranks_whose_programs_diverge_get_an_error_naming_what_each_waits_for():
+    """One rank skips a collective (as a failed check would make it skip the rest of a test) and
+    goes on to the next one: every rank is then blocked on a name the others never submit. Each
+    gets an error naming both sides, within seconds, and the job goes on in step."""
+    if rt.size() == 1:
+        pytest.skip("a divergence needs two ranks; runs under mpiexec")
+    late = rt.size() - 1
+    others = ", ".join(str(r) for r in range(late))
+    expected = (rf"The ranks' programs diverged: every rank is blocked waiting for a collective that other ranks "
+                rf"did not submit, so none can complete: rank\(s\) {others} wait for allreduce 'div.check', which "
+                rf"rank\(s\) {late} did not submit; rank\(s\) {late} wait for broadcast 'div.next', which rank\(s\) "
+                rf"{others} did not submit")
+    with pytest.raises(rt.RingtrainError, match=expected):  # (the suite's deadline catches a hang)
+        if rt.rank() != late:
+            rt.allreduce(np.ones(3), name="div.check")
+        rt.broadcast(np.zeros(2), root_rank=0, name="div.next")
+    if rt.rank() != late:  # owed: the name the late rank failed on fails here too, at once
+        with pytest.raises(rt.RingtrainError, match="programs diverged"):
+            rt.broadcast(np.zeros(2), root_rank=0, name="div.next")
+    assert rt.allreduce(np.ones(2), op=rt.Sum, name="div.after").tolist() == [rt.size()] * 2
+
+
 def test_a_name_submitted_twice_is_a_value_error_at_once_and_the_first_goes_on():
     # no round between the two submissions: the first cannot have completed when the second comes
     with engine()._round_lock:
@@ -178,6 +200,24 @@ def test_stall_inspector_warns_naming_tensor_and_missing_ranks(caplog):
     submitted, waiting = found[0]
     assert late in waiting and late not in submitted and sorted(submitted + waiting) == list(range(rt.size())), \
         caplog.text
+
+
+def test_timeline_marks_cycles_when_asked():
+    path = os.path.join(tempfile.gettempdir(), f"ringtrain-cycles-{os.getpid()}-{rt.size()}.json")
+    path = rt.broadcast_object(path)
+    for mark_cycles in (True, False):
+        rt.start_timeline(path, mark_cycles=mark_cycles)
+        for i in range(3):
+            rt.allreduce(np.ones(10), name=f"cycles.{i}")
+        rt.stop_timeline()
+        if rt.rank() == 0:
+            with open(path) as f:
+                events = json.load(f)
+            os.unlink(path)
+            marks = [e for e in events if e["name"] == "CYCLE_START"]
+            assert (len(marks) >= 3) if mark_cycles else not marks, events
+            assert all(e["ph"] == "i" and e["s"] == "g" for e in marks)
+        rt.barrier()
 
 
 def test_timeline_records_every_phase():
