@@ -3,6 +3,7 @@ says when an attempt failed."""
 import os
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -89,6 +90,11 @@ def test_hydras_leftover_topology_files_go_once_no_proxy_needs_them(tmp_path):
         proxy.symlink_to("/bin/sleep")
         running = subprocess.Popen([str(proxy), "30"])
         try:
+            for _ in range(500):  # until it has exec'd: before that its command line is this Python's
+                with open(f"/proc/{running.pid}/cmdline", "rb") as f:
+                    if f.read().split(b"\0", 1)[0].endswith(b"hydra_pmi_proxy"):
+                        break
+                time.sleep(0.01)
             leftovers.remove(patience=0.3)
             assert os.path.exists(ours) and os.path.exists(earlier)
         finally:
