@@ -316,27 +316,37 @@ static PyObject *control_done(const char *what, int err) {
     Py_RETURN_NONE;
 }
 
-/* control_band(comm_f, words): bitwise AND of a uint64 array across the communicator, in place. */
+static size_t round_data_bound(Py_ssize_t small_bytes) {
+    return small_bytes < 0 ? 0 : (size_t)small_bytes < RT_ROUND_DATA_MAX ? (size_t)small_bytes : RT_ROUND_DATA_MAX;
+}
+
+/* control_band(comm_f, words, small): a round's bit vector ANDed across the communicator, in
+ * place (round_exchange.c, carrying no data; `small` bounds what other ranks' messages carry). */
 static PyObject *py_control_band(PyObject *self, PyObject *args) {
-    int comm_f, err;
+    int comm_f, err, carried;
     PyObject *obj;
-    if (!PyArg_ParseTuple(args, "iO", &comm_f, &obj)) return NULL;
+    Py_ssize_t small_bytes;
+    if (!PyArg_ParseTuple(args, "iOn", &comm_f, &obj, &small_bytes)) return NULL;
     char *words;
     size_t nbytes;
     if (get_array(obj, "words", 1, &words, &nbytes)) return NULL;
     MPI_Comm comm = MPI_Comm_f2c(comm_f);
-    MPI_Request req;
+    void *data;
     Py_BEGIN_ALLOW_THREADS
-    err = MPI_Iallreduce(MPI_IN_PLACE, words, (int)(nbytes / 8), MPI_UINT64_T, MPI_BAND, comm, &req);
-    if (!err) err = rt_wait_collective(&req, comm);
+    rt_round_lock();
+    err = rt_round_exchange((uint64_t *)words, nbytes / 8, NULL, NULL, 0, RT_UINT8, RT_SUM, 1.0,
+                            round_data_bound(small_bytes), comm, &carried, &data);
+    rt_round_unlock();
     Py_END_ALLOW_THREADS
     return control_done("a negotiation round", err);
 }
 
-/* round_allreduce(ctrl_f, words, comm_f, src, dst, dtype, op, prescale, postscale, small, segment) ->
- * bool: a negotiation round's bit vector (AND across the control communicator) and, if every rank
- * proposed exactly these bits, the one allreduce they stand for, with the GIL released once. When
- * the vectors differ, words holds their AND and nothing else was sent (the engine goes on). */
+/* round_allreduce(ctrl_f, words, comm_f, srcs, dsts, fused, dtype, op, prescale, postscale, small,
+ * segment) -> bool: a negotiation round's bit vector and, if every rank proposed exactly these
+ * bits, the one allreduce they stand for, with the GIL released once. Up to `small` bytes the
+ * data travels with the bit vector (round_exchange.c: one exchange); above, or when some rank
+ * carried no data but all agreed, the allreduce follows. When this rank's proposal is not what
+ * every rank proposed, words holds the AND, the outputs are untouched, and the engine goes on. */
 static PyObject *py_round_allreduce(PyObject *self, PyObject *args) {
     int ctrl_f, comm_f, dtype, op, err = 0;
     PyObject *words_obj, *srcs_obj, *dsts_obj, *fused_obj;
@@ -357,6 +367,7 @@ static PyObject *py_round_allreduce(PyObject *self, PyObject *args) {
             PyErr_Format(PyExc_ValueError, "output %zd has %zu bytes, its tensor %zu", i, dst_bytes[i], src_bytes[i]);
             goto fail;
         }
+    const size_t bound = round_data_bound(small_bytes);
     if (n > 1 && (get_array(fused_obj, "fusion buffer", 1, &fused, &fused_bytes) || fused_bytes < src_total)) {
         if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "fusion buffer holds %zu bytes, tensors need %zu",
                                             fused_bytes, src_total);
@@ -368,14 +379,21 @@ static PyObject *py_round_allreduce(PyObject *self, PyObject *args) {
     MPI_Comm ctrl = MPI_Comm_f2c(ctrl_f), comm = MPI_Comm_f2c(comm_f);
     rt_tuning tuning = {(size_t)small_bytes, (size_t)(segment_bytes > 0 ? segment_bytes : 1)};
     rt_algorithm used;
-    int agreed = 0;
-    MPI_Request req;
+    int agreed = 0, carried = 0;
+    const size_t count = src_total / rt_dtype_size(dtype);
+    void *reduced = NULL;
     Py_BEGIN_ALLOW_THREADS
-    err = MPI_Iallreduce(MPI_IN_PLACE, words, (int)(word_bytes / 8), MPI_UINT64_T, MPI_BAND, ctrl, &req);
-    if (!err) err = rt_wait_collective(&req, ctrl);
-    agreed = !err && memcmp(proposal, words, word_bytes) == 0;
-    if (agreed) {  /* what the executor does with one fusion group: one tensor directly, several packed */
-        const size_t count = src_total / rt_dtype_size(dtype);
+    rt_round_lock();
+    err = rt_round_exchange((uint64_t *)words, word_bytes / 8, srcs, src_bytes, (size_t)n, (rt_dtype)dtype, (rt_op)op,
+                            prescale, bound, ctrl, &carried, &reduced);
+    agreed = !err && (carried || memcmp(proposal, words, word_bytes) == 0);
+    if (carried) {
+        int size = comm_size(comm);
+        rt_finish_reduction(reduced, count, (rt_dtype)dtype, (rt_op)op, postscale, size);
+        rt_unpack(reduced, dsts, dst_bytes, (size_t)n);
+    }
+    rt_round_unlock();
+    if (agreed && !carried) {  /* what the executor does with one fusion group: one tensor directly, several packed */
         rt_lock();
         if (n == 1) {
             err = rt_allreduce(srcs[0], dsts[0], count, (rt_dtype)dtype, (rt_op)op, prescale, postscale, &tuning,
@@ -392,7 +410,7 @@ static PyObject *py_round_allreduce(PyObject *self, PyObject *args) {
     if (proposal != proposal_small) free(proposal);
     free(srcs);
     free(dsts);
-    if (err && raise_mpi_error(agreed ? "allreduce" : "a negotiation round", err)) return NULL;
+    if (err && raise_mpi_error(agreed && !carried ? "allreduce" : "a negotiation round", err)) return NULL;
     return PyBool_FromLong(agreed);
 fail:
     free(srcs);
@@ -506,7 +524,7 @@ static PyMethodDef methods[] = {
     {"alltoallv", py_alltoallv, METH_VARARGS, "alltoallv(comm_f, sendbuf, send_bytes, recvbuf, recv_bytes)"},
     {"reduce", py_reduce, METH_VARARGS, "reduce(inout, in, dtype, op): inout = inout op in"},
     {"barrier", py_barrier, METH_VARARGS, "barrier(comm_f)"},
-    {"control_band", py_control_band, METH_VARARGS, "control_band(comm_f, words): bitwise AND of uint64 words, in place"},
+    {"control_band", py_control_band, METH_VARARGS, "control_band(comm_f, words, small): bitwise AND of a round's uint64 words, in place"},
     {"round_allreduce", py_round_allreduce, METH_VARARGS,
      "round_allreduce(ctrl_f, words, comm_f, srcs, dsts, fused, dtype, op, prescale, postscale, small, segment) -> "
      "agreed: a round's bit vector, then (if every rank proposed exactly these bits) one fusion group's allreduce"},

@@ -49,6 +49,12 @@ void rt_divide_integers(void *buf, size_t count, rt_dtype dtype, int64_t divisor
 void *rt_scratch(int slot, size_t bytes);
 void rt_lock(void);
 void rt_unlock(void);
+/* The engine's control rounds have their own slot and lock: an idle round must not wait for a
+ * data collective another thread runs (plan.measure_network times the algorithms directly while
+ * the engine thread keeps its rounds), or two ranks deadlock on each other's locks. */
+#define RT_ROUND_SLOT 4
+void rt_round_lock(void);
+void rt_round_unlock(void);
 
 /* --- p2p.c: the transport. Every message of every algorithm goes through here ------------
  * Byte ranges over MPI point-to-point, and the one wait loop of the library. A wait that sees no
@@ -146,6 +152,16 @@ int rt_tree_broadcast(void *buf, size_t bytes, int root, size_t segment_bytes, M
 /* pairwise_alltoallv.c: every pair exchanges its slice directly. */
 int rt_pairwise_alltoallv(const void *sendbuf, const size_t *send_bytes, const size_t *send_displs,
                           void *recvbuf, const size_t *recv_bytes, const size_t *recv_displs, MPI_Comm comm);
+
+/* round_exchange.c: a negotiation round's words (AND across ranks, in place) and, if every rank
+ * carries data of the same dtype/op/length (the packed srcs, prescaled; at most data_bound bytes,
+ * a bound the same on every rank), its reduction, in one recursive-doubling exchange. *carried is
+ * 1 (on every rank alike) when all ranks proposed the same words and all carried data: then
+ * *data (scratch RT_ROUND_SLOT, caller holds rt_round_lock) holds the reduced, not yet postscaled, data. */
+#define RT_ROUND_DATA_MAX 65536
+int rt_round_exchange(uint64_t *words, size_t nwords, char *const *srcs, const size_t *src_bytes, size_t nsrcs,
+                      rt_dtype dtype, rt_op op, double prescale, size_t data_bound, MPI_Comm comm, int *carried,
+                      void **data);
 
 /* fusion_buffer.c: Tensor Fusion's pack / unpack copies (tensors laid out back to back). */
 void rt_pack(char *buffer, char *const *tensors, const size_t *bytes, size_t count);

@@ -7,10 +7,11 @@
 #include <pthread.h>
 #include "ringtrain.h"
 
-#define RT_SCRATCH_SLOTS 4
+#define RT_SCRATCH_SLOTS 5
 static void *scratch[RT_SCRATCH_SLOTS];
 static size_t scratch_bytes[RT_SCRATCH_SLOTS];
 static pthread_mutex_t collective_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t round_lock = PTHREAD_MUTEX_INITIALIZER;
 
 void *rt_scratch(int slot, size_t bytes) {
     if (slot < 0 || slot >= RT_SCRATCH_SLOTS) return NULL;
@@ -28,3 +29,5 @@ void *rt_scratch(int slot, size_t bytes) {
 
 void rt_lock(void) { pthread_mutex_lock(&collective_lock); }
 void rt_unlock(void) { pthread_mutex_unlock(&collective_lock); }
+void rt_round_lock(void) { pthread_mutex_lock(&round_lock); }
+void rt_round_unlock(void) { pthread_mutex_unlock(&round_lock); }

@@ -37,7 +37,7 @@ from .control import Announcement, Claim, Failure, FailureKind, Response, RoundM
 from .errors import ProgressTimeoutError, RingtrainError
 from .executor import Executor, Item
 from .negotiation import CROSS_CHECK_AFTER, CROSS_CHECK_EVERY, Coordinator, StallInspector
-from .requests import StallError, UnnamedName
+from .requests import Request, StallError, UnnamedName
 from .response_cache import FIRST_TENSOR_BIT, JOINED_BIT, NO_SLOW_PATH_BIT, ResponseCache
 
 log = logging.getLogger("ringtrain")
@@ -76,6 +76,7 @@ class SetState:
         self.join_announced = False
         self.holders = {}                     # name -> weak reference to its latest call's Handle
         self.holders_limit = HOLDERS_PRUNE_AT
+        self.direct = {}                      # name -> (cache generation, call key, round words): allreduce_now
         self.coordinator = (Coordinator(self.size, StallInspector(config.stall_check_time, config.stall_shutdown_time))
                             if self.rank == 0 else None)
 
@@ -92,6 +93,8 @@ class Engine:
         self.runtime = runtime
         self.tuning = Tuning(config)
         self.timeline = None
+        self.autotuner = None
+        self.direct_ok = False   # see _update_direct
         self.executor = Executor(runtime.core, self.tuning, lambda: self.timeline)
         self.sets = {0: SetState(0, list(range(runtime.size)), runtime.comm.Dup(), config)}
         self.next_set_id = 1
@@ -106,6 +109,7 @@ class Engine:
         self.last_round = 0.0
         self.negotiation_seconds = 0.0   # time in rounds outside the collectives themselves
         self.rounds = 0
+        self.direct_calls = 0    # synchronous allreduces completed by allreduce_now alone
         self._next_cross_check = 0.0
         if config.timeline:
             self.start_timeline(config.timeline, config.timeline_mark_cycles)
@@ -114,6 +118,7 @@ class Engine:
         self.autotuner = Autotuner(self.tuning, config.autotune_log) if config.autotune and runtime.rank == 0 else None
         for process_set in process_sets:  # before the thread starts: no round may interleave
             process_set._register(self.create_set(process_set.ranks))
+        self._update_direct()
         self._thread = threading.Thread(target=self._loop, name="ringtrain-engine", daemon=True)
         self._thread.start()
 
@@ -179,6 +184,85 @@ class Engine:
             raise handle.error
         return handle.result
 
+    def _update_direct(self):
+        """Whether allreduce_now may run at all: not with a timeline (its spans come from the
+        general path), autotuning (rank 0 reports observations in slow rounds), several process
+        sets (a round covers every set in order), after a failure or once stopped."""
+        self.direct_ok = (self.timeline is None and self.autotuner is None and len(self.sets) == 1
+                          and self.failure is None and not self._stop.is_set())
+
+    def allreduce_now(self, state, name, array, output, code, op, pre, post):
+        """A synchronous allreduce of one tensor, run in the caller's thread when this rank has
+        nothing else in flight and the tensor is in the response cache (a training loop's steady
+        state): one C call runs the round's bit vector and, if every rank proposed this tensor,
+        its allreduce, with no Request, queue or round bookkeeping in Python. The other ranks see
+        exactly the round the general path would run, so they need not take this path too.
+        Returns the output, or None if this call must take the general path (nothing was sent)."""
+        if not self.direct_ok or state.pending or state.queue or state.join_request is not None:
+            return None
+        t, core = self.tuning, self.runtime.core
+        if state.size == 1:  # one rank agrees with itself: nothing to negotiate, nothing to send
+            with self._round_lock:
+                core.allreduce(state.handle, array, output, code, op, pre, post, t.small_allreduce_threshold,
+                               t.segment_bytes)
+            self.executor.bytes_reduced += array.nbytes
+            self.direct_calls += 1
+            return output
+        key = (code, array.shape, op, pre, post)
+        memo = state.direct.get(name)
+        if memo is None or memo[0] != state.cache.generation or memo[1] != key:
+            bit, hit = state.cache.lookup(name, ["allreduce", code, [list(array.shape)], op, -1, pre, post])
+            if not hit:
+                return None  # first sight (or a new signature): the coordinator must see it
+            words = np.zeros(state.cache.words(), dtype=np.uint64)
+            words.view(np.uint8)[:] = np.frombuffer(((1 << NO_SLOW_PATH_BIT) | (1 << bit)).to_bytes(
+                words.nbytes, "little"), dtype=np.uint8)
+            if len(state.direct) >= state.cache.capacity:
+                state.direct.clear()
+            memo = state.direct[name] = (state.cache.generation, key, words)
+        words = memo[2]
+        # Not while the engine thread is in a round: this call then queues like any other, so
+        # that round's outcome (a deadline's message naming what waits, say) covers it too.
+        if not self._round_lock.acquire(blocking=False):
+            return None
+        try:
+            if state.pending or state.queue or not self.direct_ok:
+                return None  # another thread got in first
+            started = self.last_round = self.round_ended = time.perf_counter()
+            self.rounds += 1
+            try:
+                if core.round_allreduce(state.ctrl_handle, words, state.handle, [array], [output], None, code, op, pre,
+                                        post, t.small_allreduce_threshold, t.segment_bytes):
+                    self._activity = True
+                    self.executor.bytes_reduced += array.nbytes
+                    self.direct_calls += 1
+                    return output
+                # the others proposed something else (words now hold the agreed bits, so the memo
+                # goes): this call joins the general path from there
+                del state.direct[name]
+                request = Request("allreduce", name, state.id, [array], [output], code, op, -1, pre, post)
+                request.handle.engine = self
+                state.holders[name] = weakref.ref(request.handle)
+                state.pending[name] = request
+                self._finish_round(state, int.from_bytes(words.tobytes(), "little"), [], False, started)
+                self.round_ended = time.perf_counter()
+            except core.NoProgressError as exc:
+                if name in state.pending:  # in the general path's part of the round
+                    error = ProgressTimeoutError(self._no_progress_text(state, getattr(exc, "items", None)))
+                elif str(exc).startswith("allreduce"):  # stopped in the data, not in the round's exchange
+                    items = [Item(name, ["allreduce", code, [list(array.shape)], op, -1, pre, post], None, started)]
+                    error = ProgressTimeoutError(self._no_progress_text(state, items))
+                else:
+                    error = ProgressTimeoutError(self._no_progress_text(state, None, agreeing=[name]))
+                self._fail_everything(error)
+                raise error from None
+            except Exception as exc:  # noqa: BLE001 - as _rounds_or_fail: the engine cannot go on
+                self._fail_everything(exc)
+                raise self._failure_error() from None
+        finally:
+            self._round_lock.release()
+        return self.wait(request.handle)
+
     def _loop(self):
         """A round every cycle_time, unless callers waiting on handles are already running them:
         then an extra round from here would only pair up with the wrong round on another rank.
@@ -210,6 +294,7 @@ class Engine:
     def halt(self):
         """Stop running rounds (the loop wakes at once)."""
         self._stop.set()
+        self.direct_ok = False
         self._doorbell.set()
 
     def _rounds_or_fail(self):
@@ -228,6 +313,7 @@ class Engine:
 
     def _fail_everything(self, exc):
         self.failure = exc
+        self.direct_ok = False
         error = self._failure_error()
         for state in self.sets.values():  # before halt(): a waiter that sees the stop finds its error
             for request in list(state.pending.values()) + list(state.queue):
@@ -249,7 +335,7 @@ class Engine:
                     raise ProgressTimeoutError(self._no_progress_text(state, getattr(exc, "items", None))) from None
         self.round_ended = time.perf_counter()
 
-    def _no_progress_text(self, state, items):
+    def _no_progress_text(self, state, items, agreeing=None):
         """Why a wait gave up, from the heartbeats' verdict (csrc/liveness.c), in a user's terms."""
         report = self.runtime.core.stall_report()
         me = self.runtime.rank
@@ -257,7 +343,7 @@ class Engine:
             names = ", ".join(f"'{item.name}'" for item in items[:4]) + (f" and {len(items) - 4} more" if len(items) > 4 else "")
             what = f"{items[0].signature[0]} {names}"
         else:
-            waiting = [f"'{name}'" for name in list(state.pending)[:4]]
+            waiting = [f"'{name}'" for name in (agreeing or list(state.pending))[:4]]
             what = (f"a negotiation round of process set {state.id}"
                     + (f" (agreeing on {', '.join(waiting)})" if waiting else ""))
         text = (f"{what} made no progress for {report['quiet']:.1f} s on rank {me} "
@@ -354,8 +440,13 @@ class Engine:
             if fast is not None and self._fast_allreduce(state, *fast, words, started):
                 return
             if fast is None:  # (the fast path already ran the round's allreduce of bits)
-                self.runtime.core.control_band(state.ctrl_handle, words)
+                self.runtime.core.control_band(state.ctrl_handle, words, self.tuning.small_allreduce_threshold)
             mask = int.from_bytes(words.tobytes(), "little")
+        self._finish_round(state, mask, announce, joined, started)
+
+    def _finish_round(self, state, mask, announce, joined, started):
+        """A round from the agreed bit vector on: the slow path if anyone asked for it, then
+        execution of what is ready."""
         no_slow_path = bool(mask >> NO_SLOW_PATH_BIT & 1)
         everyone_joined = bool(mask >> JOINED_BIT & 1)
 
@@ -386,7 +477,7 @@ class Engine:
             self._apply(state, response, items, ready_at)
 
         self.negotiation_seconds += time.perf_counter() - started
-        pending = state.pending
+        pending, announced, waited = state.pending, state.announced, state.waited
         for item in items:
             if item.request is not None:
                 pending.pop(item.name, None)
@@ -585,10 +676,12 @@ class Engine:
         self.next_set_id += 1
         if member:
             self.sets[set_id] = SetState(set_id, list(ranks), comm, self.runtime.config)
+            self._update_direct()
         return set_id
 
     def remove_set(self, set_id):
         state = self.sets.pop(set_id, None)
+        self._update_direct()
         if state is not None:
             for request in list(state.pending.values()) + list(state.queue):
                 request.handle.fail(RingtrainError(f"process set {set_id} was removed"))
@@ -602,9 +695,11 @@ class Engine:
             old, self.timeline = self.timeline, Timeline(path, mark_cycles)
             if old is not None:
                 old.close()
+            self._update_direct()
 
     def stop_timeline(self):
         old, self.timeline = self.timeline, None
+        self._update_direct()
         if old is not None:
             old.close()
 

@@ -15,6 +15,7 @@ class ResponseCache:
         self.bit_of = {}        # name -> bit
         self.entry = {}         # bit -> (name, signature)
         self.next_bit = FIRST_TENSOR_BIT
+        self.generation = 0     # changes whenever a bit is given or taken (Engine.allreduce_now's memo)
 
     def lookup(self, name, signature):
         """(bit, True) on a hit; (bit, False) if the name is cached with another signature;
@@ -26,6 +27,7 @@ class ResponseCache:
 
     def assign(self, name, signature, bit):
         self.evict(name)
+        self.generation += 1
         self.bit_of[name] = bit
         self.entry[bit] = (name, signature)
         self.next_bit = max(self.next_bit, bit + 1)
@@ -34,6 +36,7 @@ class ResponseCache:
         bit = self.bit_of.pop(name, None)
         if bit is not None:
             del self.entry[bit]
+            self.generation += 1
 
     def words(self):
         """Number of 64-bit words a round's bit vector needs."""

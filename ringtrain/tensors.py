@@ -15,12 +15,13 @@ def as_array(tensor, arg="tensor", writable=False):
     else:
         array = _view(tensor, arg)
     code = dtype_code(array.dtype, arg)
-    if not array.flags.c_contiguous:
+    flags = array.flags  # (a new object on every access)
+    if not flags.c_contiguous:
         raise ValueError(
             f"{arg} is not C-contiguous (shape {array.shape}, strides {array.strides}); "
             "ringtrain works on memory in place, pass np.ascontiguousarray(...) or a contiguous copy"
         )
-    if writable and not array.flags.writeable:
+    if writable and not flags.writeable:
         raise ValueError(f"{arg} is read-only, so it cannot be updated in place; use the out-of-place call")
     return array, code
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import ringtrain as rt
+from ringtrain import runtime
 from harness import ALL_DTYPES, ALL_OPS, DTYPE_IDS, MODES, assert_matches, lengths, rank_input, reference_reduce, tuned
 
 
@@ -32,6 +33,38 @@ def test_allreduce_matches_numpy(dtype, op, in_place):
                     result = rt.allreduce(mine, op=op)
                     np.testing.assert_array_equal(mine, inputs[rank], err_msg="input was modified")
                 assert_matches(result, expected, dtype, size, f"{mode} n={n}")
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["out-of-place", "in-place"])
+@pytest.mark.parametrize("dtype,op", DTYPE_OPS)
+def test_repeated_calls_take_the_steady_path_and_match_numpy(dtype, op, in_place):
+    """A name seen before with nothing else in flight runs in the caller's thread (the engine's
+    allreduce_now): one exchange carries the round's bits and, up to the small-message threshold,
+    the data. Its results match numpy and are bitwise those of the first (negotiated) call."""
+    size, rank = rt.size(), rt.rank()
+    engine = runtime.current("test").engine
+    before = engine.direct_calls
+    sizes = lengths(size)
+    for n in sizes:
+        name = f"steady.{np.dtype(dtype).name}.{op.name}.{in_place}.{n}"
+        inputs = [rank_input(dtype, (n,), q, seed=3) for q in range(size)]
+        expected = reference_reduce(op, inputs, dtype, prescale=2.0 if op != rt.Product else 1.0, postscale=0.5)
+        results = []
+        for step in range(3):
+            mine = inputs[rank].copy()
+            kwargs = dict(op=op, name=name, postscale_factor=0.5,
+                          prescale_factor=2.0 if op != rt.Product else 1.0) if dtype != np.bool_ else dict(op=op, name=name)
+            result = rt.allreduce_(mine, **kwargs) if in_place else rt.allreduce(mine, **kwargs)
+            if not in_place:
+                np.testing.assert_array_equal(mine, inputs[rank], err_msg="input was modified")
+            results.append(np.array(result, copy=True))
+        want = reference_reduce(op, inputs, dtype) if dtype == np.bool_ else expected
+        assert_matches(results[-1], want, dtype, size, f"n={n}")
+        for later in results[1:]:  # the steady path's bits are the negotiated path's bits
+            assert later.tobytes() == results[0].tobytes(), f"n={n}: a repeated call differs from the first"
+    # (a repeated call whose round met another rank's idle round goes the general way instead)
+    assert engine.direct_calls - before >= 1, "no repeated call took the steady path"
+
 
 
 @pytest.mark.parametrize("shape", [(3, 5), (4, 3, 7), (0, 3), (2, 0, 5), ()])

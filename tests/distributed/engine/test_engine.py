@@ -127,6 +127,44 @@ MISMATCHES = {
 }
 
 
+def test_a_cached_tensor_called_with_another_shape_on_one_rank_fails_on_every_rank():
+    """After two agreed calls the name is in the steady state (allreduce_now); a rank that then
+    changes its shape is still caught by negotiation, on every rank, and the job goes on."""
+    if rt.size() == 1:
+        pytest.skip("a mismatch needs two ranks; runs under mpiexec")
+    for _ in range(3):
+        assert rt.allreduce(np.ones(4), op=rt.Sum, name="mm.cached").tolist() == [rt.size()] * 4
+    last = rt.size() - 1
+    with pytest.raises(rt.RingtrainError, match=rf"Mismatched allreduce shapes for 'mm.cached': rank 0 has \(4,\), "
+                                                 rf"but rank {last} has \(5,\)"):
+        rt.allreduce(np.ones(5 if rt.rank() == last else 4), op=rt.Sum, name="mm.cached")
+    assert rt.allreduce(np.ones(2), op=rt.Sum, name="mm.cached.after").tolist() == [rt.size()] * 2
+
+
+def test_the_steady_path_pairs_with_ranks_taking_the_general_path():
+    """With a timeline on (rank 0 only records one), rank 0 takes the general path while the
+    others run repeated calls in one C call each: the rounds still pair up, small and large."""
+    path = rt.broadcast_object(os.path.join(tempfile.gettempdir(), f"ringtrain-mixed-{os.getpid()}-{rt.size()}.json"))
+    eng = engine()
+    before = eng.direct_calls
+    rt.start_timeline(path)
+    try:
+        for n in (3, 5000, 300_001):  # data with the round's bits, and after it (ring)
+            for step in range(4):
+                x = np.full(n, float(rt.rank() + step), np.float32)
+                out = rt.allreduce(x, op=rt.Sum, name=f"mixed.{n}")
+                assert (out == sum(q + step for q in range(rt.size()))).all(), (n, step)
+    finally:
+        rt.stop_timeline()
+        if rt.rank() == 0:
+            os.unlink(path)
+    if rt.rank() == 0:
+        assert eng.direct_calls == before  # a timeline's spans come from the general path
+    else:
+        assert eng.direct_calls > before, "no call took the steady path"
+    rt.barrier()
+
+
 @pytest.mark.parametrize("case", list(MISMATCHES))
 def test_mismatch_raises_on_every_rank(case):
     if rt.size() == 1:
