@@ -159,6 +159,10 @@ class Engine:
         return request.handle
 
     def wait(self, handle):
+        if handle.done and handle.deferred is None:  # (most handles of a step: a round completed them)
+            if handle.error is not None:
+                raise handle.error
+            return handle.result
         if handle.deferred is not None:  # a handle over parts: wait for them, then combine
             run, handle.deferred = handle.deferred, None
             try:

@@ -77,16 +77,19 @@ class UnnamedName(str):
 # the same on every member of the set, so a mismatch between ranks is still found by name.
 UNNAMED_WINDOW = 512
 _unnamed_counters = collections.defaultdict(itertools.count)
+_unnamed_names = {}
 
 
 def unnamed_name(kind, process_set_id=0):
     """The one generator of names for unnamed calls, for the numpy API and ringtrain.torch.
     Numbered per (kind, process set): the members of a set make the same calls on it, but ranks
     outside it do not, so one counter per kind would drift apart between ranks."""
-    number = next(_unnamed_counters[kind, process_set_id]) % UNNAMED_WINDOW
-    if process_set_id == 0:
-        return UnnamedName(f"{kind}.noname.{number}")
-    return UnnamedName(f"{kind}.noname.set{process_set_id}.{number}")
+    key = (kind, process_set_id)
+    names = _unnamed_names.get(key)
+    if names is None:  # made once: an unnamed call's latency is mostly Python like this
+        prefix = f"{kind}.noname." if process_set_id == 0 else f"{kind}.noname.set{process_set_id}."
+        names = _unnamed_names[key] = [UnnamedName(f"{prefix}{number}") for number in range(UNNAMED_WINDOW)]
+    return names[next(_unnamed_counters[key]) % UNNAMED_WINDOW]
 
 
 @dataclasses.dataclass(eq=False)

@@ -21,13 +21,12 @@ class _Allreduce(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor, name, op, prescale_factor, postscale_factor, process_set):
         ctx.args = (op, prescale_factor, postscale_factor, process_set)
-        return synchronize(mpi_ops._allreduce_async("allreduce", tensor, False, name, op, prescale_factor,
-                                                    postscale_factor, process_set))
+        return mpi_ops._allreduce_now(tensor, False, name, op, prescale_factor, postscale_factor, process_set)
 
     @staticmethod
     def backward(ctx, grad):
         op, pre, post, process_set = ctx.args
-        reduced = synchronize(mpi_ops._allreduce_async("allreduce", grad, False, None, op, pre, post, process_set))
+        reduced = mpi_ops._allreduce_now(grad, False, None, op, pre, post, process_set)
         return reduced, None, None, None, None, None
 
 

@@ -123,6 +123,18 @@ def _allreduce_async(kind, tensors, in_place, name, op, prescale_factor, postsca
     return _track(handle, (lambda _: tensors) if in_place else _tensor_list if grouped else from_numpy)
 
 
+def _allreduce_now(tensor, in_place, name, op, prescale_factor, postscale_factor, process_set):
+    """A synchronous allreduce of one tensor through the core's synchronous call, so that a
+    cached tensor takes the engine's steady path (one C call, no handle) as the numpy API does."""
+    name = _claim(name, process_set, "allreduce")
+    if in_place:
+        core.allreduce_(to_numpy(tensor), op=op, name=name, prescale_factor=prescale_factor,
+                        postscale_factor=postscale_factor, process_set=process_set)
+        return tensor
+    return from_numpy(core.allreduce(to_numpy(contiguous(tensor)), op=op, name=name, prescale_factor=prescale_factor,
+                                     postscale_factor=postscale_factor, process_set=process_set))
+
+
 def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
                     process_set=global_process_set):
     return _allreduce_async("allreduce", tensor, False, name, _op(op, average), prescale_factor, postscale_factor,
@@ -138,7 +150,7 @@ def allreduce_async_(tensor, average=None, name=None, op=None, prescale_factor=1
 def allreduce_(tensor, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
                process_set=global_process_set):
     """In-place allreduce: `tensor` holds the result and is returned."""
-    return synchronize(allreduce_async_(tensor, average, name, op, prescale_factor, postscale_factor, process_set))
+    return _allreduce_now(tensor, True, name, _op(op, average), prescale_factor, postscale_factor, process_set)
 
 
 def grouped_allreduce_async(tensors, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,

@@ -18,6 +18,11 @@ def _check_tensor(tensor, arg):
 
 def to_numpy(tensor, arg="tensor"):
     """A numpy array sharing `tensor`'s memory (no copy, whatever the dtype)."""
+    if type(tensor) is torch.Tensor and tensor.dtype is not torch.bfloat16:
+        try:  # the common case in one call: numpy() itself refuses GPU, sparse and autograd tensors
+            return tensor.numpy()
+        except (TypeError, RuntimeError):
+            pass  # the checks below say why, in ringtrain's words
     _check_tensor(tensor, arg)
     if not tensor.is_cpu:
         raise ValueError(f"{arg} is on device {tensor.device}; ringtrain.torch reduces CPU tensors only")
