@@ -243,7 +243,7 @@ class Engine:
                     return output
                 # the others proposed something else (words now hold the agreed bits, so the memo
                 # goes): this call joins the general path from there
-                del state.direct[name]
+                state.direct.pop(name, None)
                 request = Request("allreduce", name, state.id, [array], [output], code, op, -1, pre, post)
                 request.handle.engine = self
                 state.holders[name] = weakref.ref(request.handle)
