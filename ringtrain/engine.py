@@ -76,7 +76,7 @@ class SetState:
         self.join_announced = False
         self.holders = {}                     # name -> weak reference to its latest call's Handle
         self.holders_limit = HOLDERS_PRUNE_AT
-        self.direct = {}                      # name -> (cache generation, call key, round words): allreduce_now
+        self.direct = {}                      # (name, call key) -> (cache generation, round words): allreduce_now
         self.coordinator = (Coordinator(self.size, StallInspector(config.stall_check_time, config.stall_shutdown_time))
                             if self.rank == 0 else None)
 
@@ -212,9 +212,9 @@ class Engine:
             self.executor.bytes_reduced += array.nbytes
             self.direct_calls += 1
             return output
-        key = (code, array.shape, op, pre, post)
-        memo = state.direct.get(name)
-        if memo is None or memo[0] != state.cache.generation or memo[1] != key:
+        key = (name, code, array.shape, op, pre, post)  # (a name may hold several signatures: response_cache)
+        memo = state.direct.get(key)
+        if memo is None or memo[0] != state.cache.generation:
             bit, hit = state.cache.lookup(name, ["allreduce", code, [list(array.shape)], op, -1, pre, post])
             if not hit:
                 return None  # first sight (or a new signature): the coordinator must see it
@@ -223,8 +223,8 @@ class Engine:
                 words.nbytes, "little"), dtype=np.uint8)
             if len(state.direct) >= state.cache.capacity:
                 state.direct.clear()
-            memo = state.direct[name] = (state.cache.generation, key, words)
-        words = memo[2]
+            memo = state.direct[key] = (state.cache.generation, words)
+        words = memo[1]
         # Not while the engine thread is in a round: this call then queues like any other, so
         # that round's outcome (a deadline's message naming what waits, say) covers it too.
         if not self._round_lock.acquire(blocking=False):
@@ -243,7 +243,7 @@ class Engine:
                     return output
                 # the others proposed something else (words now hold the agreed bits, so the memo
                 # goes): this call joins the general path from there
-                state.direct.pop(name, None)
+                state.direct.pop(key, None)
                 request = Request("allreduce", name, state.id, [array], [output], code, op, -1, pre, post)
                 request.handle.engine = self
                 state.holders[name] = weakref.ref(request.handle)
@@ -510,8 +510,8 @@ class Engine:
         if len(cached) != len(pending) or not cached or announce or need_slow or joined or self.timeline:
             return None
         requests = list(pending.values())
-        if len(requests) > 1:
-            requests.sort(key=lambda r, bit_of=state.cache.bit_of: bit_of[r.name])
+        if len(requests) > 1:  # (cached holds their bits in pending order: every one was a hit)
+            requests = [r for _, r in sorted(zip(cached, requests), key=lambda pair: pair[0])]
         first = requests[0]
         if first.kind != "allreduce":
             return None
@@ -596,7 +596,7 @@ class Engine:
         if self.autotuner is not None and state.id == 0:
             message.params = self.autotuner.take_news() or None
         if state.size == 1:  # the coordinator is this rank: no messages needed
-            response = state.coordinator.process({0: message}, state.cache.next_bit, state.cache.capacity)
+            response = state.coordinator.process({0: message}, state.cache)
             response.params = message.params
             return response
         core, ctrl = self.runtime.core, state.ctrl_handle
@@ -611,7 +611,7 @@ class Engine:
             offsets = np.concatenate([[0], np.cumsum(sizes)])
             messages = {r: RoundMessage.from_wire(json.loads(gathered[offsets[r]:offsets[r + 1]].tobytes()))
                         for r in range(state.size)}
-            response = state.coordinator.process(messages, state.cache.next_bit, state.cache.capacity)
+            response = state.coordinator.process(messages, state.cache)
             response.params = message.params
             reply = np.frombuffer(json.dumps(response.to_wire()).encode(), dtype=np.uint8).copy()
             length = np.array([reply.size], dtype=np.int64)

@@ -167,11 +167,13 @@ class Coordinator:
     def needs_slow_round(self, now):
         return self.stalls.wants_a_look(self.table, now)
 
-    def process(self, messages, next_bit, cache_capacity):
-        """messages: rank -> control.RoundMessage. Returns the control.Response broadcast to
+    def process(self, messages, cache):
+        """messages: rank -> control.RoundMessage; cache: the set's ResponseCache (the same on
+        every rank), which picks the bits given out. Returns the control.Response broadcast to
         every rank of the set."""
         now = time.perf_counter()
         response = Response()
+        taken = set()  # bits given in this response
         failed = {}
         reporters = {}
         for rank in sorted(messages):
@@ -253,8 +255,10 @@ class Coordinator:
             signature = next(iter(entry.signatures.values()))
             bit = None
             # unnamed calls too: their names recur from a bounded set (requests.unnamed_name)
-            if signature[0] not in UNCACHED_KINDS and next_bit < cache_capacity:
-                bit, next_bit = next_bit, next_bit + 1
+            if signature[0] not in UNCACHED_KINDS:
+                bit = cache.choose_bit(name, signature, taken)
+                if bit is not None:
+                    taken.add(bit)
             response.ready.append(Ready(name, signature, bit))
 
         if stranded:

@@ -42,6 +42,7 @@ def test_a_young_request_is_not_judged_yet():
 # --- Coordinator.process: what every rank is told, from what each announced -----------------
 from ringtrain.control import Announcement, Failure, FailureKind, Response, RoundMessage  # noqa: E402
 from ringtrain.negotiation import Coordinator, StallInspector  # noqa: E402
+from ringtrain.response_cache import ResponseCache  # noqa: E402
 
 F32_4 = ["allreduce", 2, [[4]], 1, -1, 1.0, 1.0]  # a signature: allreduce, float32, shape (4,), Average
 
@@ -55,20 +56,20 @@ def announce(*pairs):
 
 
 def test_a_name_every_rank_announced_is_ready_with_a_cache_bit():
-    response = coordinator().process({r: announce(("g", F32_4)) for r in range(3)}, next_bit=2, cache_capacity=64)
+    response = coordinator().process({r: announce(("g", F32_4)) for r in range(3)}, ResponseCache(64))
     assert [(r.name, r.bit) for r in response.ready] == [("g", 2)] and response.failures == []
 
 
 def test_a_name_some_ranks_announced_waits_for_the_others():
     c = coordinator()
-    assert c.process({0: announce(("g", F32_4)), 1: RoundMessage(), 2: RoundMessage()}, 2, 64).ready == []
+    assert c.process({0: announce(("g", F32_4)), 1: RoundMessage(), 2: RoundMessage()}, ResponseCache(64)).ready == []
     assert [r.name for r in c.process({0: RoundMessage(), 1: announce(("g", F32_4)), 2: announce(("g", F32_4))},
-                                      2, 64).ready] == ["g"]
+                                      ResponseCache(64)).ready] == ["g"]
 
 
 def test_a_shape_mismatch_fails_on_every_rank_naming_both():
     other = ["allreduce", 2, [[5]], 1, -1, 1.0, 1.0]
-    response = coordinator(2).process({0: announce(("g", F32_4)), 1: announce(("g", other))}, 2, 64)
+    response = coordinator(2).process({0: announce(("g", F32_4)), 1: announce(("g", other))}, ResponseCache(64))
     [failure] = response.failures
     assert failure.kind is FailureKind.MISMATCH and failure.ranks is None
     assert failure.text == "Mismatched allreduce shapes for 'g': rank 0 has (4,), but rank 1 has (5,)"
@@ -76,17 +77,17 @@ def test_a_shape_mismatch_fails_on_every_rank_naming_both():
 
 def test_a_stall_is_given_up_on_as_a_stall_and_owed_to_the_latecomer():
     c = coordinator(2, shutdown=1e-9)
-    assert c.process({0: announce(("g", F32_4)), 1: RoundMessage()}, 2, 64).failures == []  # just seen
-    [failure] = c.process({0: RoundMessage(), 1: RoundMessage()}, 2, 64).failures
+    assert c.process({0: announce(("g", F32_4)), 1: RoundMessage()}, ResponseCache(64)).failures == []  # just seen
+    [failure] = c.process({0: RoundMessage(), 1: RoundMessage()}, ResponseCache(64)).failures
     assert failure.kind is FailureKind.STALL and "waiting for ranks 1" in failure.text
-    late = c.process({0: RoundMessage(), 1: announce(("g", F32_4))}, 2, 64)  # rank 1 gets there at last
+    late = c.process({0: RoundMessage(), 1: announce(("g", F32_4))}, ResponseCache(64))  # rank 1 gets there at last
     assert [(f.name, f.kind, f.ranks) for f in late.failures] == [("g", FailureKind.STALL, (1,))]
 
 
 def test_messages_and_responses_survive_the_wire():
     message = RoundMessage([Announcement("g", F32_4)], [Failure("h", FailureKind.DUPLICATE, "twice")], True)
     assert RoundMessage.from_wire(message.to_wire()) == message
-    response = coordinator(1).process({0: message}, 2, 64)
+    response = coordinator(1).process({0: message}, ResponseCache(64))
     assert Response.from_wire(response.to_wire()) == response
 
 
@@ -113,3 +114,42 @@ def test_divergence_needs_every_rank_blocked_and_nothing_that_can_complete():
     assert divergence(sets, everyone, 3) is None  # rank 2's 'c' on its own set can complete
     sets[2] = [Claim("d", 0, EVERYONE, OLD, "barrier")]
     assert "allgather 'b' (process set 1), which rank(s) 0 did not submit" in divergence(sets, everyone, 3)[1][0].text
+
+
+def test_the_response_cache_keeps_a_bit_per_signature_and_reuses_bits():
+    """A name may hold a bit for each of a few signatures (unnamed names recur with tensors of
+    several shapes in turn), the oldest giving way beyond the limit; freed bits come back; two
+    caches that apply the same assignments stay identical (every rank's cache must)."""
+    from ringtrain.response_cache import FIRST_TENSOR_BIT, SIGNATURES_PER_NAME
+
+    def sig(n):
+        return ["allreduce", 2, [[n]], 1, -1, 1.0, 1.0]
+
+    coordinator_cache, other = ResponseCache(64), ResponseCache(64)
+
+    def give(name, signature, taken=()):
+        bit = coordinator_cache.choose_bit(name, signature, set(taken))
+        for cache in (coordinator_cache, other):
+            cache.assign(name, signature, bit)
+        return bit
+
+    a, b, c = give("x", sig(1)), give("x", sig(2)), give("x", sig(3))
+    assert (a, b, c) == (FIRST_TENSOR_BIT, FIRST_TENSOR_BIT + 1, FIRST_TENSOR_BIT + 2)
+    assert [coordinator_cache.lookup("x", sig(n)) for n in (1, 2, 3, 4)] == [(a, True), (b, True), (c, True),
+                                                                            (None, False)]
+    assert give("x", sig(2)) == b  # renegotiated (a rank fell back): the same bit again
+    bits = [give("x", sig(n)) for n in range(4, SIGNATURES_PER_NAME + 2)]
+    assert bits[-1] == a and coordinator_cache.lookup("x", sig(1)) == (None, False)  # the oldest gave way
+    assert len(coordinator_cache.bits_of["x"]) == SIGNATURES_PER_NAME
+    coordinator_cache.evict("x"), other.evict("x")
+    assert coordinator_cache.lookup("x", sig(2)) == (None, False)
+    freed = give("y", sig(1))
+    assert freed == FIRST_TENSOR_BIT and coordinator_cache.next_bit == FIRST_TENSOR_BIT + SIGNATURES_PER_NAME
+    # bits given in one response are distinct before any of them is assigned
+    first = coordinator_cache.choose_bit("p", sig(1), set())
+    assert coordinator_cache.choose_bit("q", sig(1), {first}) != first
+    assert (coordinator_cache.entry, coordinator_cache.bits_of, coordinator_cache.free) == (
+        other.entry, other.bits_of, other.free)
+    full = ResponseCache(FIRST_TENSOR_BIT + 1)
+    full.assign("z", sig(1), full.choose_bit("z", sig(1), set()))
+    assert full.choose_bit("w", sig(1), set()) is None  # no bit left: negotiated every time, not cached

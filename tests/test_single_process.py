@@ -97,7 +97,7 @@ def test_horovod_variables_are_honoured_with_a_notice_and_ringtrain_ones_win():
 def test_horovod_notices_are_printed_at_init_and_a_disabled_cache_still_negotiates():
     result = run_python("import numpy as np, ringtrain as rt; rt.init(); "
                         "print([rt.allreduce(np.ones(2), op=rt.Sum, name='x').tolist() for _ in range(3)]); "
-                        "print(rt.runtime.current('t').engine.sets[0].cache.bit_of)",
+                        "print(rt.runtime.current('t').engine.sets[0].cache.bits_of)",
                         env={"HOROVOD_CACHE_CAPACITY": "0", "HOROVOD_HIERARCHICAL_ALLGATHER": "1"})
     assert result.returncode == 0, result.stderr
     assert "ringtrain: HOROVOD_CACHE_CAPACITY=0 is honoured as RINGTRAIN_CACHE_CAPACITY=0" in result.stderr

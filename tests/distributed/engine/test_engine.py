@@ -73,7 +73,27 @@ def test_repeated_steps_use_the_response_cache():
         handles = [rt.allreduce_async(g, op=rt.Sum, name=f"cached.grad{i}") for i, g in enumerate(grads)]
         for h in handles:
             assert (rt.synchronize(h) == sum(range(rt.size()))).all()
-    assert all(f"cached.grad{i}" in state.cache.bit_of for i in range(6))
+    assert all(f"cached.grad{i}" in state.cache.bits_of for i in range(6))
+
+
+def test_unnamed_calls_of_several_shapes_per_step_stay_cached():
+    """Unnamed names recur in call order from a window of 512. With 3 calls per step, each name
+    meets the 3 shapes in turn (3 does not divide 512); each (name, shape) keeps its own cache
+    bit, so the loop stays on the cached path instead of being negotiated on every call."""
+    state = engine().sets[0]
+    xs = [np.full(n, rt.rank() + 1.0) for n in (1, 2, 3)]
+    total = sum(range(1, rt.size() + 1))
+    for step in range(560):  # > 3 x 512 calls: every name has met every shape
+        for x in xs:
+            assert (rt.allreduce(x, op=rt.Sum) == total).all()
+    if rt.size() > 1:  # (one rank negotiates nothing)
+        held = [len(state.cache.bits_of.get(f"allreduce.noname.{n}", ())) for n in range(512)]
+        assert min(held) >= 3, held
+        generation = state.cache.generation
+        for step in range(50):
+            for x in xs:
+                rt.allreduce(x, op=rt.Sum)
+        assert state.cache.generation == generation, "a repeated unnamed call was negotiated again"
 
 
 def test_fusion_matches_unfused_results():
