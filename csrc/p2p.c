@@ -87,6 +87,17 @@ int rt_irecv_bytes(rt_requests *reqs, void *buf, size_t bytes, int source, int t
     return post(reqs, buf, bytes, source, tag, comm, 1);
 }
 
+int rt_transfer_bytes(const void *out, int to, size_t out_bytes, void *in, int from, size_t in_capacity, int tag,
+                      MPI_Comm comm) {
+    rt_requests reqs = {0};
+    int err = RT_OK;
+    if (from >= 0) err = rt_irecv_bytes(&reqs, in, in_capacity, from, tag, comm);
+    if (!err && to >= 0) err = rt_isend_bytes(&reqs, out, out_bytes, to, tag, comm);
+    if (!err) err = rt_wait_all(&reqs);
+    rt_requests_free(&reqs);
+    return err;
+}
+
 int rt_requests_reserve(rt_requests *reqs, size_t n, MPI_Comm comm) {
     int err = grow(reqs, n);
     if (err) return err;

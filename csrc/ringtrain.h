@@ -73,6 +73,10 @@ typedef struct {
 } rt_requests;
 int rt_isend_bytes(rt_requests *reqs, const void *buf, size_t bytes, int dest, int tag, MPI_Comm comm);
 int rt_irecv_bytes(rt_requests *reqs, void *buf, size_t bytes, int source, int tag, MPI_Comm comm);
+/* One blocking transfer: send out_bytes of `out` to `to` and/or receive up to in_capacity bytes
+ * into `in` from `from` (-1: none), waited for under the progress deadline. */
+int rt_transfer_bytes(const void *out, int to, size_t out_bytes, void *in, int from, size_t in_capacity, int tag,
+                      MPI_Comm comm);
 /* Fixed slots, for algorithms that reuse receive positions: rt_requests_reserve makes `n` empty
  * slots; rt_irecv_slot posts one receive (bytes <= RT_MAX_MESSAGE_BYTES) into a slot. */
 int rt_requests_reserve(rt_requests *reqs, size_t n, MPI_Comm comm);
@@ -144,7 +148,19 @@ int rt_ring_allgatherv(void *buf, const size_t *bytes, const size_t *displs, siz
 /* ring_allreduce.c: reduce-scatter then allgather, segmented and pipelined. */
 int rt_ring_allreduce(const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,
                       size_t segment_bytes, MPI_Comm comm);
-/* recursive_doubling_allreduce.c: log2(p) exchanges of the whole buffer; for small messages. */
+/* recursive_doubling_allreduce.c: the recursive-doubling schedule, shared by every algorithm that
+ * uses its pairing (so their results agree bitwise). The first 2*rem ranks (rem = p - 2^k) fold
+ * pairwise, then a butterfly, then the folded ranks get the result. `transfer(ctx, to, from,
+ * into_own)` sends this rank's buffer to `to` and/or receives from `from` (-1: none) into the
+ * incoming buffer, or (into_own: the result, at the end) over its own; `combine(ctx)` reduces
+ * the incoming buffer into its own. */
+typedef struct {
+    void *ctx;
+    int (*transfer)(void *ctx, int to, int from, int into_own);
+    void (*combine)(void *ctx);
+} rt_recursive_doubling_steps;
+int rt_recursive_doubling(const rt_recursive_doubling_steps *steps, MPI_Comm comm);
+/* log2(p) exchanges of the whole buffer; for small messages. */
 int rt_recursive_doubling_allreduce(const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,
                                     MPI_Comm comm);
 /* tree_broadcast.c: segmented binomial tree. */

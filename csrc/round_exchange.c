@@ -11,8 +11,8 @@
  * it is their allreduce. That decision is the same on every rank; nothing reaches the caller's
  * output unless it holds.
  *
- * The pairing is rt_recursive_doubling_allreduce's (the first 2*rem ranks fold pairwise, then a
- * butterfly), so the result is bitwise what that algorithm gives. Receives are posted at the
+ * The pairing is rt_recursive_doubling_allreduce's (the shared schedule rt_recursive_doubling),
+ * so the result is bitwise what that algorithm gives. Receives are posted at the
  * largest message any rank may send (the data bound is the same on every rank); a shorter one
  * says its length in its header. All transfers go through the transport (p2p.c). */
 #include <string.h>
@@ -27,26 +27,31 @@ typedef struct {
     uint64_t data_bytes;
 } header;
 
-static size_t message_bytes(const header *h, size_t nwords) {
+static size_t message_bytes(const void *message, size_t nwords) {
+    const header *h = message;
     return sizeof(header) + 2 * nwords * 8 + (h->carries ? (size_t)h->data_bytes : 0);
 }
 
 static uint64_t *and_words(void *m) { return (uint64_t *)((char *)m + sizeof(header)); }
 static char *data_of(void *m, size_t nwords) { return (char *)m + sizeof(header) + 2 * nwords * 8; }
 
-static int transfer(const void *out, int to, void *in, int from, size_t out_bytes, size_t in_capacity,
-                    MPI_Comm comm) {
-    rt_requests reqs = {0};
-    int err = RT_OK;
-    if (from >= 0) err = rt_irecv_bytes(&reqs, in, in_capacity, from, TAG_ROUND_EXCHANGE, comm);
-    if (!err && to >= 0) err = rt_isend_bytes(&reqs, out, out_bytes, to, TAG_ROUND_EXCHANGE, comm);
-    if (!err) err = rt_wait_all(&reqs);
-    rt_requests_free(&reqs);
-    return err;
+typedef struct {
+    void *mine, *incoming;
+    size_t nwords, capacity;
+    MPI_Comm comm;
+} exchange_state;
+
+static int exchange_transfer(void *ctx, int to, int from, int into_own) {
+    exchange_state *s = ctx;
+    return rt_transfer_bytes(s->mine, to, message_bytes(s->mine, s->nwords), into_own ? s->mine : s->incoming, from,
+                             s->capacity, TAG_ROUND_EXCHANGE, s->comm);
 }
 
 /* mine = mine combined with theirs */
-static void combine(void *mine, void *theirs, size_t nwords) {
+static void exchange_combine(void *ctx) {
+    exchange_state *s = ctx;
+    void *mine = s->mine, *theirs = s->incoming;
+    const size_t nwords = s->nwords;
     header *a = mine, *b = theirs;
     uint64_t *wa = and_words(mine), *wb = and_words(theirs);
     for (size_t i = 0; i < 2 * nwords; i++) wa[i] &= wb[i];
@@ -64,8 +69,7 @@ static void combine(void *mine, void *theirs, size_t nwords) {
 int rt_round_exchange(uint64_t *words, size_t nwords, char *const *srcs, const size_t *src_bytes, size_t nsrcs,
                       rt_dtype dtype, rt_op op, double prescale, size_t data_bound, MPI_Comm comm, int *carried,
                       void **data) {
-    int rank, size, err = RT_OK;
-    MPI_Comm_rank(comm, &rank);
+    int size, err = RT_OK;
     MPI_Comm_size(comm, &size);
     size_t total = 0;
     for (size_t i = 0; i < nsrcs; i++) total += src_bytes[i];
@@ -91,32 +95,9 @@ int rt_round_exchange(uint64_t *words, size_t nwords, char *const *srcs, const s
     }
 
     if (size > 1) {
-        int pof2 = 1;
-        while (pof2 * 2 <= size) pof2 *= 2;
-        const int rem = size - pof2;
-        int new_rank;
-        if (rank < 2 * rem) {
-            if (rank % 2 == 0) {
-                err = transfer(mine, rank + 1, NULL, -1, message_bytes(h, nwords), 0, comm);
-                new_rank = -1;
-            } else {
-                err = transfer(NULL, -1, incoming, rank - 1, 0, capacity, comm);
-                if (!err) combine(mine, incoming, nwords);
-                new_rank = rank / 2;
-            }
-        } else {
-            new_rank = rank - rem;
-        }
-        for (int mask = 1; new_rank >= 0 && mask < pof2 && !err; mask <<= 1) {
-            int partner_new = new_rank ^ mask;
-            int partner = partner_new < rem ? partner_new * 2 + 1 : partner_new + rem;
-            err = transfer(mine, partner, incoming, partner, message_bytes(h, nwords), capacity, comm);
-            if (!err) combine(mine, incoming, nwords);
-        }
-        if (!err && rank < 2 * rem) {
-            if (rank % 2) err = transfer(mine, rank - 1, NULL, -1, message_bytes(h, nwords), 0, comm);
-            else err = transfer(NULL, -1, mine, rank + 1, 0, capacity, comm);
-        }
+        exchange_state state = {mine, incoming, nwords, capacity, comm};
+        rt_recursive_doubling_steps steps = {&state, exchange_transfer, exchange_combine};
+        err = rt_recursive_doubling(&steps, comm);
     }
     if (err) return err;
     int all_equal = 1;
