@@ -8,8 +8,11 @@ this: their names recur in call order from a window (requests.unnamed_name), so 
 number of unnamed calls per step does not divide the window hands each name tensors of several
 shapes in turn; with one entry per name every such call would be negotiated again. A named
 tensor whose shape varies (the last, smaller batch) keeps its bits the same way. Bits are
-reused: a name's newest signature beyond the limit takes its oldest's bit, and bits freed by
-failures are handed out again, so the vector never grows past the capacity by renegotiation."""
+reused: a name's newest signature beyond the limit takes its oldest's bit, bits freed by
+failures are handed out again, and once every bit is taken a new entry takes the bit assigned
+longest ago (so a full cache still caches what a loop repeats: unnamed names alone could fill
+it). Assignments come from the coordinator's responses, which every rank applies in the same
+order, so the choice is the same everywhere."""
 
 # Bit 0: "this rank needs no slow path this round"; bit 1: "this rank has joined".
 NO_SLOW_PATH_BIT = 0
@@ -25,6 +28,7 @@ class ResponseCache:
         self.bits_of = {}       # name -> its bits, oldest first
         self.entry = {}         # bit -> (name, signature)
         self.free = set()       # bits below next_bit that no entry holds
+        self.assigned = {}      # bit -> None, oldest assignment first (a dict keeps insertion order)
         self.next_bit = FIRST_TENSOR_BIT
         self.generation = 0     # changes whenever a bit is given or taken (Engine.allreduce_now's memo)
 
@@ -50,7 +54,12 @@ class ResponseCache:
         for bit in sorted(self.free - taken):
             return bit
         bit = max([self.next_bit - 1, *taken]) + 1
-        return bit if bit < self.capacity else None
+        if bit < self.capacity:
+            return bit
+        for bit in self.assigned:  # full: the entry assigned longest ago gives way
+            if bit not in taken:
+                return bit
+        return None
 
     def assign(self, name, signature, bit):
         """The coordinator gave `bit` to (name, signature): whatever held it, or held this pair
@@ -63,6 +72,7 @@ class ResponseCache:
             self.free.add(old)
         self.bits_of.setdefault(name, []).append(bit)
         self.entry[bit] = (name, signature)
+        self.assigned[bit] = None
         self.free.discard(bit)
         for unused in range(self.next_bit, bit):
             self.free.add(unused)
@@ -73,12 +83,14 @@ class ResponseCache:
         if bits:
             for bit in bits:
                 del self.entry[bit]
+                del self.assigned[bit]
                 self.free.add(bit)
             self.generation += 1
 
     def _release(self, bit):
         held = self.entry.pop(bit, None)
         if held is not None:
+            del self.assigned[bit]
             bits = self.bits_of[held[0]]
             bits.remove(bit)
             if not bits:

@@ -150,6 +150,10 @@ def test_the_response_cache_keeps_a_bit_per_signature_and_reuses_bits():
     assert coordinator_cache.choose_bit("q", sig(1), {first}) != first
     assert (coordinator_cache.entry, coordinator_cache.bits_of, coordinator_cache.free) == (
         other.entry, other.bits_of, other.free)
-    full = ResponseCache(FIRST_TENSOR_BIT + 1)
-    full.assign("z", sig(1), full.choose_bit("z", sig(1), set()))
-    assert full.choose_bit("w", sig(1), set()) is None  # no bit left: negotiated every time, not cached
+    full = ResponseCache(FIRST_TENSOR_BIT + 2)
+    for name in ("z", "v", "z"):  # z renegotiated: its bit again, now the newest assignment
+        full.assign(name, sig(1), full.choose_bit(name, sig(1), set()))
+    assert full.choose_bit("w", sig(1), set()) == full.bits_of["v"][0]  # full: the oldest assignment gives way
+    full.assign("w", sig(1), full.choose_bit("w", sig(1), set()))
+    assert "v" not in full.bits_of and full.lookup("z", sig(1))[1] and full.lookup("w", sig(1))[1]
+    assert ResponseCache(FIRST_TENSOR_BIT).choose_bit("w", sig(1), set()) is None  # capacity 0: nothing cached
