@@ -2,7 +2,7 @@
 side by side in one run on the same ranks and buffers.
 
     python bench/allreduce.py            # relaunches itself under mpiexec -n 2 (BENCH_NP=3 for 3)
-    python bench/allreduce.py --sweep    # ring vs recursive doubling per size: sets the threshold
+    python bench/allreduce.py --sweep    # recursive doubling vs ring vs shared memory per size: sets the thresholds
     python bench/allreduce.py --out-of-place [--named]   # rt.allreduce(x) vs np.empty_like + Allreduce(x, out)
 
 By default both sides run in place on a preallocated buffer (ringtrain.allreduce_ /
@@ -22,6 +22,8 @@ from mpi4py import MPI  # noqa: E402
 
 import ringtrain as rt  # noqa: E402
 from ringtrain import runtime  # noqa: E402
+from ringtrain.config import _parse_bytes as parse_bytes  # noqa: E402
+from ringtrain.executor import ALGORITHM_NAMES  # noqa: E402
 
 
 def plan(nbytes):
@@ -35,9 +37,11 @@ def plan(nbytes):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sweep", action="store_true", help="compare ringtrain's two algorithms per size")
+    parser.add_argument("--sweep", action="store_true", help="compare ringtrain's algorithms per size")
     parser.add_argument("--out-of-place", action="store_true", help="rt.allreduce vs empty_like + Allreduce(x, out)")
     parser.add_argument("--named", action="store_true", help="give ringtrain's calls a name")
+    parser.add_argument("--pieces", default="", help="with --sweep: shared memory with each of these piece sizes "
+                        "(bytes, comma-separated, e.g. 64K,256K,1M) instead of the configured one")
     parser.add_argument("--min-bytes", type=int, default=4)
     parser.add_argument("--max-bytes", type=int, default=64 << 20)
     args = parser.parse_args()
@@ -48,8 +52,20 @@ def main():
     sizes = [4 << (2 * i) for i in range(13) if args.min_bytes <= 4 << (2 * i) <= args.max_bytes]  # 4 B, 16 B, ... 64 MB
     sync = comm.Barrier
     live = runtime.current("bench")
-    base = live.config
+    base, core = live.config, live.core
+    global_set = live.engine.sets[0]
     rows = []
+    if args.sweep:  # the algorithms themselves, each forced on a communicator of its own
+        plain = comm.Dup()  # no shared memory: recursive doubling or the ring, by the threshold passed
+        contenders = {"recursive doubling": (plain, 1 << 40), "ring": (plain, 0)}
+        pieces = [parse_bytes(text) for text in args.pieces.split(",")] if args.pieces else [base.shared_memory_piece_bytes]
+        shared = []
+        for piece in pieces:  # shared memory from 1 byte up
+            shared.append(comm.Dup())
+            mode = core.shm_attach(shared[-1].py2f(), piece, True)[0]
+            if mode > 0:
+                label = ALGORITHM_NAMES[2 + mode].replace("_ALLREDUCE", "").replace("_", " ").lower()
+                contenders[label + (f" {human_bytes(piece)}" if args.pieces else "")] = (shared[-1], 0)
     if rank == 0:
         print(f"# {machine_line()}; {p} ranks; MPI: {MPI.Get_library_version().splitlines()[0]}; "
               f"{'out of place' if args.out_of_place else 'in place'}, {'named' if args.named else 'unnamed'}",
@@ -58,13 +74,12 @@ def main():
         buf = np.zeros(nbytes // 4, dtype=np.float32)
         iterations, repeats = plan(nbytes)
         if args.sweep:
-            times = {}
-            for name, threshold in (("recursive doubling", 1 << 40), ("ring", 0)):
-                live.config = type(base)(**{**base.__dict__, "small_allreduce_threshold": threshold})
-                times[name] = median_seconds(lambda: rt.allreduce_(buf, op=rt.Sum), iterations, repeats, sync)
-            live.config = base
-            rows.append([human_bytes(nbytes), f"{times['recursive doubling'] * 1e6:.1f}", f"{times['ring'] * 1e6:.1f}",
-                         "recursive doubling" if times["recursive doubling"] < times["ring"] else "ring"])
+            calls = [lambda c=c, t=t: core.allreduce(c.py2f(), buf, buf, 2, int(rt.Sum), 1.0, 1.0, t, base.segment_bytes,
+                                                     0, 0)
+                     for c, t in contenders.values()]
+            times = paired_medians(calls, iterations, repeats, sync)
+            rows.append([human_bytes(nbytes)] + [f"{t * 1e6:.1f}" for t in times]
+                        + [min(zip(times, contenders))[1]])
         else:
             name = f"bench.{nbytes}" if args.named else None
             if args.out_of_place:
@@ -78,7 +93,9 @@ def main():
                          lambda: rt.allreduce_(buf, op=rt.Sum, name=name)]
             t_mpi, t_rt = paired_medians(calls, iterations, 3 * repeats, sync)
             factor = 2 * (p - 1) / p
-            algorithm = "rec. doubling" if nbytes <= base.small_allreduce_threshold else "ring"
+            code = core.allreduce(global_set.handle, buf, buf, 2, int(rt.Sum), 1.0, 1.0,
+                                  *live.engine.tuning.allreduce_args)  # the algorithm the calls above ran
+            algorithm = ALGORITHM_NAMES[code].replace("_ALLREDUCE", "").replace("_", " ").lower()
             rows.append([human_bytes(nbytes), algorithm, f"{t_mpi * 1e6:.1f}", f"{t_rt * 1e6:.1f}",
                          f"{t_rt / t_mpi:.2f}", f"{factor * nbytes / t_mpi / 1e9:.2f}", f"{factor * nbytes / t_rt / 1e9:.2f}",
                          f"{t_mpi / t_rt:.2f}"])
@@ -86,10 +103,15 @@ def main():
             print(f"# {human_bytes(nbytes)} done", file=sys.stderr, flush=True)
     if rank == 0:
         if args.sweep:
-            print_table(["size", "rec. doubling µs", "ring µs", "faster"], rows)
+            print_table(["size"] + [f"{name} µs" for name in contenders] + ["fastest"], rows)
         else:
             print_table(["size", "ringtrain algorithm", "MPI_Allreduce µs", "ringtrain µs", "latency ratio rt/MPI",
                          "MPI busbw GB/s", "ringtrain busbw GB/s", "busbw ratio rt/MPI"], rows)
+    if args.sweep:
+        for c in shared:
+            core.shm_detach(c.py2f())
+            c.Free()
+        plain.Free()
     rt.shutdown()
 
 

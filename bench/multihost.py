@@ -1,10 +1,12 @@
 """Across emulated hosts (tests/emulated_hosts.py; needs root): allreduce against MPI_Allreduce
-on 2 hosts x 1 rank and 2 x 2, links unshaped and shaped to 10 Gbit/s; Tensor Fusion
+on 2 hosts x 1 rank and 2 x 2, links unshaped and shaped to 10 Gbit/s; the hierarchical
+allreduce (2 x 2, 10 Gbit/s, 1-64 MB) against MPI and against a plain TCP stream between the two
+hosts measured in the same run, and the flat ring (hierarchical allreduce off); Tensor Fusion
 (bench/fusion.py) at 10 Gbit/s; the progress deadline's margin (bench/deadline.py) with links
 shaped to 1 Gbit/s; and the launch time of a trivial 4-rank job on a Spark standalone cluster
 (master + a worker per host) against the same kind of job on local[N] in the same run.
 
-    sudo python bench/multihost.py [--repeats 5] [--only allreduce fusion deadline spark]
+    sudo python bench/multihost.py [--repeats 5] [--only allreduce hierarchical fusion deadline spark]
 
 The allreduce tables come from bench/allreduce.py, started with `ringtrain run -H` on the hosts
 (in place, unnamed, as that benchmark calls it)."""
@@ -12,6 +14,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -25,19 +28,86 @@ from emulated_hosts import EmulatedCluster, SparkStandalone  # noqa: E402
 SPARK_JOB = os.path.join(ROOT, "tests", "multihost", "spark_job.py")
 
 
-def rank0_tables(cluster, spec, script, *args, what):
+def rank0_tables(cluster, spec, script, *args, what, env=None):
     """`ringtrain run -H spec python bench/<script> args` on the emulated hosts; prints rank 0's
-    table lines."""
+    table lines and returns them."""
     result = cluster.run("h1", [sys.executable, "-m", "ringtrain", "run", "-np", str(ranks_of(spec)), "-H", spec,
                                 "--launcher-command", cluster.launcher_exec, "--network-interface", "eth0",
                                 "python", os.path.join(HERE, script), *args],
-                         env=cluster.mpi_environment(), timeout=1800, cwd=HERE)
+                         env=cluster.mpi_environment(env), timeout=1800, cwd=HERE)
     if result.returncode != 0:
         print(result.stdout[-2000:], result.stderr[-4000:])
         raise SystemExit(f"the {what} benchmark failed on {spec}")
-    for line in result.stdout.splitlines():
-        if line.startswith(("[0]: |", "[0]: #", "[0]: negotiation")):
-            print(line[5:], flush=True)
+    lines = [line[5:] for line in result.stdout.splitlines() if line.startswith(("[0]: |", "[0]: #", "[0]: negotiation"))]
+    for line in lines:
+        print(line, flush=True)
+    return lines
+
+
+TCP_STREAM = """
+import socket, sys, time
+role, address, nbytes = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if role == "receive":
+    server = socket.create_server((address, 0))
+    print(server.getsockname()[1], flush=True)
+    conn, _ = server.accept()
+    view, got = bytearray(1 << 20), 0
+    started = None
+    while got < nbytes:
+        n = conn.recv_into(view)
+        if not n:
+            break
+        started = started or time.perf_counter()
+        got += n
+    print(got / (time.perf_counter() - started), flush=True)
+else:
+    host, port = address.rsplit(":", 1)
+    conn = socket.create_connection((host, int(port)))
+    chunk = bytes(1 << 20)
+    for _ in range(nbytes >> 20):
+        conn.sendall(chunk)
+    conn.close()
+"""
+
+
+def tcp_stream_rate(cluster, nbytes=1 << 30):
+    """Bytes per second of one plain TCP stream from h2 to h1 (Python sockets, 1 MB writes)."""
+    receiver = cluster.popen("h1", [sys.executable, "-c", TCP_STREAM, "receive", cluster.addresses["h1"], str(nbytes)],
+                             stdout=subprocess.PIPE, text=True)
+    port = receiver.stdout.readline().strip()
+    sender = cluster.run("h2", [sys.executable, "-c", TCP_STREAM, "send", f"{cluster.addresses['h1']}:{port}",
+                                str(nbytes)], timeout=300)
+    rate = float(receiver.stdout.readline())
+    receiver.wait(timeout=60)
+    if sender.returncode != 0:
+        raise SystemExit(f"the TCP stream failed: {sender.stderr[-2000:]}")
+    return rate
+
+
+def hierarchical_tables(cluster, max_bytes, runs=3):
+    """2 x 2 at 10 Gbit/s, 1-64 MB: the hierarchical allreduce (the default) against MPI, with a
+    TCP stream measured before each run; then the flat ring (hierarchical off) the same way."""
+    cluster.shape("10gbit")
+    try:
+        for label, env in (("hierarchical", {}), ("flat ring (RINGTRAIN_HIERARCHICAL_ALLREDUCE=0)",
+                                                 {"RINGTRAIN_HIERARCHICAL_ALLREDUCE": "0"})):
+            for run in range(runs):
+                rate = tcp_stream_rate(cluster)
+                print(f"\n## {label}, h1:2,h2:2, links 10gbit, run {run + 1}: TCP stream h2 -> h1 "
+                      f"{rate / 1e9:.3f} GB/s", flush=True)
+                lines = rank0_tables(cluster, "h1:2,h2:2", "allreduce.py", "--named", "--min-bytes", str(1 << 20),
+                                     "--max-bytes", str(max_bytes), what=label, env=dict(os.environ, **env))
+                rows = []
+                for line in lines:
+                    cells = [c.strip() for c in line.strip("|").split("|")]
+                    if len(cells) == 8 and cells[0][0].isdigit():
+                        busbw = float(cells[6])
+                        algbw = busbw * 4 / (2 * 3)  # 4 ranks: busbw = 2(p-1)/p * algbw
+                        rows.append([cells[0], cells[1], f"{algbw:.3f}", f"{rate / 1e9:.3f}",
+                                     f"{rate / 1e9 / algbw:.2f}"])
+                print_table(["size", "algorithm", "ringtrain algbw GB/s", "TCP stream GB/s", "TCP / algbw"], rows)
+    finally:
+        cluster.shape(None)
 
 
 def ranks_of(spec):
@@ -100,7 +170,7 @@ def spark_launch_table(cluster, repeats):
                  "repeated / local[2]"], table)
 
 
-PARTS = ["allreduce", "fusion", "deadline", "spark"]
+PARTS = ["allreduce", "hierarchical", "fusion", "deadline", "spark"]
 
 
 def main():
@@ -114,6 +184,8 @@ def main():
     try:
         if "allreduce" in args.only:
             allreduce_tables(cluster, args.max_bytes)
+        if "hierarchical" in args.only:
+            hierarchical_tables(cluster, args.max_bytes)
         if "fusion" in args.only:
             fusion_tables(cluster)
         if "deadline" in args.only:

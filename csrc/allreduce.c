@@ -1,5 +1,6 @@
-/* The allreduce and reduce-scatter entry points: prescale, pick the algorithm by message size,
- * then average / postscale. Average is reduced as a Sum and divided afterwards: in floating
+/* The allreduce and reduce-scatter entry points: prescale, pick the algorithm by message size
+ * (and, where the set's ranks share a host, shared memory: shm_segment.c), then average /
+ * postscale. Average is reduced as a Sum and divided afterwards: in floating
  * point by multiplying with postscale / p, for integers by exact division (truncating toward
  * zero, like C and torch's rounding_mode="trunc"), then postscale. */
 #include <string.h>
@@ -32,8 +33,16 @@ int rt_allreduce(const void *src, void *dst, size_t count, rt_dtype dtype, rt_op
         rt_scale(dst, src, count, dtype, prescale);
         src = dst;
     }
+    rt_shm *shm = size > 1 && count ? rt_shm_find(comm) : NULL;
     if (size == 1 || count == 0) {
         if (src != dst && bytes) memcpy(dst, src, bytes);
+    } else if (shm && bytes > tuning->small_message_bytes &&
+               bytes >= (shm->cross != MPI_COMM_NULL ? tuning->hierarchical_min_bytes : tuning->shm_min_bytes)) {
+        /* (small messages stay with recursive doubling, the pairing a negotiation round carries
+         * them with: a call's result is bitwise the same on either path) */
+        *used = shm->cross != MPI_COMM_NULL ? RT_ALGO_HIERARCHICAL : RT_ALGO_SHARED_MEMORY;
+        err = shm->cross != MPI_COMM_NULL ? rt_hierarchical_allreduce(shm, src, dst, count, dtype, op, tuning)
+                                          : rt_shm_allreduce(shm, src, dst, count, dtype, op, NULL);
     } else if (bytes <= tuning->small_message_bytes && bytes <= RT_MAX_MESSAGE_BYTES) {
         *used = RT_ALGO_RECURSIVE_DOUBLING;
         err = rt_recursive_doubling_allreduce(src, dst, count, dtype, op, comm);

@@ -81,9 +81,9 @@ static PyObject *py_allreduce(PyObject *self, PyObject *args) {
     int comm_f, dtype, op;
     PyObject *src_obj, *dst_obj;
     double prescale, postscale;
-    Py_ssize_t small_bytes, segment_bytes;
-    if (!PyArg_ParseTuple(args, "iOOiiddnn", &comm_f, &src_obj, &dst_obj, &dtype, &op, &prescale, &postscale,
-                          &small_bytes, &segment_bytes))
+    Py_ssize_t small_bytes, segment_bytes, shm_bytes, hierarchical_bytes;
+    if (!PyArg_ParseTuple(args, "iOOiiddnnnn", &comm_f, &src_obj, &dst_obj, &dtype, &op, &prescale, &postscale,
+                          &small_bytes, &segment_bytes, &shm_bytes, &hierarchical_bytes))
         return NULL;
     char *src, *dst;
     size_t src_bytes, dst_bytes;
@@ -92,7 +92,8 @@ static PyObject *py_allreduce(PyObject *self, PyObject *args) {
         return NULL;
     if (src_bytes != dst_bytes) return PyErr_Format(PyExc_ValueError, "output has %zu bytes, tensor %zu", dst_bytes, src_bytes);
     const size_t count = src_bytes / rt_dtype_size(dtype);
-    rt_tuning tuning = {(size_t)small_bytes, (size_t)(segment_bytes > 0 ? segment_bytes : 1)};
+    rt_tuning tuning = {(size_t)small_bytes, (size_t)(segment_bytes > 0 ? segment_bytes : 1),
+                        (size_t)(shm_bytes > 0 ? shm_bytes : 0), (size_t)(hierarchical_bytes > 0 ? hierarchical_bytes : 0)};
     rt_algorithm used;
     int err;
     MPI_Comm comm = MPI_Comm_f2c(comm_f);
@@ -351,9 +352,10 @@ static PyObject *py_round_allreduce(PyObject *self, PyObject *args) {
     int ctrl_f, comm_f, dtype, op, err = 0;
     PyObject *words_obj, *srcs_obj, *dsts_obj, *fused_obj;
     double prescale, postscale;
-    Py_ssize_t small_bytes, segment_bytes;
-    if (!PyArg_ParseTuple(args, "iOiO!O!Oiiddnn", &ctrl_f, &words_obj, &comm_f, &PyList_Type, &srcs_obj, &PyList_Type,
-                          &dsts_obj, &fused_obj, &dtype, &op, &prescale, &postscale, &small_bytes, &segment_bytes))
+    Py_ssize_t small_bytes, segment_bytes, shm_bytes, hierarchical_bytes;
+    if (!PyArg_ParseTuple(args, "iOiO!O!Oiiddnnnn", &ctrl_f, &words_obj, &comm_f, &PyList_Type, &srcs_obj, &PyList_Type,
+                          &dsts_obj, &fused_obj, &dtype, &op, &prescale, &postscale, &small_bytes, &segment_bytes,
+                          &shm_bytes, &hierarchical_bytes))
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(srcs_obj);
     if (n < 1 || PyList_GET_SIZE(dsts_obj) != n) return PyErr_Format(PyExc_ValueError, "srcs and dsts: one per tensor");
@@ -377,7 +379,8 @@ static PyObject *py_round_allreduce(PyObject *self, PyObject *args) {
     if (!proposal) { PyErr_NoMemory(); goto fail; }
     memcpy(proposal, words, word_bytes);
     MPI_Comm ctrl = MPI_Comm_f2c(ctrl_f), comm = MPI_Comm_f2c(comm_f);
-    rt_tuning tuning = {(size_t)small_bytes, (size_t)(segment_bytes > 0 ? segment_bytes : 1)};
+    rt_tuning tuning = {(size_t)small_bytes, (size_t)(segment_bytes > 0 ? segment_bytes : 1),
+                        (size_t)(shm_bytes > 0 ? shm_bytes : 0), (size_t)(hierarchical_bytes > 0 ? hierarchical_bytes : 0)};
     rt_algorithm used;
     int agreed = 0, carried = 0;
     const size_t count = src_total / rt_dtype_size(dtype);
@@ -514,6 +517,40 @@ static PyObject *py_stall_report(PyObject *self, PyObject *args) {
                          r->culprit, "kind", kinds[r->kind], "age", r->age, "chain", chain);
 }
 
+/* shm_attach(comm_f, piece_bytes, hierarchical) -> (mode, local_size, hosts, reason, failed_here):
+ * collective over comm. */
+static PyObject *py_shm_attach(PyObject *self, PyObject *args) {
+    int comm_f, hierarchical;
+    Py_ssize_t piece_bytes;
+    if (!PyArg_ParseTuple(args, "inp", &comm_f, &piece_bytes, &hierarchical)) return NULL;
+    if (piece_bytes < 64) return PyErr_Format(PyExc_ValueError, "piece_bytes must be at least 64");
+    rt_shm_settings settings = {(size_t)piece_bytes, hierarchical};
+    rt_shm_mode mode;
+    char reason[256];
+    int err, local_size = 1, hosts = 1, failed_here = 0;
+    MPI_Comm comm = MPI_Comm_f2c(comm_f);
+    Py_BEGIN_ALLOW_THREADS
+    err = rt_shm_attach(comm, &settings, &mode, reason, sizeof reason, &failed_here);
+    if (!err) {  /* what the Python side reports, from the registry under the lock its readers hold */
+        rt_lock();
+        rt_shm *shm = rt_shm_find(comm);
+        if (shm) { local_size = shm->local_size; hosts = shm->hosts; }
+        rt_unlock();
+    }
+    Py_END_ALLOW_THREADS
+    if (err && raise_mpi_error("setting up shared memory", err)) return NULL;
+    return Py_BuildValue("(iiisO)", (int)mode, local_size, hosts, reason, failed_here ? Py_True : Py_False);
+}
+
+static PyObject *py_shm_detach(PyObject *self, PyObject *args) {
+    int comm_f;
+    if (!PyArg_ParseTuple(args, "i", &comm_f)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rt_shm_detach(MPI_Comm_f2c(comm_f));
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"allreduce", py_allreduce, METH_VARARGS,
      "allreduce(comm_f, src, dst, dtype, op, prescale, postscale, small_bytes, segment_bytes) -> algorithm code"},
@@ -524,6 +561,9 @@ static PyMethodDef methods[] = {
     {"alltoallv", py_alltoallv, METH_VARARGS, "alltoallv(comm_f, sendbuf, send_bytes, recvbuf, recv_bytes)"},
     {"reduce", py_reduce, METH_VARARGS, "reduce(inout, in, dtype, op): inout = inout op in"},
     {"barrier", py_barrier, METH_VARARGS, "barrier(comm_f)"},
+    {"shm_attach", py_shm_attach, METH_VARARGS,
+     "shm_attach(comm_f, piece_bytes, hierarchical) -> (mode, local_size, hosts, reason, failed_here)"},
+    {"shm_detach", py_shm_detach, METH_VARARGS, "shm_detach(comm_f): unmap the set's segment"},
     {"control_band", py_control_band, METH_VARARGS, "control_band(comm_f, words, small): bitwise AND of a round's uint64 words, in place"},
     {"round_allreduce", py_round_allreduce, METH_VARARGS,
      "round_allreduce(ctrl_f, words, comm_f, srcs, dsts, fused, dtype, op, prescale, postscale, small, segment) -> "

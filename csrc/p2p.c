@@ -114,14 +114,58 @@ int rt_irecv_slot(rt_requests *reqs, size_t slot, void *buf, size_t bytes, int s
     return MPI_Irecv(buf, (int)bytes, MPI_BYTE, source, tag, reqs->comm, &reqs->items[slot]);
 }
 
+/* What every wait does while nothing completes: yield (or, for a gentle waiter, sleep), publish
+ * whom it waits on, and past the progress deadline ask liveness.c for a verdict. Shared by the
+ * MPI request waits below and the shared-memory flag waits (rt_wait_flags). */
+typedef struct {
+    double since, next_verdict;
+    int published;
+} quiet_wait;
+
+static void quiet_progress(quiet_wait *q, size_t completed) {
+    rt_liveness_note_progress(completed);
+    if (q->since > 0.0) {
+        double quiet = rt_now() - q->since, longest = longest_quiet;
+        while (quiet > longest && !atomic_compare_exchange_weak(&longest_quiet, &longest, quiet)) {}
+    }
+    q->since = 0.0;
+}
+
+/* `peers`: ranks of comm still waited on (NULL, 0: a collective); RT_ERR_NO_PROGRESS once one stopped. */
+static int quiet_tick(quiet_wait *q, MPI_Comm comm, const int *peers, size_t npeers) {
+    double now = rt_now();
+    if (q->since == 0.0) q->since = now;
+    if (gentle_waits && now - q->since > GENTLE_AFTER) {
+        struct timespec pause = {0, GENTLE_SLEEP_NS};
+        nanosleep(&pause, NULL);
+    } else {
+        sched_yield();
+    }
+    if (!q->published && now - q->since > PUBLISH_AFTER) {
+        rt_liveness_note_waiting(comm, peers && npeers ? peers[0] : -1);
+        q->published = 1;
+    }
+    double limit = progress_timeout;
+    if (limit > 0.0 && now - q->since > limit && now >= q->next_verdict) {
+        rt_stall report;
+        if (rt_liveness_verdict(comm, peers, npeers, now - q->since, &report)) return RT_ERR_NO_PROGRESS;
+        q->next_verdict = now + RECHECK_EVERY;
+    }
+    return RT_OK;
+}
+
+static void quiet_end(quiet_wait *q) {
+    if (q->published) rt_liveness_note_done_waiting();
+}
+
 /* The wait loop. `items[0..n)` are waited for (all of them, or until `target` completes if
  * target >= 0); `peers` name the other end of each (NULL: a collective). */
 static int wait_loop(MPI_Request *items, const int *peers, size_t n, long target, MPI_Comm comm) {
     size_t pending = 0;
     for (size_t i = 0; i < n; i++) pending += items[i] != MPI_REQUEST_NULL;
     if (target >= 0 && items[target] == MPI_REQUEST_NULL) return RT_OK;
-    double quiet_since = 0.0, next_verdict = 0.0;
-    int published = 0, err = RT_OK;
+    quiet_wait q = {0};
+    int err = RT_OK;
     int waited_on[64];
     int *indices = NULL;
     if (target < 0 && n > 1 && !(indices = malloc(n * sizeof(int)))) return MPI_ERR_NO_MEM;
@@ -140,48 +184,44 @@ static int wait_loop(MPI_Request *items, const int *peers, size_t n, long target
         if (err) break;
         if (completed) {
             pending -= completed;
-            rt_liveness_note_progress(completed);
-            if (quiet_since > 0.0) {
-                double quiet = rt_now() - quiet_since, longest = longest_quiet;
-                while (quiet > longest && !atomic_compare_exchange_weak(&longest_quiet, &longest, quiet)) {}
-            }
+            quiet_progress(&q, completed);
             if (target >= 0) break;
-            quiet_since = 0.0;
             continue;
         }
-        double now = rt_now();
-        if (quiet_since == 0.0) quiet_since = now;
-        if (gentle_waits && now - quiet_since > GENTLE_AFTER) {
-            struct timespec pause = {0, GENTLE_SLEEP_NS};
-            nanosleep(&pause, NULL);
-        } else {
-            sched_yield();
+        size_t npeers = 0;  /* the peers of the requests still pending, first-pending first */
+        for (size_t i = 0; peers && i < n && npeers < 64; i++) {
+            if (items[i] == MPI_REQUEST_NULL || (target >= 0 && (long)i != target)) continue;
+            int seen = 0;
+            for (size_t j = 0; j < npeers; j++) seen |= waited_on[j] == peers[i];
+            if (!seen) waited_on[npeers++] = peers[i];
         }
-        if (!published && now - quiet_since > PUBLISH_AFTER) {
-            long first = target >= 0 ? target : 0;
-            while (target < 0 && (size_t)first < n && items[first] == MPI_REQUEST_NULL) first++;
-            rt_liveness_note_waiting(comm, peers ? peers[first] : -1);
-            published = 1;
-        }
-        double limit = progress_timeout;
-        if (limit > 0.0 && now - quiet_since > limit && now >= next_verdict) {
-            size_t npeers = 0;  /* the peers of the requests still pending */
-            for (size_t i = 0; peers && i < n && npeers < 64; i++) {
-                if (items[i] == MPI_REQUEST_NULL || (target >= 0 && (long)i != target)) continue;
-                int seen = 0;
-                for (size_t j = 0; j < npeers; j++) seen |= waited_on[j] == peers[i];
-                if (!seen) waited_on[npeers++] = peers[i];
-            }
-            rt_stall report;
-            if (rt_liveness_verdict(comm, peers ? waited_on : NULL, npeers, now - quiet_since, &report)) {
-                err = RT_ERR_NO_PROGRESS;
-                break;
-            }
-            next_verdict = now + RECHECK_EVERY;
-        }
+        if ((err = quiet_tick(&q, comm, peers ? waited_on : NULL, npeers))) break;
     }
-    if (published) rt_liveness_note_done_waiting();
+    quiet_end(&q);
     free(indices);
+    return err;
+}
+
+int rt_wait_flags(const rt_flag *const *flags, const int *peers, size_t n, uint64_t target, MPI_Comm comm) {
+    quiet_wait q = {0};
+    int err = RT_OK, waiting[64];
+    size_t first = 0;  /* flags[0..first) have reached the target */
+    while (first < n) {
+        size_t before = first;
+        for (int spin = 0; spin < 64 && first < n; spin++) {  /* a peer a few hundred ns behind: no syscall */
+            while (first < n && atomic_load_explicit(flags[first], memory_order_acquire) >= target) first++;
+            if (first < n) rt_cpu_relax();
+        }
+        if (first > before) {
+            quiet_progress(&q, first - before);
+            continue;
+        }
+        size_t npeers = 0;
+        for (size_t i = first; i < n && npeers < 64; i++)
+            if (atomic_load_explicit(flags[i], memory_order_relaxed) < target) waiting[npeers++] = peers[i];
+        if ((err = quiet_tick(&q, comm, waiting, npeers))) break;
+    }
+    quiet_end(&q);
     return err;
 }
 

@@ -13,6 +13,7 @@
 #define RINGTRAIN_H
 
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <mpi.h>
 
@@ -29,7 +30,10 @@ typedef enum {
 typedef enum { RT_SUM = 0, RT_AVERAGE = 1, RT_MIN = 2, RT_MAX = 3, RT_PRODUCT = 4, RT_NUM_OPS = 5 } rt_op;
 
 /* Which allreduce algorithm ran (reported back to Python for logs and the timeline). */
-typedef enum { RT_ALGO_NONE = 0, RT_ALGO_RECURSIVE_DOUBLING = 1, RT_ALGO_RING = 2 } rt_algorithm;
+typedef enum {
+    RT_ALGO_NONE = 0, RT_ALGO_RECURSIVE_DOUBLING = 1, RT_ALGO_RING = 2, RT_ALGO_SHARED_MEMORY = 3,
+    RT_ALGO_HIERARCHICAL = 4
+} rt_algorithm;
 
 size_t rt_dtype_size(rt_dtype dtype);
 
@@ -89,6 +93,19 @@ int rt_wait_all(rt_requests *reqs);
 void rt_requests_free(rt_requests *reqs);
 /* A nonblocking collective (control rounds, barriers) waited for under the same deadline. */
 int rt_wait_collective(MPI_Request *req, MPI_Comm comm);
+/* Shared-memory flags: counters a rank raises (store-release) when its part of a step is done.
+ * rt_wait_flags waits until every flags[i] >= target, spinning briefly, then under the same
+ * yield/sleep policy and progress deadline as the request waits (peers[i]: flags[i]'s owner,
+ * a rank of comm, for the verdict). */
+typedef _Atomic uint64_t rt_flag;
+int rt_wait_flags(const rt_flag *const *flags, const int *peers, size_t n, uint64_t target, MPI_Comm comm);
+static inline void rt_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
 /* Seconds without any completion before a wait consults liveness.c (0: wait for ever). */
 void rt_set_progress_timeout(double seconds);
 double rt_progress_timeout(void);
@@ -179,18 +196,60 @@ int rt_round_exchange(uint64_t *words, size_t nwords, char *const *srcs, const s
                       rt_dtype dtype, rt_op op, double prescale, size_t data_bound, MPI_Comm comm, int *carried,
                       void **data);
 
+/* shm_segment.c: a communicator's ranks on one host share a segment (POSIX shm, unlinked as soon
+ * as all of them mapped it); found again from the communicator by rt_shm_find. */
+typedef enum { RT_SHM_UNAVAILABLE = -1, RT_SHM_OFF = 0, RT_SHM_ONE_HOST = 1, RT_SHM_HIERARCHICAL = 2 } rt_shm_mode;
+typedef struct {
+    size_t piece_bytes;     /* per rank and buffer: the segment holds 2 * local ranks of them */
+    int hierarchical;       /* across hosts: 1 allows the hierarchical allreduce */
+} rt_shm_settings;
+typedef struct rt_shm {
+    MPI_Comm comm;          /* the data communicator it serves */
+    MPI_Comm node;          /* comm's ranks on this host */
+    MPI_Comm cross;         /* comm's ranks with this local rank, one per host (MPI_COMM_NULL: one host) */
+    int local_rank, local_size, hosts;
+    int *peer_ranks;        /* comm rank of each local rank */
+    size_t piece_bytes;
+    char *base;
+    size_t mapped;
+    rt_flag **flags;        /* local rank r: flags[2r] written, flags[2r + 1] reduced */
+    char *buffers;          /* local rank r's buffer b at buffers + (2r + b) * piece_bytes */
+    uint64_t pieces;        /* pieces this rank has started: the flags' next value */
+} rt_shm;
+/* Collective over comm. RT_OK with *mode saying what was set up (the same on every rank), and
+ * `reason` why not if OFF or UNAVAILABLE (a failure worth a warning: /dev/shm too small, say);
+ * *failed_here is 1 on the first rank of each host where the segment could not be set up. */
+int rt_shm_attach(MPI_Comm comm, const rt_shm_settings *settings, rt_shm_mode *mode, char *reason,
+                  size_t reason_len, int *failed_here);
+void rt_shm_detach(MPI_Comm comm);  /* attach and detach take rt_lock to change the registry */
+rt_shm *rt_shm_find(MPI_Comm comm);   /* callers hold rt_lock */
+
+/* shm_allreduce.c: allreduce among one host's ranks through the segment. `between` (or NULL)
+ * runs on each rank's reduced slice of every piece before the others copy it out. */
+typedef struct {
+    void *ctx;
+    int (*run)(void *ctx, void *slice, size_t count);
+} rt_slice_step;
+int rt_shm_allreduce(rt_shm *shm, const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,
+                     const rt_slice_step *between);
+
 /* fusion_buffer.c: Tensor Fusion's pack / unpack copies (tensors laid out back to back). */
 void rt_pack(char *buffer, char *const *tensors, const size_t *bytes, size_t count);
 void rt_unpack(const char *buffer, char *const *tensors, const size_t *bytes, size_t count);
 
-/* allreduce.c: scaling, averaging and the choice of algorithm by message size. */
+/* allreduce.c: scaling, averaging and the choice of algorithm by message size (and shared memory). */
 typedef struct {
     size_t small_message_bytes;   /* at or below: recursive doubling; above: ring */
     size_t segment_bytes;         /* pipeline segment size for the ring */
+    size_t shm_min_bytes;         /* above small and at or above this, ranks sharing one host: shared memory */
+    size_t hierarchical_min_bytes;  /* above small and at or above this, across hosts: hierarchical */
 } rt_tuning;
 int rt_allreduce(const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,
                  double prescale, double postscale, const rt_tuning *tuning, MPI_Comm comm,
                  rt_algorithm *used);
+/* hierarchical_allreduce.c: shared memory inside each host, a ring across hosts per local rank. */
+int rt_hierarchical_allreduce(rt_shm *shm, const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,
+                              const rt_tuning *tuning);
 int rt_reduce_scatter(const void *src, void *dst, const size_t *counts, rt_dtype dtype, rt_op op,
                       double prescale, double postscale, size_t segment_bytes, MPI_Comm comm);
 /* Average and postscale applied after a Sum-reduction over `size` ranks. */

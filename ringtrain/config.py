@@ -82,6 +82,7 @@ HOROVOD_ENV = {
     "HOROVOD_LOG_LEVEL": ("log_level", _parse_log_level),
     "HOROVOD_AUTOTUNE": ("autotune", _parse_bool),
     "HOROVOD_AUTOTUNE_LOG": ("autotune_log", _parse_path),
+    "HOROVOD_HIERARCHICAL_ALLREDUCE": ("hierarchical_allreduce", _parse_bool),
 }
 # Set by horovodrun or the Horovod runtime itself, not settings: no notice for these.
 HOROVOD_LAUNCHER_ENV = frozenset({"HOROVOD_HOSTNAME", "HOROVOD_RANK", "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK",
@@ -126,6 +127,19 @@ class Config:
     # Response cache entries per process set (Horovod's default); 0 disables the cache, so every
     # round negotiates through the coordinator.
     cache_capacity: int = 4096
+    # Inside a host, allreduces above small_allreduce_threshold (and of at least
+    # shared_memory_threshold bytes) go through a segment the host's ranks share
+    # (csrc/shm_allreduce.c), in pieces of shared_memory_piece_bytes per rank (the segment holds
+    # two per rank). Across hosts with the same number of ranks on each, those of at least
+    # hierarchical_threshold bytes reduce inside each host through it and cross hosts once per
+    # local rank (csrc/hierarchical_allreduce.c; Horovod's HOROVOD_HIERARCHICAL_ALLREDUCE).
+    # Small messages stay with recursive doubling, which a negotiation round carries them with.
+    # Measured with bench/allreduce.py --sweep [--pieces]: bench/RESULTS.md, "Shared memory".
+    shared_memory: bool = True
+    shared_memory_threshold: int = 0
+    shared_memory_piece_bytes: int = 256 * 1024
+    hierarchical_allreduce: bool = True
+    hierarchical_threshold: int = 0
     # What init() tells the user about the settings' sources (HOROVOD_* variables); not a setting.
     notices: tuple = dataclasses.field(default=(), compare=False)
 
@@ -143,8 +157,13 @@ class Config:
         "autotune": ("RINGTRAIN_AUTOTUNE", _parse_bool),
         "autotune_log": ("RINGTRAIN_AUTOTUNE_LOG", _parse_path),
         "cache_capacity": ("RINGTRAIN_CACHE_CAPACITY", _parse_count),
+        "shared_memory": ("RINGTRAIN_SHARED_MEMORY", _parse_bool),
+        "shared_memory_threshold": ("RINGTRAIN_SHARED_MEMORY_THRESHOLD", _parse_bytes),
+        "shared_memory_piece_bytes": ("RINGTRAIN_SHARED_MEMORY_PIECE_BYTES", _parse_bytes),
+        "hierarchical_allreduce": ("RINGTRAIN_HIERARCHICAL_ALLREDUCE", _parse_bool),
+        "hierarchical_threshold": ("RINGTRAIN_HIERARCHICAL_THRESHOLD", _parse_bytes),
     }
-    MINIMUM = {"segment_bytes": 64}
+    MINIMUM = {"segment_bytes": 64, "shared_memory_piece_bytes": 4096}
     EXPECTED = {
         _parse_bytes: "a non-negative number of bytes, e.g. 65536 or 64K",
         _parse_non_negative_float: "a non-negative number",

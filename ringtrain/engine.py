@@ -79,8 +79,28 @@ class SetState:
         self.direct = {}                      # (name, call key) -> (cache generation, round words): allreduce_now
         self.coordinator = (Coordinator(self.size, StallInspector(config.stall_check_time, config.stall_shutdown_time))
                             if self.rank == 0 else None)
+        self.shared_memory = self._attach_shared_memory(config)
+
+    def _attach_shared_memory(self, config):
+        """The set's segment per host (collective: every member builds its SetState at the same
+        point). What the allreduces of this set will use: "one host", "hierarchical" or "off"."""
+        if self.size == 1 or not config.shared_memory:
+            return "off"
+        from . import _core
+
+        mode, _, _, reason, failed_here = _core.shm_attach(self.handle, config.shared_memory_piece_bytes,
+                                                           config.hierarchical_allreduce)
+        if failed_here:  # this host could not share memory: one line from it, and every rank goes on without
+            log.warning("ringtrain: shared memory is off for process set %d: %s", self.id, reason)
+        elif mode == 0:
+            log.debug("ringtrain: process set %d does not use shared memory: %s", self.id, reason)
+        return {1: "one host", 2: "hierarchical"}.get(mode, "off")
 
     def free(self):
+        if self.shared_memory != "off":
+            from . import _core
+
+            _core.shm_detach(self.handle)
         for c in (self.ctrl, self.comm):
             c.Free()
 
@@ -207,8 +227,7 @@ class Engine:
         t, core = self.tuning, self.runtime.core
         if state.size == 1:  # one rank agrees with itself: nothing to negotiate, nothing to send
             with self._round_lock:
-                core.allreduce(state.handle, array, output, code, op, pre, post, t.small_allreduce_threshold,
-                               t.segment_bytes)
+                core.allreduce(state.handle, array, output, code, op, pre, post, *t.allreduce_args)
             self.executor.bytes_reduced += array.nbytes
             self.direct_calls += 1
             return output
@@ -236,7 +255,7 @@ class Engine:
             self.rounds += 1
             try:
                 if core.round_allreduce(state.ctrl_handle, words, state.handle, [array], [output], None, code, op, pre,
-                                        post, t.small_allreduce_threshold, t.segment_bytes):
+                                        post, *t.allreduce_args):
                     self._activity = True
                     self.executor.bytes_reduced += array.nbytes
                     self.direct_calls += 1
@@ -542,7 +561,7 @@ class Engine:
             agreed = core.round_allreduce(
                 state.ctrl_handle, words, state.handle, srcs, dsts,
                 self.executor.fusion_buffer(total) if len(srcs) > 1 else None, first.code, first.op, first.prescale,
-                first.postscale, t.small_allreduce_threshold, t.segment_bytes)
+                first.postscale, *t.allreduce_args)
         except core.NoProgressError as exc:
             if str(exc).startswith("allreduce"):  # stopped in the data, not in the bit vector
                 exc.items = [Item(r.name, r.signature(), r, started) for r in requests]
@@ -722,13 +741,21 @@ class Engine:
 class Tuning:
     """The settings the engine reads on every round; autotune changes them in step on all ranks."""
 
-    FIELDS = ("fusion_threshold", "cycle_time", "small_allreduce_threshold", "segment_bytes")
+    FIELDS = ("fusion_threshold", "cycle_time", "small_allreduce_threshold", "segment_bytes",
+              "shared_memory_threshold", "hierarchical_threshold")
 
     def __init__(self, config):
         for field in self.FIELDS:
             setattr(self, field, getattr(config, field))
+        self._derive()
 
     def update(self, params):
         for field, value in params.items():
             if field in self.FIELDS:
                 setattr(self, field, value)
+        self._derive()
+
+    def _derive(self):
+        # what every C allreduce call takes, in its argument order (csrc/module.c)
+        self.allreduce_args = (self.small_allreduce_threshold, self.segment_bytes, self.shared_memory_threshold,
+                               self.hierarchical_threshold)

@@ -11,7 +11,8 @@ import numpy as np
 from .dtypes import SUPPORTED
 from .requests import zeros_like_signature
 
-ALGORITHM_NAMES = {0: "LOCAL_ALLREDUCE", 1: "RECURSIVE_DOUBLING_ALLREDUCE", 2: "RING_ALLREDUCE"}
+ALGORITHM_NAMES = {0: "LOCAL_ALLREDUCE", 1: "RECURSIVE_DOUBLING_ALLREDUCE", 2: "RING_ALLREDUCE",
+                   3: "SHARED_MEMORY_ALLREDUCE", 4: "HIERARCHICAL_ALLREDUCE"}
 
 
 def split_rows(rows, parts):
@@ -104,16 +105,14 @@ class Executor:
         tensors = [x for item in group for x in item.tensors]
         outputs = [x for item in group for x in item.outputs]
         if len(tensors) == 1:
-            algorithm = self.core.allreduce(ps.handle, tensors[0], outputs[0], code, op, pre, post,
-                                            t.small_allreduce_threshold, t.segment_bytes)
+            algorithm = self.core.allreduce(ps.handle, tensors[0], outputs[0], code, op, pre, post, *t.allreduce_args)
             copied_in = copied_out = started
         else:
             total = sum(item.nbytes for item in group)
             fused = self.fusion_buffer(total)[:total].view(SUPPORTED[code])
             self.core.pack(fused, tensors)
             copied_in = time.perf_counter()
-            algorithm = self.core.allreduce(ps.handle, fused, fused, code, op, pre, post,
-                                            t.small_allreduce_threshold, t.segment_bytes)
+            algorithm = self.core.allreduce(ps.handle, fused, fused, code, op, pre, post, *t.allreduce_args)
             copied_out = time.perf_counter()
             self.core.unpack(fused, outputs)
         finished = time.perf_counter()

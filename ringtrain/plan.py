@@ -243,7 +243,7 @@ def measure_network(repeats=9, ring_sizes=RING_SIZES, doubling_sizes=RECURSIVE_D
 
         def allreduce(nbytes, small):
             buf = np.zeros(nbytes // 4, np.float32)
-            return lambda: core.allreduce(handle, buf, buf, code, int(Sum), 1.0, 1.0, small, segment)
+            return lambda: core.allreduce(handle, buf, buf, code, int(Sum), 1.0, 1.0, small, segment, 0, 0)
 
         def allgather(nbytes):
             shares = np.full(ranks, nbytes // ranks, np.int64)

@@ -257,3 +257,31 @@ def test_a_deadlock_among_live_ranks_ends_at_the_progress_deadline():
     # whichever rank gives up first aborts the job for both
     found = re.search(r"caught after ([\d.]+) s: barrier made no progress for [\d.]+ s; stalled", run.output)
     assert found and float(found.group(1)) < 10, run.output[-3000:]
+
+
+def test_a_rank_killed_inside_a_shared_memory_allreduce_ends_the_job_and_leaves_nothing_in_dev_shm():
+    # 3 ranks on one host reduce 32 MB through their shared segment; rank 1 is SIGKILLed mid-call
+    path = script("""
+        import os, signal, threading, numpy as np, ringtrain as rt
+        from ringtrain import runtime
+        rt.init(progress_timeout=3)
+        assert runtime.current("test").engine.sets[0].shared_memory == "one host"
+        x = np.ones(8 << 20, dtype=np.float32)
+        print(f"pid {os.getpid()}", flush=True)
+        if rt.rank() == 1:
+            threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+        while True:
+            rt.allreduce_(x, name="x")
+    """)
+    run = subprocess.run([sys.executable, "-m", "ringtrain", "run", "-np", "3", sys.executable, path],
+                         capture_output=True, text=True, timeout=DEADLINE + 30, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    leftovers = subprocess.run(["pgrep", "-f", path], capture_output=True, text=True).stdout.split()
+    os.unlink(path)
+    output = run.stdout + run.stderr
+    pids = set(re.findall(r"pid (\d+)", output))
+    assert len(pids) == 3, output[-3000:]
+    assert run.returncode != 0
+    assert "rank 1 failed with exit status -9" in output, output[-3000:]
+    assert not leftovers, f"processes left behind: {leftovers}"
+    segments = [f for f in os.listdir("/dev/shm") if any(f.startswith(f"ringtrain-{pid}-") for pid in pids)]
+    assert segments == [], f"left in /dev/shm: {segments}"

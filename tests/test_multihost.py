@@ -312,3 +312,57 @@ def test_spark_standalone_a_killed_attempt_is_retried_and_cleaned_up(spark_hosts
     assert ("an attempt failed (rank 3 was killed by signal 9 without reporting an exception); Spark retried "
             "the whole stage and it succeeded") in result.stderr, result.stderr[-3000:]
 
+
+
+# --- the shared-memory and hierarchical allreduce across hosts -----------------------------------
+ALLREDUCE_JOB = os.path.join(HERE, "multihost", "allreduce_job.py")
+
+
+def allreduce_records(stdout):
+    records = []
+    for line in stdout.splitlines():
+        prefix, _, rest = line.partition(": ALLREDUCE ")
+        if rest:
+            records.append(json.loads(rest))
+    return sorted(records, key=lambda r: r["rank"])
+
+
+@pytest.mark.parametrize("spec,settings,paths", [
+    ([("h1", 2), ("h2", 2)], {}, {"global": "hierarchical", "spanning": "off", "first host": "one host"}),
+    ([("h1", 3), ("h2", 3)], {}, {"global": "hierarchical", "spanning": "off", "first host": "one host"}),
+    ([("h1", 3), ("h2", 1)], {}, {"global": "off", "spanning": "off", "first host": "one host"}),
+    ([("h1", 2), ("h2", 2)], {"RINGTRAIN_HIERARCHICAL_ALLREDUCE": "0"},
+     {"global": "off", "spanning": "off", "first host": "one host"}),
+], ids=["2x2", "2x3", "3+1-uneven", "2x2-hierarchical-off"])
+def test_allreduce_across_hosts_matches_numpy_on_every_path(hosts, spec, settings, paths):
+    """Every dtype x op at odd lengths, bitwise the same on every rank: through the hierarchical
+    allreduce (uniform hosts), the flat ring (uneven hosts, or turned off, or a set with one rank
+    per host) and shared memory alone (a set inside one host)."""
+    n = sum(s for _, s in spec)
+    result = ringtrain_run_on_h1(hosts, "-np", str(n), "-H", ",".join(f"{h}:{s}" for h, s in spec),
+                                 "python", ALLREDUCE_JOB, env=dict(hosts.mpi_environment(), **settings), timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = allreduce_records(result.stdout)
+    assert [r["rank"] for r in records] == list(range(n)), result.stdout[-3000:]
+    for r in records:
+        assert r["failed"] == 0, r
+        assert r["paths"]["global"] == paths["global"], r
+        for label in ("spanning", "first host"):
+            if label in r["paths"]:
+                assert r["paths"][label] == paths[label], r
+    assert {r["host"] for r in records} == {h for h, _ in spec}
+
+
+def test_a_host_whose_dev_shm_is_too_small_warns_once_and_every_rank_goes_on_without_it(hosts):
+    hosts.run("h2", ["mount", "-o", "remount,size=256k", "/dev/shm"])
+    try:
+        result = ringtrain_run_on_h1(hosts, "-np", "4", "-H", "h1:2,h2:2", "python", ALLREDUCE_JOB, timeout=300)
+    finally:
+        hosts.run("h2", ["mount", "-o", "remount,size=4g", "/dev/shm"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = allreduce_records(result.stdout)
+    assert len(records) == 4 and all(r["failed"] == 0 and r["paths"]["global"] == "off" for r in records), records
+    output = result.stdout + result.stderr
+    warnings = [line for line in output.splitlines() if "shared memory is off for process set 0" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("[2]: "), warnings  # h2's first rank, once
+    assert "/dev/shm has less than" in warnings[0] and "--shm-size" in warnings[0], warnings

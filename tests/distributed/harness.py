@@ -94,9 +94,11 @@ def tuned(**settings):
         tuning.update(saved)
 
 
-# Algorithm settings every reduction test runs under.
+# Algorithm settings every reduction test runs under. The default on one host is shared
+# memory at every size (the ranks of these jobs share a host); the others turn it off.
+NO_SHARED_MEMORY = {"shared_memory_threshold": 1 << 62, "hierarchical_threshold": 1 << 62}
 MODES = {
     "default": {},
-    "ring-small-segments": {"small_allreduce_threshold": 0, "segment_bytes": 1000},
-    "recursive-doubling": {"small_allreduce_threshold": 1 << 30},
+    "ring-small-segments": {"small_allreduce_threshold": 0, "segment_bytes": 1000, **NO_SHARED_MEMORY},
+    "recursive-doubling": {"small_allreduce_threshold": 1 << 30, **NO_SHARED_MEMORY},
 }

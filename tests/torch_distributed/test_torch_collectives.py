@@ -12,7 +12,7 @@ import torch
 import ringtrain.torch as hvd
 from ringtrain import runtime
 from torch_harness import ALL_DTYPES, INT_DTYPES, all_inputs, assert_close, even_odd_sets, \
-    rank_tensor, recursive_doubling_sum, reference, ring_order_sum
+    rank_tensor, recursive_doubling_sum, reference, ring_order_sum, shared_memory_sum
 
 SHAPES = [(17,), (5, 7), (3, 4, 5), (1000, 3)]
 OPS = [hvd.Sum, hvd.Average, hvd.Min, hvd.Max, hvd.Product]
@@ -86,7 +86,9 @@ def test_prescale_and_postscale(dtype):
     assert_close(post, expected, dtype, "postscale")
 
 
-HALF_LENGTHS = {"recursive-doubling": 1001, "ring": 30001}  # 2 KB and 60 KB around the 8 KB default threshold
+# 2 KB, and 60 KB and 600 KB (3 pieces of shared memory) above the 8 KB default threshold
+HALF_LENGTHS = {"recursive-doubling": 1001, "ring": 30001, "shared-memory": 300_001}
+ORDERS = {"recursive-doubling": recursive_doubling_sum, "ring": ring_order_sum, "shared-memory": shared_memory_sum}
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -94,11 +96,27 @@ HALF_LENGTHS = {"recursive-doubling": 1001, "ring": 30001}  # 2 KB and 60 KB aro
 def test_half_precision_sums_are_bitwise_the_stated_order(dtype, path):
     """README (Coming from Horovod): a prescale is applied on each rank in float32 and rounded,
     then every addition is done in float32 and rounded, in the order of the algorithm."""
-    assert runtime.current("t").config.small_allreduce_threshold == 8 * 1024
+    live = runtime.current("t")
+    assert live.config.small_allreduce_threshold == 8 * 1024
+    on_one_host = live.engine.sets[0].shared_memory == "one host"
+    if path == "shared-memory" and not on_one_host:
+        path = "ring"  # (one rank: nothing is added at all)
+    tuning = live.engine.tuning
+    saved = tuning.shared_memory_threshold
+    if path == "ring":  # with shared memory off, as across hosts
+        tuning.update({"shared_memory_threshold": 1 << 62})
+    try:
+        check_half_precision_order(dtype, path)
+    finally:
+        tuning.update({"shared_memory_threshold": saved})
+
+
+def check_half_precision_order(dtype, path):
     factor, p = 0.37, hvd.size()
+    order = ORDERS[path]
     inputs = all_inputs((HALF_LENGTHS[path],), dtype, seed=11)
     scaled = [(t.to(torch.float32) * factor).to(dtype) for t in inputs]
-    expected = (ring_order_sum if path == "ring" else recursive_doubling_sum)(scaled, dtype)
+    expected = order(scaled, dtype)
     mine = inputs[hvd.rank()]
     assert torch.equal(hvd.allreduce(mine, op=hvd.Sum, prescale_factor=factor), expected)
     inplace = mine.clone()
@@ -106,7 +124,7 @@ def test_half_precision_sums_are_bitwise_the_stated_order(dtype, path):
     assert torch.equal(inplace, expected)
     # Average: the sum, then times float32(1 / p), rounded once
     average = hvd.allreduce(mine, op=hvd.Average)
-    summed = (ring_order_sum if path == "ring" else recursive_doubling_sum)(inputs, dtype)
+    summed = order(inputs, dtype)
     assert torch.equal(average, (summed.to(torch.float32) * torch.tensor(1.0 / p, dtype=torch.float32)).to(dtype))
     # the check a Horovod user writes, with the same tensor on every rank: at up to 3 ranks no
     # order can change it (x + x is exact), so it holds bitwise

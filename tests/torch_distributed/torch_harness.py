@@ -64,7 +64,7 @@ def even_odd_sets():
 
 # The order of a 16-bit sum (README, "Coming from Horovod"): each addition is done in float32 and
 # rounded to the 16-bit type, as Horovod's float16 MPI op does, so at 3 or more ranks the order
-# matters. These follow ringtrain's two allreduce algorithms addition by addition.
+# matters. These follow ringtrain's allreduce algorithms addition by addition.
 def _add_rounded(a, b, dtype):
     return (a.to(torch.float32) + b.to(torch.float32)).to(dtype)
 
@@ -82,6 +82,27 @@ def ring_order_sum(inputs, dtype):
             acc = _add_rounded(acc, flat[(b + k) % p][start:start + count], dtype)
         out.append(acc)
         start += count
+    return torch.cat(out).reshape(inputs[0].shape)
+
+
+def shared_memory_sum(inputs, dtype, piece_bytes=256 * 1024):
+    """Shared memory (buffers above the threshold, ranks of one host): the flat buffer goes in
+    pieces of piece_bytes; each piece is cut into n slices of whole 64-byte units (slice r from
+    unit floor(units*r/n)); slice r starts with rank r's values and adds the other ranks' in
+    rank order."""
+    p, flat = len(inputs), [t.reshape(-1) for t in inputs]
+    n, esize = flat[0].numel(), flat[0].element_size()
+    per_piece, unit, out = piece_bytes // esize, 64 // esize, []
+    for offset in range(0, n, per_piece):
+        m = min(per_piece, n - offset)
+        units = -(-m // unit)
+        for r in range(p):
+            lo, hi = min(m, units * r // p * unit), min(m, units * (r + 1) // p * unit)
+            acc = flat[r][offset + lo:offset + hi]
+            for q in range(p):
+                if q != r:
+                    acc = _add_rounded(acc, flat[q][offset + lo:offset + hi], dtype)
+            out.append(acc)
     return torch.cat(out).reshape(inputs[0].shape)
 
 
