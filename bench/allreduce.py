@@ -62,7 +62,7 @@ def main():
         shared = []
         for piece in pieces:  # shared memory from 1 byte up
             shared.append(comm.Dup())
-            mode = core.shm_attach(shared[-1].py2f(), piece, True)[0]
+            mode = core.shm_attach(shared[-1].py2f(), piece, True, base.hierarchical_one_leader)[0]
             if mode > 0:
                 label = ALGORITHM_NAMES[2 + mode].replace("_ALLREDUCE", "").replace("_", " ").lower()
                 contenders[label + (f" {human_bytes(piece)}" if args.pieces else "")] = (shared[-1], 0)

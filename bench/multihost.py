@@ -70,31 +70,40 @@ else:
 """
 
 
-def tcp_stream_rate(cluster, nbytes=1 << 30):
-    """Bytes per second of one plain TCP stream from h2 to h1 (Python sockets, 1 MB writes)."""
-    receiver = cluster.popen("h1", [sys.executable, "-c", TCP_STREAM, "receive", cluster.addresses["h1"], str(nbytes)],
-                             stdout=subprocess.PIPE, text=True)
-    port = receiver.stdout.readline().strip()
-    sender = cluster.run("h2", [sys.executable, "-c", TCP_STREAM, "send", f"{cluster.addresses['h1']}:{port}",
-                                str(nbytes)], timeout=300)
-    rate = float(receiver.stdout.readline())
-    receiver.wait(timeout=60)
-    if sender.returncode != 0:
-        raise SystemExit(f"the TCP stream failed: {sender.stderr[-2000:]}")
-    return rate
+def tcp_stream_rate(cluster, nbytes=1 << 30, both_ways=False):
+    """Bytes per second of one plain TCP stream from h2 to h1 (Python sockets, 1 MB writes); with
+    both_ways, the slower of two streams run at once, h2 -> h1 and h1 -> h2 (what an allreduce
+    between two hosts asks of the link and of the kernel that carries both hosts here)."""
+    pairs = [("h1", "h2")] + ([("h2", "h1")] if both_ways else [])
+    receivers = []
+    for into, _ in pairs:
+        receivers.append(cluster.popen(into, [sys.executable, "-c", TCP_STREAM, "receive", cluster.addresses[into],
+                                              str(nbytes)], stdout=subprocess.PIPE, text=True))
+    ports = [r.stdout.readline().strip() for r in receivers]
+    senders = [cluster.popen(source, [sys.executable, "-c", TCP_STREAM, "send", f"{cluster.addresses[into]}:{port}",
+                                      str(nbytes)], stderr=subprocess.PIPE, text=True)
+               for (into, source), port in zip(pairs, ports)]
+    rates = [float(r.stdout.readline()) for r in receivers]
+    for process in receivers + senders:
+        if process.wait(timeout=300) != 0:
+            raise SystemExit("a TCP stream failed")
+    return min(rates)
 
 
-def hierarchical_tables(cluster, max_bytes, runs=3):
-    """2 x 2 at 10 Gbit/s, 1-64 MB: the hierarchical allreduce (the default) against MPI, with a
-    TCP stream measured before each run; then the flat ring (hierarchical off) the same way."""
+def hierarchical_tables(cluster, max_bytes, runs=2):
+    """2 x 2 at 10 Gbit/s, 1-64 MB: the hierarchical allreduce (the default, and with one leader
+    per host) against MPI, with TCP streams measured before each run; then the flat ring
+    (hierarchical off) the same way."""
     cluster.shape("10gbit")
     try:
-        for label, env in (("hierarchical", {}), ("flat ring (RINGTRAIN_HIERARCHICAL_ALLREDUCE=0)",
-                                                 {"RINGTRAIN_HIERARCHICAL_ALLREDUCE": "0"})):
+        for label, env in (("hierarchical, every local rank crosses hosts", {}),
+                           ("hierarchical, one leader per host (RINGTRAIN_HIERARCHICAL_ONE_LEADER=1)",
+                            {"RINGTRAIN_HIERARCHICAL_ONE_LEADER": "1"}),
+                           ("flat ring (RINGTRAIN_HIERARCHICAL_ALLREDUCE=0)", {"RINGTRAIN_HIERARCHICAL_ALLREDUCE": "0"})):
             for run in range(runs):
-                rate = tcp_stream_rate(cluster)
+                rate, both = tcp_stream_rate(cluster), tcp_stream_rate(cluster, both_ways=True)
                 print(f"\n## {label}, h1:2,h2:2, links 10gbit, run {run + 1}: TCP stream h2 -> h1 "
-                      f"{rate / 1e9:.3f} GB/s", flush=True)
+                      f"{rate / 1e9:.3f} GB/s; both ways at once {both / 1e9:.3f} GB/s each", flush=True)
                 lines = rank0_tables(cluster, "h1:2,h2:2", "allreduce.py", "--named", "--min-bytes", str(1 << 20),
                                      "--max-bytes", str(max_bytes), what=label, env=dict(os.environ, **env))
                 rows = []
@@ -104,8 +113,9 @@ def hierarchical_tables(cluster, max_bytes, runs=3):
                         busbw = float(cells[6])
                         algbw = busbw * 4 / (2 * 3)  # 4 ranks: busbw = 2(p-1)/p * algbw
                         rows.append([cells[0], cells[1], f"{algbw:.3f}", f"{rate / 1e9:.3f}",
-                                     f"{rate / 1e9 / algbw:.2f}"])
-                print_table(["size", "algorithm", "ringtrain algbw GB/s", "TCP stream GB/s", "TCP / algbw"], rows)
+                                     f"{rate / 1e9 / algbw:.2f}", f"{both / 1e9:.3f}", f"{both / 1e9 / algbw:.2f}"])
+                print_table(["size", "algorithm", "ringtrain algbw GB/s", "TCP stream GB/s", "TCP / algbw",
+                             "TCP both ways GB/s each", "both ways / algbw"], rows)
     finally:
         cluster.shape(None)
 

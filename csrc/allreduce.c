@@ -42,7 +42,7 @@ int rt_allreduce(const void *src, void *dst, size_t count, rt_dtype dtype, rt_op
          * them with: a call's result is bitwise the same on either path) */
         *used = shm->cross != MPI_COMM_NULL ? RT_ALGO_HIERARCHICAL : RT_ALGO_SHARED_MEMORY;
         err = shm->cross != MPI_COMM_NULL ? rt_hierarchical_allreduce(shm, src, dst, count, dtype, op, tuning)
-                                          : rt_shm_allreduce(shm, src, dst, count, dtype, op, NULL);
+                                          : rt_shm_allreduce(shm, src, dst, count, dtype, op);
     } else if (bytes <= tuning->small_message_bytes && bytes <= RT_MAX_MESSAGE_BYTES) {
         *used = RT_ALGO_RECURSIVE_DOUBLING;
         err = rt_recursive_doubling_allreduce(src, dst, count, dtype, op, comm);

@@ -517,14 +517,14 @@ static PyObject *py_stall_report(PyObject *self, PyObject *args) {
                          r->culprit, "kind", kinds[r->kind], "age", r->age, "chain", chain);
 }
 
-/* shm_attach(comm_f, piece_bytes, hierarchical) -> (mode, local_size, hosts, reason, failed_here):
- * collective over comm. */
+/* shm_attach(comm_f, piece_bytes, hierarchical, one_leader) -> (mode, local_size, hosts, reason,
+ * failed_here): collective over comm. */
 static PyObject *py_shm_attach(PyObject *self, PyObject *args) {
-    int comm_f, hierarchical;
+    int comm_f, hierarchical, one_leader;
     Py_ssize_t piece_bytes;
-    if (!PyArg_ParseTuple(args, "inp", &comm_f, &piece_bytes, &hierarchical)) return NULL;
+    if (!PyArg_ParseTuple(args, "inpp", &comm_f, &piece_bytes, &hierarchical, &one_leader)) return NULL;
     if (piece_bytes < 64) return PyErr_Format(PyExc_ValueError, "piece_bytes must be at least 64");
-    rt_shm_settings settings = {(size_t)piece_bytes, hierarchical};
+    rt_shm_settings settings = {(size_t)piece_bytes, hierarchical, one_leader};
     rt_shm_mode mode;
     char reason[256];
     int err, local_size = 1, hosts = 1, failed_here = 0;
@@ -562,7 +562,7 @@ static PyMethodDef methods[] = {
     {"reduce", py_reduce, METH_VARARGS, "reduce(inout, in, dtype, op): inout = inout op in"},
     {"barrier", py_barrier, METH_VARARGS, "barrier(comm_f)"},
     {"shm_attach", py_shm_attach, METH_VARARGS,
-     "shm_attach(comm_f, piece_bytes, hierarchical) -> (mode, local_size, hosts, reason, failed_here)"},
+     "shm_attach(comm_f, piece_bytes, hierarchical, one_leader) -> (mode, local_size, hosts, reason, failed_here)"},
     {"shm_detach", py_shm_detach, METH_VARARGS, "shm_detach(comm_f): unmap the set's segment"},
     {"control_band", py_control_band, METH_VARARGS, "control_band(comm_f, words, small): bitwise AND of a round's uint64 words, in place"},
     {"round_allreduce", py_round_allreduce, METH_VARARGS,

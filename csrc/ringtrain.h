@@ -202,12 +202,13 @@ typedef enum { RT_SHM_UNAVAILABLE = -1, RT_SHM_OFF = 0, RT_SHM_ONE_HOST = 1, RT_
 typedef struct {
     size_t piece_bytes;     /* per rank and buffer: the segment holds 2 * local ranks of them */
     int hierarchical;       /* across hosts: 1 allows the hierarchical allreduce */
+    int one_leader;         /* ... in which local rank 0 alone crosses hosts (0: every local rank, 1/n each) */
 } rt_shm_settings;
 typedef struct rt_shm {
     MPI_Comm comm;          /* the data communicator it serves */
     MPI_Comm node;          /* comm's ranks on this host */
     MPI_Comm cross;         /* comm's ranks with this local rank, one per host (MPI_COMM_NULL: one host) */
-    int local_rank, local_size, hosts;
+    int local_rank, local_size, hosts, one_leader;
     int *peer_ranks;        /* comm rank of each local rank */
     size_t piece_bytes;
     char *base;
@@ -221,17 +222,14 @@ typedef struct rt_shm {
  * *failed_here is 1 on the first rank of each host where the segment could not be set up. */
 int rt_shm_attach(MPI_Comm comm, const rt_shm_settings *settings, rt_shm_mode *mode, char *reason,
                   size_t reason_len, int *failed_here);
+static inline char *rt_shm_buffer(const rt_shm *shm, int local_rank, uint64_t step) {  /* double buffered */
+    return shm->buffers + ((size_t)local_rank * 2 + (step & 1)) * shm->piece_bytes;
+}
 void rt_shm_detach(MPI_Comm comm);  /* attach and detach take rt_lock to change the registry */
 rt_shm *rt_shm_find(MPI_Comm comm);   /* callers hold rt_lock */
 
-/* shm_allreduce.c: allreduce among one host's ranks through the segment. `between` (or NULL)
- * runs on each rank's reduced slice of every piece before the others copy it out. */
-typedef struct {
-    void *ctx;
-    int (*run)(void *ctx, void *slice, size_t count);
-} rt_slice_step;
-int rt_shm_allreduce(rt_shm *shm, const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,
-                     const rt_slice_step *between);
+/* shm_allreduce.c: allreduce among one host's ranks (all of comm's) through the segment. */
+int rt_shm_allreduce(rt_shm *shm, const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op);
 
 /* fusion_buffer.c: Tensor Fusion's pack / unpack copies (tensors laid out back to back). */
 void rt_pack(char *buffer, char *const *tensors, const size_t *bytes, size_t count);
@@ -247,7 +245,8 @@ typedef struct {
 int rt_allreduce(const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,
                  double prescale, double postscale, const rt_tuning *tuning, MPI_Comm comm,
                  rt_algorithm *used);
-/* hierarchical_allreduce.c: shared memory inside each host, a ring across hosts per local rank. */
+/* hierarchical_allreduce.c: shared memory inside each host, a ring across hosts per local rank
+ * (each on its 1/n of the buffer). */
 int rt_hierarchical_allreduce(rt_shm *shm, const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,
                               const rt_tuning *tuning);
 int rt_reduce_scatter(const void *src, void *dst, const size_t *counts, rt_dtype dtype, rt_op op,

@@ -5,8 +5,7 @@
  *      reads) and raises `written`;
  *   2. once every rank's `written` shows this piece, rank r reduces slice r of the piece (a
  *      64-byte aligned 1/n of it) from its own input and the peers' buffers, read directly,
- *      into its own buffer, and raises `reduced` (a hierarchical allreduce first combines the slice across hosts:
- *      the `between` step, hierarchical_allreduce.c);
+ *      into its own buffer, and raises `reduced`;
  *   3. once every `reduced` shows it, each rank copies every slice from its owner's buffer.
  * Each slice is computed by one rank and copied by the others, so every rank ends with the
  * same bits. The flags are counters that only grow (one per piece, on every rank alike), so
@@ -18,10 +17,6 @@
 #include <string.h>
 #include "ringtrain.h"
 
-static char *buffer_of(const rt_shm *shm, int local_rank, uint64_t piece) {
-    return shm->buffers + ((size_t)local_rank * 2 + (piece & 1)) * shm->piece_bytes;
-}
-
 /* Slice r of a piece of `count` elements: 64-byte units dealt out as evenly as possible. */
 static size_t slice_bounds(size_t count, size_t esize, int r, int n, size_t *end) {
     const size_t unit = 64 / esize, units = (count + unit - 1) / unit;
@@ -30,8 +25,7 @@ static size_t slice_bounds(size_t count, size_t esize, int r, int n, size_t *end
     return lo < count ? lo : count;
 }
 
-int rt_shm_allreduce(rt_shm *shm, const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,
-                     const rt_slice_step *between) {
+int rt_shm_allreduce(rt_shm *shm, const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op) {
     const int n = shm->local_size, me = shm->local_rank;
     const size_t esize = rt_dtype_size(dtype), bytes = count * esize, piece_bytes = shm->piece_bytes;
     const rt_flag *written[n > 1 ? n - 1 : 1], *reduced[n > 1 ? n - 1 : 1];
@@ -46,7 +40,7 @@ int rt_shm_allreduce(rt_shm *shm, const void *src, void *dst, size_t count, rt_d
     for (size_t offset = 0; offset < bytes; offset += piece_bytes) {
         const size_t length = bytes - offset < piece_bytes ? bytes - offset : piece_bytes, elements = length / esize;
         const uint64_t piece = ++shm->pieces;
-        char *own = buffer_of(shm, me, piece);
+        char *own = rt_shm_buffer(shm, me, piece);
         const char *mine = (const char *)src + offset;
         size_t hi, lo = slice_bounds(elements, esize, me, n, &hi);
         /* only what the peers read: this rank's own slice is reduced from src directly */
@@ -58,18 +52,17 @@ int rt_shm_allreduce(rt_shm *shm, const void *src, void *dst, size_t count, rt_d
 
         for (int r = 0, first = 1; r < n && hi > lo; r++) {
             if (r == me) continue;
-            const char *theirs = buffer_of(shm, r, piece) + lo * esize;
+            const char *theirs = rt_shm_buffer(shm, r, piece) + lo * esize;
             if (first) rt_reduce_into(own + lo * esize, mine + lo * esize, theirs, hi - lo, dtype, op);
             else rt_reduce_inplace(own + lo * esize, theirs, hi - lo, dtype, op);
             first = 0;
         }
-        if (between && (err = between->run(between->ctx, own + lo * esize, hi - lo))) return err;
         atomic_store_explicit(shm->flags[2 * me + 1], piece, memory_order_release);
         if ((err = rt_wait_flags(reduced, peers, npeers, piece, shm->comm))) return err;
 
         for (int r = 0; r < n; r++) {
             lo = slice_bounds(elements, esize, r, n, &hi);
-            if (hi > lo) memcpy((char *)dst + offset + lo * esize, buffer_of(shm, r, piece) + lo * esize, (hi - lo) * esize);
+            if (hi > lo) memcpy((char *)dst + offset + lo * esize, rt_shm_buffer(shm, r, piece) + lo * esize, (hi - lo) * esize);
         }
     }
     return RT_OK;

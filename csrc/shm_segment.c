@@ -80,6 +80,7 @@ int rt_shm_attach(MPI_Comm comm, const rt_shm_settings *settings, rt_shm_mode *m
     shm->comm = comm;
     shm->node = shm->cross = MPI_COMM_NULL;
     shm->piece_bytes = (settings->piece_bytes + 63) & ~(size_t)63;
+    shm->one_leader = settings->one_leader;
     if ((err = MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &shm->node))) goto fail;
     MPI_Comm_rank(shm->node, &shm->local_rank);
     MPI_Comm_size(shm->node, &shm->local_size);

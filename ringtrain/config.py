@@ -140,6 +140,9 @@ class Config:
     shared_memory_piece_bytes: int = 256 * 1024
     hierarchical_allreduce: bool = True
     hierarchical_threshold: int = 0
+    # Across hosts, local rank 0 alone carries the whole buffer to the other hosts, instead of
+    # every local rank carrying its 1/n at once (bench/RESULTS.md, "Shared memory").
+    hierarchical_one_leader: bool = False
     # What init() tells the user about the settings' sources (HOROVOD_* variables); not a setting.
     notices: tuple = dataclasses.field(default=(), compare=False)
 
@@ -162,6 +165,7 @@ class Config:
         "shared_memory_piece_bytes": ("RINGTRAIN_SHARED_MEMORY_PIECE_BYTES", _parse_bytes),
         "hierarchical_allreduce": ("RINGTRAIN_HIERARCHICAL_ALLREDUCE", _parse_bool),
         "hierarchical_threshold": ("RINGTRAIN_HIERARCHICAL_THRESHOLD", _parse_bytes),
+        "hierarchical_one_leader": ("RINGTRAIN_HIERARCHICAL_ONE_LEADER", _parse_bool),
     }
     MINIMUM = {"segment_bytes": 64, "shared_memory_piece_bytes": 4096}
     EXPECTED = {

@@ -330,10 +330,12 @@ def allreduce_records(stdout):
 @pytest.mark.parametrize("spec,settings,paths", [
     ([("h1", 2), ("h2", 2)], {}, {"global": "hierarchical", "spanning": "off", "first host": "one host"}),
     ([("h1", 3), ("h2", 3)], {}, {"global": "hierarchical", "spanning": "off", "first host": "one host"}),
+    ([("h1", 3), ("h2", 3)], {"RINGTRAIN_HIERARCHICAL_ONE_LEADER": "1"},
+     {"global": "hierarchical", "spanning": "off", "first host": "one host"}),
     ([("h1", 3), ("h2", 1)], {}, {"global": "off", "spanning": "off", "first host": "one host"}),
     ([("h1", 2), ("h2", 2)], {"RINGTRAIN_HIERARCHICAL_ALLREDUCE": "0"},
      {"global": "off", "spanning": "off", "first host": "one host"}),
-], ids=["2x2", "2x3", "3+1-uneven", "2x2-hierarchical-off"])
+], ids=["2x2", "2x3", "2x3-one-leader", "3+1-uneven", "2x2-hierarchical-off"])
 def test_allreduce_across_hosts_matches_numpy_on_every_path(hosts, spec, settings, paths):
     """Every dtype x op at odd lengths, bitwise the same on every rank: through the hierarchical
     allreduce (uniform hosts), the flat ring (uneven hosts, or turned off, or a set with one rank
@@ -354,9 +356,12 @@ def test_allreduce_across_hosts_matches_numpy_on_every_path(hosts, spec, setting
 
 
 def test_a_host_whose_dev_shm_is_too_small_warns_once_and_every_rank_goes_on_without_it(hosts):
-    hosts.run("h2", ["mount", "-o", "remount,size=256k", "/dev/shm"])
+    # 32 MB on h2: room for MPICH's own segment (about 2 MB for 2 ranks), not for ringtrain's of
+    # 2 ranks x 2 pieces of 64 MB
+    hosts.run("h2", ["mount", "-o", "remount,size=32m", "/dev/shm"])
     try:
-        result = ringtrain_run_on_h1(hosts, "-np", "4", "-H", "h1:2,h2:2", "python", ALLREDUCE_JOB, timeout=300)
+        result = ringtrain_run_on_h1(hosts, "-np", "4", "-H", "h1:2,h2:2", "python", ALLREDUCE_JOB, timeout=300,
+                                     env=dict(hosts.mpi_environment(), RINGTRAIN_SHARED_MEMORY_PIECE_BYTES="64M"))
     finally:
         hosts.run("h2", ["mount", "-o", "remount,size=4g", "/dev/shm"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -43,7 +43,7 @@ def tiny_pieces():
     tensor crosses dozens of pieces, and with 3-4 ranks some slices of a piece are empty."""
     live = runtime.current("test")
     comm = live.comm.Dup()
-    mode = live.core.shm_attach(comm.py2f(), 192, True)[0]
+    mode = live.core.shm_attach(comm.py2f(), 192, True, False)[0]
     yield comm.py2f(), mode
     live.core.shm_detach(comm.py2f())
     comm.Free()
