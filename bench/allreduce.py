@@ -4,6 +4,7 @@ side by side in one run on the same ranks and buffers.
     python bench/allreduce.py            # relaunches itself under mpiexec -n 2 (BENCH_NP=3 for 3)
     python bench/allreduce.py --sweep    # recursive doubling vs ring vs shared memory per size: sets the thresholds
     python bench/allreduce.py --out-of-place [--named]   # rt.allreduce(x) vs np.empty_like + Allreduce(x, out)
+    python bench/allreduce.py --named --copy   # and numpy.copyto of the same bytes: one memory copy, the floor
 
 By default both sides run in place on a preallocated buffer (ringtrain.allreduce_ /
 MPI_IN_PLACE), so neither pays for allocation; --out-of-place compares rt.allreduce(x), which
@@ -40,6 +41,8 @@ def main():
     parser.add_argument("--sweep", action="store_true", help="compare ringtrain's algorithms per size")
     parser.add_argument("--out-of-place", action="store_true", help="rt.allreduce vs empty_like + Allreduce(x, out)")
     parser.add_argument("--named", action="store_true", help="give ringtrain's calls a name")
+    parser.add_argument("--copy", action="store_true", help="also time numpy.copyto of the same bytes (one memory "
+                        "copy: the floor of any allreduce inside a host) alongside")
     parser.add_argument("--pieces", default="", help="with --sweep: shared memory with each of these piece sizes "
                         "(bytes, comma-separated, e.g. 64K,256K,1M) instead of the configured one")
     parser.add_argument("--min-bytes", type=int, default=4)
@@ -91,14 +94,17 @@ def main():
             else:
                 calls = [lambda: comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM),
                          lambda: rt.allreduce_(buf, op=rt.Sum, name=name)]
-            t_mpi, t_rt = paired_medians(calls, iterations, 3 * repeats, sync)
+            if args.copy:
+                other = np.ones_like(buf)
+                calls.append(lambda: np.copyto(other, buf))
+            t_mpi, t_rt, *t_copy = paired_medians(calls, iterations, 3 * repeats, sync)
             factor = 2 * (p - 1) / p
             code = core.allreduce(global_set.handle, buf, buf, 2, int(rt.Sum), 1.0, 1.0,
                                   *live.engine.tuning.allreduce_args)  # the algorithm the calls above ran
             algorithm = ALGORITHM_NAMES[code].replace("_ALLREDUCE", "").replace("_", " ").lower()
             rows.append([human_bytes(nbytes), algorithm, f"{t_mpi * 1e6:.1f}", f"{t_rt * 1e6:.1f}",
                          f"{t_rt / t_mpi:.2f}", f"{factor * nbytes / t_mpi / 1e9:.2f}", f"{factor * nbytes / t_rt / 1e9:.2f}",
-                         f"{t_mpi / t_rt:.2f}"])
+                         f"{t_mpi / t_rt:.2f}"] + ([f"{t_copy[0] * 1e6:.1f}", f"{t_rt / t_copy[0]:.2f}"] if args.copy else []))
         if rank == 0:
             print(f"# {human_bytes(nbytes)} done", file=sys.stderr, flush=True)
     if rank == 0:
@@ -106,7 +112,8 @@ def main():
             print_table(["size"] + [f"{name} µs" for name in contenders] + ["fastest"], rows)
         else:
             print_table(["size", "ringtrain algorithm", "MPI_Allreduce µs", "ringtrain µs", "latency ratio rt/MPI",
-                         "MPI busbw GB/s", "ringtrain busbw GB/s", "busbw ratio rt/MPI"], rows)
+                         "MPI busbw GB/s", "ringtrain busbw GB/s", "busbw ratio rt/MPI"]
+                        + (["numpy.copyto µs", "ringtrain / copyto"] if args.copy else []), rows)
     if args.sweep:
         for c in shared:
             core.shm_detach(c.py2f())

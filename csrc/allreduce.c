@@ -1,6 +1,6 @@
 /* The allreduce and reduce-scatter entry points: prescale, pick the algorithm by message size
- * (and, where the set's ranks share a host, shared memory: shm_segment.c), then average /
- * postscale. Average is reduced as a Sum and divided afterwards: in floating
+ * (and, where the set's ranks share a host, shared memory: shm_segment.c; a reduce-scatter
+ * inside one host always takes it), then average / postscale. Average is reduced as a Sum and divided afterwards: in floating
  * point by multiplying with postscale / p, for integers by exact division (truncating toward
  * zero, like C and torch's rounding_mode="trunc"), then postscale. */
 #include <string.h>
@@ -69,7 +69,14 @@ int rt_reduce_scatter(const void *src, void *dst, const size_t *counts, rt_dtype
         rt_scale(scaled, src, total, dtype, prescale);
         src = scaled;
     }
-    err = rt_ring_reduce_scatter(src, dst, counts, displs, dtype, op, segment_bytes, comm);
+    rt_shm *shm = rt_shm_find(comm);
+    if (shm && shm->cross == MPI_COMM_NULL) {  /* one host: local rank r is rank r, region r its block */
+        rt_region regions[RT_SHM_MAX_LOCAL];
+        for (int b = 0; b < size; b++) regions[b] = (rt_region){displs[b] * esize, counts[b] * esize};
+        err = rt_shm_reduce_regions(shm, src, dst, regions, dtype, op);
+    } else {
+        err = rt_ring_reduce_scatter(src, dst, counts, displs, dtype, op, segment_bytes, comm);
+    }
     if (!err) rt_finish_reduction(dst, counts[rank], dtype, op, postscale, size);
     return err;
 }

@@ -166,7 +166,7 @@ static PyObject *py_allgatherv(PyObject *self, PyObject *args) {
     int err;
     Py_BEGIN_ALLOW_THREADS
     rt_lock();
-    err = rt_ring_allgatherv(buf, bytes, displs, (size_t)(segment_bytes > 0 ? segment_bytes : 1), comm);
+    err = rt_allgatherv(buf, bytes, displs, (size_t)(segment_bytes > 0 ? segment_bytes : 1), comm);
     rt_unlock();
     Py_END_ALLOW_THREADS
     free(bytes);
@@ -188,7 +188,7 @@ static PyObject *py_broadcast(PyObject *self, PyObject *args) {
     int err;
     Py_BEGIN_ALLOW_THREADS
     rt_lock();
-    err = rt_tree_broadcast(buf, nbytes, root, (size_t)(segment_bytes > 0 ? segment_bytes : 1), comm);
+    err = rt_broadcast(buf, nbytes, root, (size_t)(segment_bytes > 0 ? segment_bytes : 1), comm);
     rt_unlock();
     Py_END_ALLOW_THREADS
     if (err && raise_mpi_error("broadcast", err)) return NULL;

@@ -180,6 +180,10 @@ int rt_recursive_doubling(const rt_recursive_doubling_steps *steps, MPI_Comm com
 /* log2(p) exchanges of the whole buffer; for small messages. */
 int rt_recursive_doubling_allreduce(const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,
                                     MPI_Comm comm);
+/* gather_broadcast.c: the allgather and broadcast entry points (shared memory inside one host,
+ * else the ring allgather and the tree). */
+int rt_allgatherv(void *buf, const size_t *bytes, const size_t *displs, size_t segment_bytes, MPI_Comm comm);
+int rt_broadcast(void *buf, size_t bytes, int root, size_t segment_bytes, MPI_Comm comm);
 /* tree_broadcast.c: segmented binomial tree. */
 int rt_tree_broadcast(void *buf, size_t bytes, int root, size_t segment_bytes, MPI_Comm comm);
 /* pairwise_alltoallv.c: every pair exchanges its slice directly. */
@@ -199,6 +203,7 @@ int rt_round_exchange(uint64_t *words, size_t nwords, char *const *srcs, const s
 /* shm_segment.c: a communicator's ranks on one host share a segment (POSIX shm, unlinked as soon
  * as all of them mapped it); found again from the communicator by rt_shm_find. */
 typedef enum { RT_SHM_UNAVAILABLE = -1, RT_SHM_OFF = 0, RT_SHM_ONE_HOST = 1, RT_SHM_HIERARCHICAL = 2 } rt_shm_mode;
+#define RT_SHM_MAX_LOCAL 256    /* local ranks a segment serves (more: the path is off) */
 typedef struct {
     size_t piece_bytes;     /* per rank and buffer: the segment holds 2 * local ranks of them */
     int hierarchical;       /* across hosts: 1 allows the hierarchical allreduce */
@@ -227,6 +232,17 @@ static inline char *rt_shm_buffer(const rt_shm *shm, int local_rank, uint64_t st
 }
 void rt_shm_detach(MPI_Comm comm);  /* attach and detach take rt_lock to change the registry */
 rt_shm *rt_shm_find(MPI_Comm comm);   /* callers hold rt_lock */
+
+/* shm_regions.c: the steps of the collectives inside a host. Local rank r owns region r (bytes
+ * [start, start + bytes) of the buffer, possibly empty). reduce_regions: the reduction over
+ * every local rank's src of region r ends in rank r's own_out. share_regions: region r of rank
+ * r's buf is copied into every other local rank's buf. */
+typedef struct {
+    size_t start, bytes;
+} rt_region;
+int rt_shm_reduce_regions(rt_shm *shm, const void *src, void *own_out, const rt_region *regions, rt_dtype dtype,
+                          rt_op op);
+int rt_shm_share_regions(rt_shm *shm, void *buf, const rt_region *regions);
 
 /* shm_allreduce.c: allreduce among one host's ranks (all of comm's) through the segment. */
 int rt_shm_allreduce(rt_shm *shm, const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op);

@@ -84,6 +84,8 @@ int rt_shm_attach(MPI_Comm comm, const rt_shm_settings *settings, rt_shm_mode *m
     if ((err = MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &shm->node))) goto fail;
     MPI_Comm_rank(shm->node, &shm->local_rank);
     MPI_Comm_size(shm->node, &shm->local_size);
+    if (shm->piece_bytes < (size_t)shm->local_size * 64)  /* a piece holds 64 bytes of every local rank's region */
+        shm->piece_bytes = (size_t)shm->local_size * 64;
     int mine[3] = {shm->local_rank == 0, shm->local_size, -shm->local_size}, all[3];
     if ((err = MPI_Allreduce(mine, all, 1, MPI_INT, MPI_SUM, comm)) ||
         (err = MPI_Allreduce(mine + 1, all + 1, 2, MPI_INT, MPI_MAX, comm)))
@@ -92,6 +94,10 @@ int rt_shm_attach(MPI_Comm comm, const rt_shm_settings *settings, rt_shm_mode *m
     const int uniform = all[1] == -all[2];  /* the largest host equals the smallest */
     if (shm->hosts == size) {
         snprintf(reason, reason_len, "one rank per host: nothing to share");
+        goto off;
+    }
+    if (all[1] > RT_SHM_MAX_LOCAL) {
+        snprintf(reason, reason_len, "more than %d ranks on one host", RT_SHM_MAX_LOCAL);
         goto off;
     }
     if (shm->hosts > 1 && !settings->hierarchical) {

@@ -17,16 +17,19 @@ def failing_ranks(output):
     return sorted(set(re.findall(r"FAILED on rank (\d+)", output)))
 
 
-@pytest.mark.parametrize("ranks", [2, 3, 4])
-@pytest.mark.parametrize("suite", ["collectives", "engine", "training"])
+@pytest.mark.parametrize("suite,ranks", [(suite, ranks) for suite in ("collectives", "engine", "training")
+                                         for ranks in (2, 3, 4)] + [("collectives without shared memory", 3)])
 def test_suite_under_mpiexec(suite, ranks):
+    """The ranks share this host, so the collectives go through shared memory; the collectives
+    run once more with it off, for the ring, the tree and recursive doubling over MPI."""
     find_mpiexec()  # a missing MPI is an error that says what to install, not a skip
     run = run_mpiexec(
         ranks,
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-o", "faulthandler_timeout=120",
-         os.path.join(HERE, "distributed", suite)],
+         os.path.join(HERE, "distributed", suite.split()[0])],
         timeout=DEADLINE_SECONDS,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        env=dict(os.environ, PYTHONUNBUFFERED="1",
+                 **({"RINGTRAIN_SHARED_MEMORY": "0"} if "without" in suite else {})),
     )
     if run.timed_out:
         pytest.fail(f"mpiexec -n {ranks} did not finish within {DEADLINE_SECONDS}s and was killed; "

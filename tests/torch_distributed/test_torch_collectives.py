@@ -106,12 +106,12 @@ def test_half_precision_sums_are_bitwise_the_stated_order(dtype, path):
     if path == "ring":  # with shared memory off, as across hosts
         tuning.update({"shared_memory_threshold": 1 << 62})
     try:
-        check_half_precision_order(dtype, path)
+        check_half_precision_order(dtype, path, on_one_host)
     finally:
         tuning.update({"shared_memory_threshold": saved})
 
 
-def check_half_precision_order(dtype, path):
+def check_half_precision_order(dtype, path, on_one_host):
     factor, p = 0.37, hvd.size()
     order = ORDERS[path]
     inputs = all_inputs((HALF_LENGTHS[path],), dtype, seed=11)
@@ -132,12 +132,20 @@ def check_half_precision_order(dtype, path):
     if p <= 3:
         assert torch.equal(hvd.allreduce(same, op=hvd.Sum, prescale_factor=factor),
                            (same.to(torch.float32) * factor).to(dtype) * p)
-    # reducescatter: always the ring's order, rank r keeping block r
+    # reducescatter, rank r keeping block r: inside one host block r is rank r's own values plus
+    # the others' in rank order; across hosts, the ring's order
     block = hvd.reducescatter(mine, op=hvd.Sum, prescale_factor=factor)
-    ring = ring_order_sum(scaled, dtype)
-    n = ring.numel()
+    n = scaled[0].numel()
     start = sum(n // p + (b < n % p) for b in range(hvd.rank()))
-    assert torch.equal(block, ring[start:start + block.numel()])
+    piece = [t.reshape(-1)[start:start + block.numel()] for t in scaled]
+    if on_one_host:
+        expected_block = piece[hvd.rank()]
+        for q in range(p):
+            if q != hvd.rank():
+                expected_block = (expected_block.to(torch.float32) + piece[q].to(torch.float32)).to(dtype)
+    else:
+        expected_block = ring_order_sum(scaled, dtype).reshape(-1)[start:start + block.numel()]
+    assert torch.equal(block.reshape(-1), expected_block)
 
 
 def test_float32_average_is_the_sum_times_float32_of_one_over_p():

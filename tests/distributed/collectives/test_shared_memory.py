@@ -27,12 +27,12 @@ def segments_of_this_job():
 def test_the_global_set_reduces_through_shared_memory_and_leaves_no_name_in_dev_shm():
     live = runtime.current("test")
     state = live.engine.sets[0]
-    assert state.shared_memory == ("one host" if rt.size() > 1 else "off")
+    on = rt.size() > 1 and live.config.shared_memory
+    assert state.shared_memory == ("one host" if on else "off")
     x = np.arange(10_001, dtype=np.float32)  # (above the small-message threshold: recursive doubling below)
     algorithm = live.core.allreduce(state.handle, x, x, CODES[np.dtype(np.float32)], int(rt.Sum), 1.0, 1.0,
                                     *live.engine.tuning.allreduce_args)
-    if rt.size() > 1:
-        assert algorithm == SHARED_MEMORY
+    assert algorithm == (SHARED_MEMORY if on else 2 if rt.size() > 1 else 0)  # (2: the ring)
     np.testing.assert_array_equal(x, np.arange(10_001, dtype=np.float32) * rt.size())
     assert segments_of_this_job() == []
 
@@ -79,7 +79,7 @@ def test_a_process_set_of_some_ranks_gets_its_own_segment():
     try:
         if rank in members:
             state = runtime.current("test").engine.sets[pair.process_set_id]
-            assert state.shared_memory == "one host"
+            assert state.shared_memory == ("one host" if runtime.current("test").config.shared_memory else "off")
             for n in (7, 100_003):
                 inputs = [rank_input(np.float64, (n,), q, seed=9) for q in members]
                 result = rt.allreduce(inputs[members.index(rank)], op=rt.Sum, process_set=pair)
@@ -90,3 +90,30 @@ def test_a_process_set_of_some_ranks_gets_its_own_segment():
     finally:
         rt.remove_process_set(pair)
     assert segments_of_this_job() == []
+
+
+def test_tiny_pieces_allgather_broadcast_and_reducescatter_match_numpy(tiny_pieces):
+    """The steps the other collectives are built from inside a host (csrc/shm_regions.c), with
+    blocks of different sizes (some empty) spanning many pieces."""
+    handle, _ = tiny_pieces
+    size, rank = rt.size(), rt.rank()
+    core = runtime.current("test").core
+    for dtype in (np.float32, np.int8, np.float64):
+        code = CODES[np.dtype(dtype)]
+        blocks = [rank_input(dtype, ((q * 397) % 1001,), q, seed=21) for q in range(size)]  # rank 0's is empty
+        out = np.zeros(sum(b.size for b in blocks), dtype)
+        start = sum(b.size for b in blocks[:rank])
+        out[start:start + blocks[rank].size] = blocks[rank]
+        core.allgatherv(handle, out, np.array([b.nbytes for b in blocks], np.int64), 1 << 20)
+        np.testing.assert_array_equal(out, np.concatenate(blocks))
+        for root in range(size):
+            buf = rank_input(dtype, (2001,), rank, seed=22)
+            core.broadcast(handle, buf, root, 1 << 20)
+            np.testing.assert_array_equal(buf, rank_input(dtype, (2001,), root, seed=22))
+        counts = np.array([(q * 211 + 5) % 700 for q in range(size)], np.int64)
+        inputs = [rank_input(dtype, (int(counts.sum()),), q, seed=23) for q in range(size)]
+        mine = np.empty(int(counts[rank]), dtype)
+        core.reduce_scatter(handle, inputs[rank], mine, counts, code, int(rt.Sum), 1.0, 1.0, 1 << 20)
+        lo = int(counts[:rank].sum())
+        expected = reference_reduce(rt.Sum, [x[lo:lo + mine.size] for x in inputs], dtype)
+        assert_matches(mine, expected, dtype, size, f"reducescatter {np.dtype(dtype).name}")
