@@ -83,12 +83,14 @@ def test_horovod_variables_are_honoured_with_a_notice_and_ringtrain_ones_win():
     cfg = Config.from_sources({}, environ={
         "HOROVOD_FUSION_THRESHOLD": "1048576", "HOROVOD_CYCLE_TIME": "5", "HOROVOD_STALL_CHECK_TIME_SECONDS": "9",
         "HOROVOD_STALL_CHECK_DISABLE": "1", "HOROVOD_CACHE_CAPACITY": "20", "RINGTRAIN_CACHE_CAPACITY": "10",
-        "HOROVOD_HIERARCHICAL_ALLREDUCE": "1", "HOROVOD_RANK": "0"})
+        "HOROVOD_HIERARCHICAL_ALLREDUCE": "0", "HOROVOD_HIERARCHICAL_ALLGATHER": "1", "HOROVOD_RANK": "0"})
     assert (cfg.fusion_threshold, cfg.cycle_time, cfg.stall_check_time, cfg.cache_capacity) == (1 << 20, 5.0, 0.0, 10)
     assert "HOROVOD_FUSION_THRESHOLD=1048576 is honoured as RINGTRAIN_FUSION_THRESHOLD=1048576" in cfg.notices
     assert "HOROVOD_STALL_CHECK_DISABLE=1 is honoured as RINGTRAIN_STALL_CHECK_TIME=0.0" in cfg.notices
     assert "HOROVOD_CACHE_CAPACITY is ignored: RINGTRAIN_CACHE_CAPACITY sets cache_capacity" in cfg.notices
-    assert "HOROVOD_HIERARCHICAL_ALLREDUCE has no equivalent in ringtrain and is ignored" in cfg.notices
+    assert "HOROVOD_HIERARCHICAL_ALLREDUCE=0 is honoured as RINGTRAIN_HIERARCHICAL_ALLREDUCE=False" in cfg.notices
+    assert cfg.hierarchical_allreduce is False
+    assert "HOROVOD_HIERARCHICAL_ALLGATHER has no equivalent in ringtrain and is ignored" in cfg.notices
     assert not any("HOROVOD_RANK" in n for n in cfg.notices)  # set by Horovod's launcher, not a setting
     with pytest.raises(ConfigurationError, match=r"HOROVOD_CYCLE_TIME='fast' is not a valid cycle time"):
         Config.from_sources({}, environ={"HOROVOD_CYCLE_TIME": "fast"})
