@@ -279,44 +279,6 @@ def run_spark_driver(spark_hosts, *args, timeout=240):
     return json.loads(lines[-1][7:]), result
 
 
-def test_spark_standalone_across_hosts(spark_hosts):
-    out, result = run_spark_driver(spark_hosts, "layout")
-    check_spark_layout(out["run"])
-    check_spark_layout(out["decorated"])
-    for record in out["run"]:  # every rank's output reached the driver, with its rank
-        assert f"[{record['rank']}]: rank {record['rank']} of 4 on {record['host']}" in result.stdout
-
-
-def test_spark_standalone_a_rank_failing_on_the_second_host(spark_hosts):
-    out, _ = run_spark_driver(spark_hosts, "fail")
-    assert out["rank"] == 3 and out["type_name"] == "ValueError", out
-    assert 'raise ValueError(f"rank {rank} fails on purpose on {socket.gethostname()}")' in out["traceback"]
-    assert out["traceback"].count("fails on purpose on h") == 1
-
-
-def test_spark_standalone_dataframe_feed_with_uneven_partitions(spark_hosts):
-    out, _ = run_spark_driver(spark_hosts, "feed")
-    ranks = out["ranks"]
-    assert sorted(r["rank"] for r in ranks) == [0, 1, 2, 3]
-    assert sum(r["rows"] for r in ranks) == out["expected_rows"]
-    assert sum(r["sum"] for r in ranks) == out["expected_sum"]
-
-
-def test_spark_standalone_a_killed_attempt_is_retried_and_cleaned_up(spark_hosts, tmp_path_factory):
-    flag = os.path.join(HERE, "multihost", f"killed-flag-{os.getpid()}")
-    try:
-        out, result = run_spark_driver(spark_hosts, "killed", flag)
-    finally:
-        existed = os.path.exists(flag)
-        if existed:
-            os.unlink(flag)
-    assert existed, "rank 3 never ran its first attempt"
-    check_spark_layout(out["run"])
-    assert ("an attempt failed (rank 3 was killed by signal 9 without reporting an exception); Spark retried "
-            "the whole stage and it succeeded") in result.stderr, result.stderr[-3000:]
-
-
-
 # --- the shared-memory and hierarchical allreduce across hosts -----------------------------------
 ALLREDUCE_JOB = os.path.join(HERE, "multihost", "allreduce_job.py")
 
@@ -374,3 +336,41 @@ def test_a_host_whose_dev_shm_is_too_small_warns_once_and_every_rank_goes_on_wit
     warnings = [line for line in output.splitlines() if "shared memory is off for process set 0" in line]
     assert len(warnings) == 1 and warnings[0].startswith("[2]: "), warnings  # h2's first rank, once
     assert "/dev/shm has less than" in warnings[0] and "--shm-size" in warnings[0], warnings
+
+
+
+def test_spark_standalone_across_hosts(spark_hosts):
+    out, result = run_spark_driver(spark_hosts, "layout")
+    check_spark_layout(out["run"])
+    check_spark_layout(out["decorated"])
+    for record in out["run"]:  # every rank's output reached the driver, with its rank
+        assert f"[{record['rank']}]: rank {record['rank']} of 4 on {record['host']}" in result.stdout
+
+
+def test_spark_standalone_a_rank_failing_on_the_second_host(spark_hosts):
+    out, _ = run_spark_driver(spark_hosts, "fail")
+    assert out["rank"] == 3 and out["type_name"] == "ValueError", out
+    assert 'raise ValueError(f"rank {rank} fails on purpose on {socket.gethostname()}")' in out["traceback"]
+    assert out["traceback"].count("fails on purpose on h") == 1
+
+
+def test_spark_standalone_dataframe_feed_with_uneven_partitions(spark_hosts):
+    out, _ = run_spark_driver(spark_hosts, "feed")
+    ranks = out["ranks"]
+    assert sorted(r["rank"] for r in ranks) == [0, 1, 2, 3]
+    assert sum(r["rows"] for r in ranks) == out["expected_rows"]
+    assert sum(r["sum"] for r in ranks) == out["expected_sum"]
+
+
+def test_spark_standalone_a_killed_attempt_is_retried_and_cleaned_up(spark_hosts, tmp_path_factory):
+    flag = os.path.join(HERE, "multihost", f"killed-flag-{os.getpid()}")
+    try:
+        out, result = run_spark_driver(spark_hosts, "killed", flag)
+    finally:
+        existed = os.path.exists(flag)
+        if existed:
+            os.unlink(flag)
+    assert existed, "rank 3 never ran its first attempt"
+    check_spark_layout(out["run"])
+    assert ("an attempt failed (rank 3 was killed by signal 9 without reporting an exception); Spark retried "
+            "the whole stage and it succeeded") in result.stderr, result.stderr[-3000:]
