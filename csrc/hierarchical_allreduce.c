@@ -14,13 +14,11 @@
 int rt_hierarchical_allreduce(rt_shm *shm, const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,
                               const rt_tuning *tuning) {
     const int n = shm->local_size, me = shm->local_rank;
-    const size_t esize = rt_dtype_size(dtype), unit = 64 / esize, units = (count + unit - 1) / unit;
+    const size_t esize = rt_dtype_size(dtype);
     rt_region regions[RT_SHM_MAX_LOCAL];
     for (int r = 0; r < n; r++) {
-        size_t lo = shm->one_leader ? 0 : units * (size_t)r / (size_t)n * unit;
-        size_t hi = shm->one_leader ? (r == 0 ? count : 0) : units * (size_t)(r + 1) / (size_t)n * unit;
-        lo = lo < count ? lo : count;
-        hi = hi < count ? hi : count;
+        size_t lo = 0, hi = r == 0 ? count : 0;
+        if (!shm->one_leader) rt_shm_slice(count, esize, r, n, &lo, &hi);
         regions[r] = (rt_region){lo * esize, (hi - lo) * esize};
     }
     char *mine = (char *)dst + regions[me].start;

@@ -77,6 +77,12 @@ static int check_op(int op) {
 
 static int comm_size(MPI_Comm comm) { int size = 0; MPI_Comm_size(comm, &size); return size; }
 
+/* The algorithm settings every allreduce call passes (ringtrain/engine.py Tuning.allreduce_args). */
+static rt_tuning tuning_of(Py_ssize_t small, Py_ssize_t segment, Py_ssize_t shm, Py_ssize_t hierarchical) {
+    return (rt_tuning){(size_t)(small > 0 ? small : 0), (size_t)(segment > 0 ? segment : 1), (size_t)(shm > 0 ? shm : 0),
+                       (size_t)(hierarchical > 0 ? hierarchical : 0)};
+}
+
 static PyObject *py_allreduce(PyObject *self, PyObject *args) {
     int comm_f, dtype, op;
     PyObject *src_obj, *dst_obj;
@@ -92,8 +98,7 @@ static PyObject *py_allreduce(PyObject *self, PyObject *args) {
         return NULL;
     if (src_bytes != dst_bytes) return PyErr_Format(PyExc_ValueError, "output has %zu bytes, tensor %zu", dst_bytes, src_bytes);
     const size_t count = src_bytes / rt_dtype_size(dtype);
-    rt_tuning tuning = {(size_t)small_bytes, (size_t)(segment_bytes > 0 ? segment_bytes : 1),
-                        (size_t)(shm_bytes > 0 ? shm_bytes : 0), (size_t)(hierarchical_bytes > 0 ? hierarchical_bytes : 0)};
+    rt_tuning tuning = tuning_of(small_bytes, segment_bytes, shm_bytes, hierarchical_bytes);
     rt_algorithm used;
     int err;
     MPI_Comm comm = MPI_Comm_f2c(comm_f);
@@ -379,8 +384,7 @@ static PyObject *py_round_allreduce(PyObject *self, PyObject *args) {
     if (!proposal) { PyErr_NoMemory(); goto fail; }
     memcpy(proposal, words, word_bytes);
     MPI_Comm ctrl = MPI_Comm_f2c(ctrl_f), comm = MPI_Comm_f2c(comm_f);
-    rt_tuning tuning = {(size_t)small_bytes, (size_t)(segment_bytes > 0 ? segment_bytes : 1),
-                        (size_t)(shm_bytes > 0 ? shm_bytes : 0), (size_t)(hierarchical_bytes > 0 ? hierarchical_bytes : 0)};
+    rt_tuning tuning = tuning_of(small_bytes, segment_bytes, shm_bytes, hierarchical_bytes);
     rt_algorithm used;
     int agreed = 0, carried = 0;
     const size_t count = src_total / rt_dtype_size(dtype);
@@ -517,8 +521,8 @@ static PyObject *py_stall_report(PyObject *self, PyObject *args) {
                          r->culprit, "kind", kinds[r->kind], "age", r->age, "chain", chain);
 }
 
-/* shm_attach(comm_f, piece_bytes, hierarchical, one_leader) -> (mode, local_size, hosts, reason,
- * failed_here): collective over comm. */
+/* shm_attach(comm_f, piece_bytes, hierarchical, one_leader) -> (mode, reason, failed_here):
+ * collective over comm. */
 static PyObject *py_shm_attach(PyObject *self, PyObject *args) {
     int comm_f, hierarchical, one_leader;
     Py_ssize_t piece_bytes;
@@ -527,19 +531,12 @@ static PyObject *py_shm_attach(PyObject *self, PyObject *args) {
     rt_shm_settings settings = {(size_t)piece_bytes, hierarchical, one_leader};
     rt_shm_mode mode;
     char reason[256];
-    int err, local_size = 1, hosts = 1, failed_here = 0;
-    MPI_Comm comm = MPI_Comm_f2c(comm_f);
+    int err, failed_here = 0;
     Py_BEGIN_ALLOW_THREADS
-    err = rt_shm_attach(comm, &settings, &mode, reason, sizeof reason, &failed_here);
-    if (!err) {  /* what the Python side reports, from the registry under the lock its readers hold */
-        rt_lock();
-        rt_shm *shm = rt_shm_find(comm);
-        if (shm) { local_size = shm->local_size; hosts = shm->hosts; }
-        rt_unlock();
-    }
+    err = rt_shm_attach(MPI_Comm_f2c(comm_f), &settings, &mode, reason, sizeof reason, &failed_here);
     Py_END_ALLOW_THREADS
     if (err && raise_mpi_error("setting up shared memory", err)) return NULL;
-    return Py_BuildValue("(iiisO)", (int)mode, local_size, hosts, reason, failed_here ? Py_True : Py_False);
+    return Py_BuildValue("(isO)", (int)mode, reason, failed_here ? Py_True : Py_False);
 }
 
 static PyObject *py_shm_detach(PyObject *self, PyObject *args) {
@@ -553,7 +550,8 @@ static PyObject *py_shm_detach(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"allreduce", py_allreduce, METH_VARARGS,
-     "allreduce(comm_f, src, dst, dtype, op, prescale, postscale, small_bytes, segment_bytes) -> algorithm code"},
+     "allreduce(comm_f, src, dst, dtype, op, prescale, postscale, small_bytes, segment_bytes, shm_bytes, "
+     "hierarchical_bytes) -> algorithm code"},
     {"reduce_scatter", py_reduce_scatter, METH_VARARGS,
      "reduce_scatter(comm_f, src, dst, counts, dtype, op, prescale, postscale, segment_bytes)"},
     {"allgatherv", py_allgatherv, METH_VARARGS, "allgatherv(comm_f, buf, bytes_per_rank, segment_bytes)"},
@@ -562,11 +560,11 @@ static PyMethodDef methods[] = {
     {"reduce", py_reduce, METH_VARARGS, "reduce(inout, in, dtype, op): inout = inout op in"},
     {"barrier", py_barrier, METH_VARARGS, "barrier(comm_f)"},
     {"shm_attach", py_shm_attach, METH_VARARGS,
-     "shm_attach(comm_f, piece_bytes, hierarchical, one_leader) -> (mode, local_size, hosts, reason, failed_here)"},
+     "shm_attach(comm_f, piece_bytes, hierarchical, one_leader) -> (mode, reason, failed_here)"},
     {"shm_detach", py_shm_detach, METH_VARARGS, "shm_detach(comm_f): unmap the set's segment"},
     {"control_band", py_control_band, METH_VARARGS, "control_band(comm_f, words, small): bitwise AND of a round's uint64 words, in place"},
     {"round_allreduce", py_round_allreduce, METH_VARARGS,
-     "round_allreduce(ctrl_f, words, comm_f, srcs, dsts, fused, dtype, op, prescale, postscale, small, segment) -> "
+     "round_allreduce(ctrl_f, words, comm_f, srcs, dsts, fused, dtype, op, prescale, postscale, small, segment, shm, hierarchical) -> "
      "agreed: a round's bit vector, then (if every rank proposed exactly these bits) one fusion group's allreduce"},
     {"control_gatherv", py_control_gatherv, METH_VARARGS, "control_gatherv(comm_f, payload, out, sizes, root)"},
     {"control_bcast", py_control_bcast, METH_VARARGS, "control_bcast(comm_f, buf, root)"},

@@ -131,8 +131,13 @@ static void quiet_progress(quiet_wait *q, size_t completed) {
     q->since = 0.0;
 }
 
-/* `peers`: ranks of comm still waited on (NULL, 0: a collective); RT_ERR_NO_PROGRESS once one stopped. */
-static int quiet_tick(quiet_wait *q, MPI_Comm comm, const int *peers, size_t npeers) {
+/* Whom a wait still waits on: fills up to 64 ranks of comm, first-pending first, and returns how
+ * many; -1 for a collective (no particular peer). Called only to publish or to ask for a verdict,
+ * never on every turn of the loop. */
+typedef long (*waited_on_fn)(const void *ctx, int *peers);
+
+/* RT_ERR_NO_PROGRESS once a rank waited on has stopped. */
+static int quiet_tick(quiet_wait *q, MPI_Comm comm, waited_on_fn waited_on, const void *ctx) {
     double now = rt_now();
     if (q->since == 0.0) q->since = now;
     if (gentle_waits && now - q->since > GENTLE_AFTER) {
@@ -141,14 +146,21 @@ static int quiet_tick(quiet_wait *q, MPI_Comm comm, const int *peers, size_t npe
     } else {
         sched_yield();
     }
-    if (!q->published && now - q->since > PUBLISH_AFTER) {
-        rt_liveness_note_waiting(comm, peers && npeers ? peers[0] : -1);
+    const double limit = progress_timeout;
+    const int publish = !q->published && now - q->since > PUBLISH_AFTER;
+    const int verdict = limit > 0.0 && now - q->since > limit && now >= q->next_verdict;
+    if (!publish && !verdict) return RT_OK;
+    int peers[64];
+    const long npeers = waited_on(ctx, peers);
+    if (publish) {
+        rt_liveness_note_waiting(comm, npeers > 0 ? peers[0] : -1);
         q->published = 1;
     }
-    double limit = progress_timeout;
-    if (limit > 0.0 && now - q->since > limit && now >= q->next_verdict) {
+    if (verdict) {
         rt_stall report;
-        if (rt_liveness_verdict(comm, peers, npeers, now - q->since, &report)) return RT_ERR_NO_PROGRESS;
+        if (rt_liveness_verdict(comm, npeers >= 0 ? peers : NULL, npeers > 0 ? (size_t)npeers : 0, now - q->since,
+                                &report))
+            return RT_ERR_NO_PROGRESS;
         q->next_verdict = now + RECHECK_EVERY;
     }
     return RT_OK;
@@ -158,6 +170,26 @@ static void quiet_end(quiet_wait *q) {
     if (q->published) rt_liveness_note_done_waiting();
 }
 
+typedef struct {
+    const MPI_Request *items;
+    const int *peers;
+    size_t n;
+    long target;
+} pending_requests;
+
+static long pending_peers(const void *ctx, int *out) {
+    const pending_requests *p = ctx;
+    if (!p->peers) return -1;
+    long count = 0;
+    for (size_t i = 0; i < p->n && count < 64; i++) {
+        if (p->items[i] == MPI_REQUEST_NULL || (p->target >= 0 && (long)i != p->target)) continue;
+        int seen = 0;
+        for (long j = 0; j < count; j++) seen |= out[j] == p->peers[i];
+        if (!seen) out[count++] = p->peers[i];
+    }
+    return count;
+}
+
 /* The wait loop. `items[0..n)` are waited for (all of them, or until `target` completes if
  * target >= 0); `peers` name the other end of each (NULL: a collective). */
 static int wait_loop(MPI_Request *items, const int *peers, size_t n, long target, MPI_Comm comm) {
@@ -165,8 +197,8 @@ static int wait_loop(MPI_Request *items, const int *peers, size_t n, long target
     for (size_t i = 0; i < n; i++) pending += items[i] != MPI_REQUEST_NULL;
     if (target >= 0 && items[target] == MPI_REQUEST_NULL) return RT_OK;
     quiet_wait q = {0};
+    const pending_requests still = {items, peers, n, target};
     int err = RT_OK;
-    int waited_on[64];
     int *indices = NULL;
     if (target < 0 && n > 1 && !(indices = malloc(n * sizeof(int)))) return MPI_ERR_NO_MEM;
     while (pending) {
@@ -188,23 +220,31 @@ static int wait_loop(MPI_Request *items, const int *peers, size_t n, long target
             if (target >= 0) break;
             continue;
         }
-        size_t npeers = 0;  /* the peers of the requests still pending, first-pending first */
-        for (size_t i = 0; peers && i < n && npeers < 64; i++) {
-            if (items[i] == MPI_REQUEST_NULL || (target >= 0 && (long)i != target)) continue;
-            int seen = 0;
-            for (size_t j = 0; j < npeers; j++) seen |= waited_on[j] == peers[i];
-            if (!seen) waited_on[npeers++] = peers[i];
-        }
-        if ((err = quiet_tick(&q, comm, peers ? waited_on : NULL, npeers))) break;
+        if ((err = quiet_tick(&q, comm, pending_peers, &still))) break;
     }
     quiet_end(&q);
     free(indices);
     return err;
 }
 
+typedef struct {
+    const rt_flag *const *flags;
+    const int *peers;
+    size_t first, n;
+    uint64_t target;
+} pending_flags;
+
+static long lagging_peers(const void *ctx, int *out) {
+    const pending_flags *p = ctx;
+    long count = 0;
+    for (size_t i = p->first; i < p->n && count < 64; i++)
+        if (atomic_load_explicit(p->flags[i], memory_order_relaxed) < p->target) out[count++] = p->peers[i];
+    return count;
+}
+
 int rt_wait_flags(const rt_flag *const *flags, const int *peers, size_t n, uint64_t target, MPI_Comm comm) {
     quiet_wait q = {0};
-    int err = RT_OK, waiting[64];
+    int err = RT_OK;
     size_t first = 0;  /* flags[0..first) have reached the target */
     while (first < n) {
         size_t before = first;
@@ -216,10 +256,8 @@ int rt_wait_flags(const rt_flag *const *flags, const int *peers, size_t n, uint6
             quiet_progress(&q, first - before);
             continue;
         }
-        size_t npeers = 0;
-        for (size_t i = first; i < n && npeers < 64; i++)
-            if (atomic_load_explicit(flags[i], memory_order_relaxed) < target) waiting[npeers++] = peers[i];
-        if ((err = quiet_tick(&q, comm, waiting, npeers))) break;
+        const pending_flags still = {flags, peers, first, n, target};
+        if ((err = quiet_tick(&q, comm, lagging_peers, &still))) break;
     }
     quiet_end(&q);
     return err;

@@ -230,6 +230,17 @@ int rt_shm_attach(MPI_Comm comm, const rt_shm_settings *settings, rt_shm_mode *m
 static inline char *rt_shm_buffer(const rt_shm *shm, int local_rank, uint64_t step) {  /* double buffered */
     return shm->buffers + ((size_t)local_rank * 2 + (step & 1)) * shm->piece_bytes;
 }
+/* The other local ranks' flag `which` (0 written, 1 reduced) and their ranks in comm, for
+ * rt_wait_flags; returns how many (local_size - 1). */
+size_t rt_shm_peer_flags(const rt_shm *shm, int which, const rt_flag **flags, int *peers);
+/* Elements [*lo, *hi) of `count` that local rank r of n owns: 64-byte units dealt out evenly. */
+static inline void rt_shm_slice(size_t count, size_t esize, int r, int n, size_t *lo, size_t *hi) {
+    const size_t unit = 64 / esize, units = (count + unit - 1) / unit;
+    *lo = units * (size_t)r / (size_t)n * unit;
+    *hi = units * (size_t)(r + 1) / (size_t)n * unit;
+    if (*lo > count) *lo = count;
+    if (*hi > count) *hi = count;
+}
 void rt_shm_detach(MPI_Comm comm);  /* attach and detach take rt_lock to change the registry */
 rt_shm *rt_shm_find(MPI_Comm comm);   /* callers hold rt_lock */
 

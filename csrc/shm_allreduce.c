@@ -17,32 +17,20 @@
 #include <string.h>
 #include "ringtrain.h"
 
-/* Slice r of a piece of `count` elements: 64-byte units dealt out as evenly as possible. */
-static size_t slice_bounds(size_t count, size_t esize, int r, int n, size_t *end) {
-    const size_t unit = 64 / esize, units = (count + unit - 1) / unit;
-    size_t lo = units * (size_t)r / (size_t)n * unit, hi = units * (size_t)(r + 1) / (size_t)n * unit;
-    *end = hi < count ? hi : count;
-    return lo < count ? lo : count;
-}
-
 int rt_shm_allreduce(rt_shm *shm, const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op) {
     const int n = shm->local_size, me = shm->local_rank;
     const size_t esize = rt_dtype_size(dtype), bytes = count * esize, piece_bytes = shm->piece_bytes;
-    const rt_flag *written[n > 1 ? n - 1 : 1], *reduced[n > 1 ? n - 1 : 1];
-    int peers[n > 1 ? n - 1 : 1];
-    size_t npeers = 0;
-    for (int r = 0; r < n; r++) {
-        if (r == me) continue;
-        written[npeers] = shm->flags[2 * r];
-        reduced[npeers] = shm->flags[2 * r + 1];
-        peers[npeers++] = shm->peer_ranks[r];
-    }
+    const rt_flag *written[RT_SHM_MAX_LOCAL], *reduced[RT_SHM_MAX_LOCAL];
+    int peers[RT_SHM_MAX_LOCAL];
+    const size_t npeers = rt_shm_peer_flags(shm, 0, written, peers);
+    rt_shm_peer_flags(shm, 1, reduced, peers);
     for (size_t offset = 0; offset < bytes; offset += piece_bytes) {
         const size_t length = bytes - offset < piece_bytes ? bytes - offset : piece_bytes, elements = length / esize;
         const uint64_t piece = ++shm->pieces;
         char *own = rt_shm_buffer(shm, me, piece);
         const char *mine = (const char *)src + offset;
-        size_t hi, lo = slice_bounds(elements, esize, me, n, &hi);
+        size_t lo, hi;
+        rt_shm_slice(elements, esize, me, n, &lo, &hi);
         /* only what the peers read: this rank's own slice is reduced from src directly */
         memcpy(own, mine, lo * esize);
         memcpy(own + hi * esize, mine + hi * esize, length - hi * esize);
@@ -61,7 +49,7 @@ int rt_shm_allreduce(rt_shm *shm, const void *src, void *dst, size_t count, rt_d
         if ((err = rt_wait_flags(reduced, peers, npeers, piece, shm->comm))) return err;
 
         for (int r = 0; r < n; r++) {
-            lo = slice_bounds(elements, esize, r, n, &hi);
+            rt_shm_slice(elements, esize, r, n, &lo, &hi);
             if (hi > lo) memcpy((char *)dst + offset + lo * esize, rt_shm_buffer(shm, r, piece) + lo * esize, (hi - lo) * esize);
         }
     }

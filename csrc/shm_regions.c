@@ -22,14 +22,7 @@ typedef struct {
     size_t count;
 } peer_flags;
 
-static void others(const rt_shm *shm, peer_flags *p) {
-    p->count = 0;
-    for (int r = 0; r < shm->local_size; r++) {
-        if (r == shm->local_rank) continue;
-        p->written[p->count] = shm->flags[2 * r];
-        p->peers[p->count++] = shm->peer_ranks[r];
-    }
-}
+static void others(const rt_shm *shm, peer_flags *p) { p->count = rt_shm_peer_flags(shm, 0, p->written, p->peers); }
 
 /* Bytes [*offset, *offset + return) of a region at step k, in chunks of chunk_bytes. */
 static size_t chunk_of(rt_region g, size_t chunk_bytes, size_t k, size_t *offset) {

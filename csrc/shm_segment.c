@@ -167,6 +167,16 @@ fail:
     return err;
 }
 
+size_t rt_shm_peer_flags(const rt_shm *shm, int which, const rt_flag **flags, int *peers) {
+    size_t count = 0;
+    for (int r = 0; r < shm->local_size; r++) {
+        if (r == shm->local_rank) continue;
+        flags[count] = shm->flags[2 * r + which];
+        peers[count++] = shm->peer_ranks[r];
+    }
+    return count;
+}
+
 void rt_shm_detach(MPI_Comm comm) {
     rt_lock();
     for (int i = 0; i < MAX_SEGMENTS; i++)

@@ -88,7 +88,7 @@ class SetState:
             return "off"
         from . import _core
 
-        mode, _, _, reason, failed_here = _core.shm_attach(self.handle, config.shared_memory_piece_bytes,
+        mode, reason, failed_here = _core.shm_attach(self.handle, config.shared_memory_piece_bytes,
                                                            config.hierarchical_allreduce, config.hierarchical_one_leader)
         if failed_here:  # this host could not share memory: one line from it, and every rank goes on without
             log.warning("ringtrain: shared memory is off for process set %d: %s", self.id, reason)

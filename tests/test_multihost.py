@@ -22,9 +22,6 @@ PYTHON = sys.executable
 def hosts(cluster):
     """The cluster, with every host checked clean after the test (no process left behind)."""
     yield cluster
-    deadline = time.monotonic() + 3  # a launcher that has returned may have children still exiting
-    while any(cluster.processes(h) for h in cluster.hosts) and time.monotonic() < deadline:
-        time.sleep(0.1)
     leftovers = {h: cluster.processes(h) for h in cluster.hosts}
     for h in cluster.hosts:
         cluster.kill_processes(h)
