@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import ringtrain as rt
+from ringtrain.launch import run_mpiexec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN = os.path.join(HERE, "elastic", "train.py")
@@ -84,6 +85,19 @@ def train_and_die_once(elastic_dir):
 def test_rt_run_restarts_a_function_from_its_last_commit(uninterrupted, tmp_path):
     params = rt.run(train_and_die_once, args=(str(tmp_path / "commits"),), np=3, max_restarts=1)
     assert params.tobytes().hex() == uninterrupted
+
+
+def test_under_plain_mpiexec_running_the_job_again_resumes_from_its_last_commit(uninterrupted, tmp_path):
+    # mpiexec cannot restart a job itself: its user (or a batch system's requeue) runs the same
+    # command again, and @rt.elastic.run resumes from the directory's last commit
+    env = dict(os.environ, RINGTRAIN_ELASTIC_DIR=str(tmp_path), PYTHONUNBUFFERED="1")
+    first = run_mpiexec(3, [sys.executable, TRAIN, str(STEPS), str(COMMIT_EVERY), "0:11:1"], timeout=120, env=env)
+    assert not first.ok and not first.timed_out, first.output[-4000:]
+    assert "KILL 0 at step 11" in first.output and "FINAL" not in first.output, first.output[-4000:]
+    again = run_mpiexec(3, [sys.executable, TRAIN, str(STEPS), str(COMMIT_EVERY)], timeout=120, env=env)
+    assert again.ok, again.output[-4000:]
+    assert "[0] STARTED at step 9" in again.output, again.output[-4000:]  # the commit before the kill
+    assert final_params(again.output.replace("[0] FINAL", "[0]: FINAL")) == uninterrupted
 
 
 def test_without_restarts_a_failure_still_ends_the_job(tmp_path):
