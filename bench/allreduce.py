@@ -24,7 +24,7 @@ from mpi4py import MPI  # noqa: E402
 import ringtrain as rt  # noqa: E402
 from ringtrain import runtime  # noqa: E402
 from ringtrain.config import _parse_bytes as parse_bytes  # noqa: E402
-from ringtrain.executor import ALGORITHM_NAMES  # noqa: E402
+from ringtrain.engine.executor import ALGORITHM_NAMES  # noqa: E402
 
 
 def plan(nbytes):

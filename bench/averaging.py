@@ -37,7 +37,7 @@ class Arm:
 
         import ringtrain as rt
         from digits_model import MLP
-        from ringtrain.optim import SGD
+        from ringtrain.train.optimizers import SGD
 
         self.tau, (self.x, self.y) = tau, data
         self.model = MLP(seed)

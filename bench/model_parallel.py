@@ -20,7 +20,7 @@ ensure_mpi(2)
 import numpy as np  # noqa: E402
 
 import ringtrain as rt  # noqa: E402
-from ringtrain.model_parallel import ColumnParallelLinear, RowParallelLinear  # noqa: E402
+from ringtrain.train.model_parallel import ColumnParallelLinear, RowParallelLinear  # noqa: E402
 
 BATCH = 64
 SHAPES = [(512, 2048, 512), (1024, 4096, 1024), (1024, 8192, 1024)]

@@ -14,7 +14,7 @@ from common import machine_line, paired_medians, print_table  # noqa: E402
 from digits_model import MODELS, load_data, softmax_cross_entropy  # noqa: E402
 
 import ringtrain as rt  # noqa: E402
-from ringtrain.optim import SGD  # noqa: E402
+from ringtrain.train.optimizers import SGD  # noqa: E402
 
 
 def main():

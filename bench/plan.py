@@ -3,7 +3,7 @@ step time `rt.plan` predicts next to the step time measured on the same job.
 
     python bench/plan.py          # relaunches itself under mpiexec -n 2 (BENCH_NP=3 for 3)
 
-Each row is ringtrain.plan.validate(): fit the model on the job (measure_network), time the real
+Each row is ringtrain.planner.validate.validate(): fit the model on the job (measure_network), time the real
 step (compute, then DistributedOptimizer.step with SGD) on one rank and on all, predict the
 all-rank step from the one-rank step; three rounds in turn, the median round is shown."""
 from common import ensure_mpi, machine_line, print_table
@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 
 import ringtrain as rt  # noqa: E402
 from fusion import resnet50_gradient_shapes  # noqa: E402
-from ringtrain.plan import validate  # noqa: E402
+from ringtrain.planner.validate import validate  # noqa: E402
 
 SMALL_MODEL = [1_000_000, 250_000, 4_000, 100, 500_000, 64, 2_000_000]  # the sizes tests/test_plan.py validates
 WORKLOADS = [

@@ -50,7 +50,7 @@ def throughput(model_name, batch_size, averaging, steps=300, warmup=30):
     import numpy as np
 
     from digits_model import MODELS, load_data, softmax_cross_entropy
-    from ringtrain.optim import SGD
+    from ringtrain.train.optimizers import SGD
 
     x_train, _, y_train, _ = load_data()
     x_train, y_train = rt.shard(x_train, y_train, seed=0)

@@ -45,7 +45,7 @@ def rotated_medians(fns, iterations, repeats, sync):
 def gradients(rank, rows, dim, density, pattern, count=4):
     import numpy as np
 
-    from ringtrain.sparse import SparseGradient
+    from ringtrain.train.sparse import SparseGradient
 
     rng = np.random.default_rng([rank, 7])
     nnz = max(1, int(rows * density))
@@ -58,7 +58,7 @@ def measure(args):
     import numpy as np
 
     import ringtrain as rt
-    from ringtrain.sparse import default_cost_model, sparse_allreduce
+    from ringtrain.train.sparse import default_cost_model, sparse_allreduce
 
     rt.init()
     size, rank = rt.size(), rt.rank()

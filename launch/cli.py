@@ -161,7 +161,9 @@ def plan_command(args, parser):
     """ringtrain plan: one measurement job under mpiexec, then the table (and the validation, if
     asked). On Spark, call rt.plan(..., backend="spark") from the driver instead."""
     from ringtrain.launch.run_function import run
-    from ringtrain.plan import measure_network, plan, validate
+    from ringtrain.planner.advise import plan
+    from ringtrain.planner.measure import measure_network
+    from ringtrain.planner.validate import validate
 
     if not 0 < args.min_efficiency < 1:
         parser.error(f"--min-efficiency must be between 0 and 1, got {args.min_efficiency}")

@@ -14,7 +14,7 @@ import sys
 
 from ringtrain import runtime
 from ringtrain.errors import RemoteError, RingtrainError
-from ringtrain.pickling import dumps_call
+from ringtrain.launch.pickling import dumps_call
 
 BACKENDS = ("mpi", "spark", "auto")
 
@@ -61,7 +61,7 @@ def run(fn, args=(), kwargs=None, np=2, backend="mpi", all_ranks=False, env=None
     if inside_mpi_job():
         runtime.init()
         value = fn(*args, **kwargs)
-        from ringtrain.objects import allgather_object
+        from ringtrain.object_collectives import allgather_object
 
         return allgather_object(value) if all_ranks else value
     from .job import with_restarts

@@ -2,7 +2,7 @@
 
     python -m ringtrain.launch.worker
 
-It fetches the function (ringtrain.pickling.dumps_call's (fn, args, kwargs)) from the job's
+It fetches the function (ringtrain.launch.pickling.dumps_call's (fn, args, kwargs)) from the job's
 launcher over the authenticated job channel, runs it, and sends back a record:
 ("ok", value) or ("error", type name, message, traceback text, the pickled exception if it
 pickles). The launcher unpickles a record only after its frame verified. On an error the rank
@@ -17,7 +17,7 @@ import cloudpickle
 
 from ringtrain.launch.channel import Client
 from ringtrain.launch.mpiexec import die_with_parent
-from ringtrain.pickling import loads_call
+from ringtrain.launch.pickling import loads_call
 
 
 def main():

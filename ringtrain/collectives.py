@@ -10,23 +10,16 @@ import math
 
 import numpy as np
 
-from . import adasum, runtime
+from . import runtime
+from .engine import adasum
 from .dtypes import BOOL_CODE
-from .executor import split_rows
-from .ops import Adasum, Average, ReduceOp, as_op
+from .engine.executor import split_rows
+from .reduce_ops import Adasum, Average, ReduceOp, as_op
 from .process_sets import ProcessSet, global_process_set
-from .requests import Handle, Request, UnnamedName, unnamed_name
+from .engine.requests import Handle, Request, UnnamedName, request_name
 from .tensors import as_array
 
 _PLAIN_NUMBERS = (int, float)
-
-
-def _name(kind, name, process_set_id=0):
-    if name is None:
-        return unnamed_name(kind, process_set_id)
-    if not isinstance(name, str):
-        raise TypeError(f"name={name!r} must be a str")
-    return name
 
 
 def _check_reduction(op, code, prescale_factor, postscale_factor):
@@ -59,7 +52,7 @@ def _check_rows(array, arg, collective):
         raise ValueError(f"{arg} of {collective} must have at least one dimension (got a 0-d array)")
 
 
-def _set(process_set, caller):
+def _engine_and_state(process_set, caller):
     """(engine, set state) for a process set this rank belongs to."""
     engine = runtime.current(caller).engine
     if type(process_set) is not ProcessSet and not isinstance(process_set, ProcessSet):
@@ -92,7 +85,7 @@ def _submit(engine, request, wait):
 
 # --- allreduce ------------------------------------------------------------------------------
 def _allreduce(kind, tensors, op, name, prescale_factor, postscale_factor, process_set, in_place, wait):
-    engine, state = _set(process_set, kind)
+    engine, state = _engine_and_state(process_set, kind)
     if kind == "allreduce":  # (the latency of a small allreduce is mostly these checks)
         array, code = as_array(tensors, writable=in_place)
         arrays = [array]
@@ -100,11 +93,11 @@ def _allreduce(kind, tensors, op, name, prescale_factor, postscale_factor, proce
         arrays, code = _tensors(tensors, in_place, kind)
     op, pre, post = _check_reduction(op, code, prescale_factor, postscale_factor)
     if op is Adasum:
-        handle = _adasum(engine, state, kind, arrays, code, _name(kind, name, state.id), pre, post, in_place)
+        handle = _adasum(engine, state, kind, arrays, code, request_name(kind, name, state.id), pre, post, in_place)
         result = engine.wait(handle) if wait else handle
         return tensors if wait and in_place else result
     outputs = arrays if in_place else [np.empty_like(a) for a in arrays]
-    name = _name(kind, name, state.id)
+    name = request_name(kind, name, state.id)
     if wait and kind == "allreduce":  # the steady state: one C call in this thread (Engine.allreduce_now)
         done = engine.allreduce_now(state, name, array, outputs[0], code, int(op), pre, post)
         if done is not None:
@@ -170,7 +163,7 @@ def grouped_allreduce_async_(tensors, op=Average, name=None, prescale_factor=1.0
 
 def _adasum(engine, state, kind, arrays, code, name, pre, post, in_place):
     """op=Adasum: each tensor is allgathered (one row per rank) and the rows are combined in
-    Horovod's recursive-halving order, in float64 (ringtrain/adasum.py). This costs an
+    Horovod's recursive-halving order, in float64 (ringtrain/engine/adasum.py). This costs an
     allgather, not an allreduce, and like Horovod's CPU Adasum needs a power-of-two set."""
     adasum.check(state.size, [a.dtype for a in arrays])
     part_name = UnnamedName if isinstance(name, UnnamedName) else str  # unnamed names keep recurring
@@ -193,11 +186,11 @@ def _adasum(engine, state, kind, arrays, code, name, pre, post, in_place):
 
 # --- allgather ------------------------------------------------------------------------------
 def _allgather(kind, tensors, name, process_set, wait):
-    engine, state = _set(process_set, kind)
+    engine, state = _engine_and_state(process_set, kind)
     arrays, code = _tensors(tensors, False, kind)
     for a in arrays:
         _check_rows(a, "tensor", "allgather")
-    request = Request("allgather", _name(kind, name, state.id), state.id, arrays, [], code,
+    request = Request("allgather", request_name(kind, name, state.id), state.id, arrays, [], code,
                       grouped=kind.startswith("grouped_"))
     return _submit(engine, request, wait)
 
@@ -231,11 +224,11 @@ def _check_root(size, root_rank):
 
 
 def _broadcast(tensor, root_rank, name, process_set, in_place, wait):
-    engine, state = _set(process_set, "broadcast")
+    engine, state = _engine_and_state(process_set, "broadcast")
     array, code = as_array(tensor, writable=in_place)
     root = _check_root(state.size, root_rank)
     out = array if in_place else np.empty_like(array)
-    request = Request("broadcast", _name("broadcast", name, state.id), state.id, [array], [out], code, 0, root)
+    request = Request("broadcast", request_name("broadcast", name, state.id), state.id, [array], [out], code, 0, root)
     result = _submit(engine, request, wait)
     return tensor if (wait and in_place) else result
 
@@ -260,14 +253,14 @@ def broadcast_async_(tensor, root_rank, name=None, process_set=global_process_se
 
 # --- reducescatter --------------------------------------------------------------------------
 def _reducescatter(kind, tensors, op, name, prescale_factor, postscale_factor, process_set, wait):
-    engine, state = _set(process_set, kind)
+    engine, state = _engine_and_state(process_set, kind)
     arrays, code = _tensors(tensors, False, kind)
     for a in arrays:
         _check_rows(a, "tensor", "reducescatter")
     op, pre, post = _check_reduction(op, code, prescale_factor, postscale_factor)
     if op is Adasum:
         raise ValueError(f"{kind} does not support op=Adasum (nor does Horovod's); use allreduce")
-    request = Request("reducescatter", _name(kind, name, state.id), state.id, arrays, [], code, int(op), -1, pre,
+    request = Request("reducescatter", request_name(kind, name, state.id), state.id, arrays, [], code, int(op), -1, pre,
                       post, grouped=kind.startswith("grouped_"))
     return _submit(engine, request, wait)
 
@@ -317,10 +310,10 @@ def _check_splits(size, splits, rows):
 
 
 def _alltoall(tensor, splits, name, process_set, wait):
-    engine, state = _set(process_set, "alltoall")
+    engine, state = _engine_and_state(process_set, "alltoall")
     array, code = as_array(tensor)
     _check_rows(array, "tensor", "alltoall")
-    request = Request("alltoall", _name("alltoall", name, state.id), state.id, [array], [], code,
+    request = Request("alltoall", request_name("alltoall", name, state.id), state.id, [array], [], code,
                       splits=_check_splits(state.size, splits, array.shape[0]))
     return _submit(engine, request, wait)
 
@@ -340,15 +333,15 @@ def alltoall_async(tensor, splits=None, name=None, process_set=global_process_se
 # --- synchronisation ------------------------------------------------------------------------
 def barrier(process_set=global_process_set):
     """Block until every rank of the set has called barrier()."""
-    engine, state = _set(process_set, "barrier")
-    _submit(engine, Request("barrier", _name("barrier", None, state.id), state.id), True)
+    engine, state = _engine_and_state(process_set, "barrier")
+    _submit(engine, Request("barrier", request_name("barrier", None, state.id), state.id), True)
 
 
 def join():
     """Declare that this rank has no more data. Until every rank has joined, the others'
     allreduces keep completing with this rank contributing zeros (Average still divides by
     the full number of ranks, as in Horovod). Returns the rank that joined last."""
-    engine, state = _set(global_process_set, "join")
+    engine, state = _engine_and_state(global_process_set, "join")
     return _submit(engine, Request("join", "join", state.id), True)
 
 
@@ -379,7 +372,7 @@ def add_process_set(process_set):
     bad = [r for r in process_set.ranks if not 0 <= r < rt.size]
     if not process_set.ranks or bad:
         raise ValueError(f"process set ranks {process_set.ranks} must be a non-empty subset of 0..{rt.size - 1}")
-    request = Request("add_process_set", _name("add_process_set", None), 0, payload=tuple(process_set.ranks))
+    request = Request("add_process_set", request_name("add_process_set", None), 0, payload=tuple(process_set.ranks))
     return process_set._register(_submit(rt.engine, request, True))
 
 
@@ -388,7 +381,7 @@ def remove_process_set(process_set):
     rt = runtime.current("remove_process_set")
     if process_set.process_set_id in (None, 0):
         raise ValueError(f"{process_set!r} cannot be removed")
-    request = Request("remove_process_set", _name("remove_process_set", None), 0,
+    request = Request("remove_process_set", request_name("remove_process_set", None), 0,
                       payload=(process_set.process_set_id,))
     _submit(rt.engine, request, True)
     process_set.process_set_id = None

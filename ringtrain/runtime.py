@@ -98,7 +98,7 @@ def init(comm=None, process_sets=(), **settings):
         core=_core,
     )
     _start_liveness(_runtime, MPI)
-    from .engine import Engine
+    from .engine.engine import Engine
 
     _runtime.engine = Engine(_runtime, config, process_sets)
     _install_exit_hooks()
@@ -132,15 +132,14 @@ def shutdown():
     receiver has already gone on to exit."""
     if _runtime is None:
         return
-    from .collectives import _name
-    from .requests import Request
+    from .engine.requests import Request, request_name
 
     engine = _runtime.engine
     if isinstance(engine.failure, ProgressTimeoutError):
         # MPI is no longer in step with the rank that stopped: no collective can end cleanly
         raise RingtrainError(f"cannot shut down cleanly: {engine.failure}")
     if engine.failure is None:
-        engine.wait(engine.submit(Request("shutdown", _name("shutdown", None), 0)))
+        engine.wait(engine.submit(Request("shutdown", request_name("shutdown", None), 0)))
     engine.stop()
     _runtime.core.barrier(_runtime.handle)
     _release()

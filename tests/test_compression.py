@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import ringtrain as rt
-from ringtrain import kernels
+from ringtrain.train import compression_kernels as kernels
 
 
 @pytest.mark.parametrize("name,compressor,bound,subnormal_step", [("fp16", rt.Compression.fp16, 2.0 ** -11, 2.0 ** -24),

@@ -24,7 +24,7 @@ def test_autotune_logs_trials_and_settles():
     run = run_script(2, """
         import numpy as np, ringtrain as rt
         from ringtrain import runtime
-        from ringtrain.autotune import CANDIDATES, WARMUP_ROUNDS, MEASURED_ROUNDS
+        from ringtrain.engine.autotune import CANDIDATES, WARMUP_ROUNDS, MEASURED_ROUNDS
         rt.init()
         grads = [np.full(n, 1.0, dtype=np.float32) for n in (10, 1000, 30000, 250000)]
         bound = sum(len(v) for v in CANDIDATES.values()) * (WARMUP_ROUNDS + MEASURED_ROUNDS + 2) + 20
@@ -46,7 +46,7 @@ def test_autotune_logs_trials_and_settles():
     with open(log) as f:
         rows = list(csv.DictReader(f))
     os.unlink(log)
-    from ringtrain.autotune import CANDIDATES
+    from ringtrain.engine.autotune import CANDIDATES
 
     assert len(rows) == sum(len(v) for v in CANDIDATES.values())
     assert {r["setting"] for r in rows} == set(CANDIDATES)

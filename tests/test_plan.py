@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import ringtrain as rt
-from ringtrain.plan import Network, Plan, parameter_sizes
+from ringtrain.planner.advise import Plan
+from ringtrain.planner.costs import Network, parameter_sizes
 
 # Gradients of a small model, in elements: large ones that run alone, small ones that fuse.
 SIZES = [1_000_000, 250_000, 4_000, 100, 500_000, 64, 2_000_000]
@@ -166,7 +167,7 @@ def test_cli_prediction_agrees_with_the_measured_step_within_25_percent():
 def test_the_network_can_be_measured_in_a_spark_barrier_job():
     from test_spark import spark_session  # the suite's one way to start a local Spark
 
-    from ringtrain.plan import measure_network
+    from ringtrain.planner.measure import measure_network
 
     session = spark_session("local[2]")
     try:

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 import ringtrain as rt
-from ringtrain.pickling import dumps_call, loads_call
+from ringtrain.launch.pickling import dumps_call, loads_call
 
 
 def _raise_key_error(rank):

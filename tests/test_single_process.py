@@ -166,7 +166,7 @@ def test_half_precision_special_values():
 
 def test_adasum_arithmetic():
     """Parallel gradients average, orthogonal ones add; four ranks combine (0+1)+(2+3)."""
-    from ringtrain import adasum
+    from ringtrain.engine import adasum
     np.testing.assert_allclose(adasum.combine(np.array([[2.0, 0.0], [2.0, 0.0]])), [2.0, 0.0])
     np.testing.assert_allclose(adasum.combine(np.array([[1.0, 0.0], [0.0, 3.0]])), [1.0, 3.0])
     rows = np.random.default_rng(0).standard_normal((4, 5))

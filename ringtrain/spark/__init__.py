@@ -17,7 +17,7 @@ def partition():
     column name -> numpy array), streamed from its Spark task. Ranks may see different numbers
     of rows; use ringtrain.join() when a rank runs out (see README)."""
     from .. import runtime
-    from .feed import fifo_path, read_partition
+    from .dataframe_feed import fifo_path, read_partition
 
     job_dir = os.environ.get("RINGTRAIN_JOB_DIR")
     if not job_dir:

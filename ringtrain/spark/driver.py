@@ -7,9 +7,8 @@ import sys
 import threading
 import time
 
-from ..errors import RingtrainError
-from ..errors import RemoteError
-from ..pickling import dumps_call
+from ..errors import RemoteError, RingtrainError
+from ..launch.pickling import dumps_call
 from ..launch.channel import Server
 from .task import barrier_task
 

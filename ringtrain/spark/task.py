@@ -28,7 +28,7 @@ import time
 
 from ringtrain.launch.channel import Client
 
-from .feed import fifo_path, write_partition
+from .dataframe_feed import fifo_path, write_partition
 
 JOB_DIR_PREFIX = "ringtrain-spark-"
 

@@ -1,7 +1,7 @@
 """Gradient compression for torch tensors, with horovod.torch's interface
 (compress(tensor) -> (tensor, context); decompress(tensor, context) -> tensor).
 
-The numpy core's compressors (ringtrain.compression) cast numpy float32 with numba kernels; for
+The numpy core's compressors (ringtrain.train.compression) cast numpy float32 with numba kernels; for
 torch tensors torch's own cast is the vectorised tool, so these are thin wrappers around it.
 The reduction of float16/bfloat16 still computes each partial sum in float32 (the core)."""
 import torch

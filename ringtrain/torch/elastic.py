@@ -1,7 +1,7 @@
 """hvd.elastic for ringtrain.torch: the one elastic API (ringtrain/elastic.py) under Horovod's
 names. TorchState keeps a module, its optimizer and any other values; commits, restores and
 syncs them like ringtrain.elastic.State (state_dicts are what is kept)."""
-from ..elastic import State, restart_count, run
+from ..train.elastic import State, restart_count, run
 
 ObjectState = State
 

@@ -18,13 +18,11 @@ import warnings
 import numpy as np
 import torch
 
-from .. import adasum
-from .. import collectives as core
-from .. import runtime
-from ..ops import Adasum, Average, Max, Min, Product, Sum, as_op
-from ..process_sets import ProcessSet as _CoreProcessSet
-from ..process_sets import global_process_set
-from ..requests import Handle, unnamed_name
+from ..engine import adasum
+from .. import collectives as core, runtime
+from ..reduce_ops import Adasum, Average, Max, Min, Product, Sum, as_op
+from ..process_sets import ProcessSet as _CoreProcessSet, global_process_set
+from ..engine.requests import Handle, unnamed_name
 from .tensors import contiguous, from_numpy, to_numpy
 
 
@@ -280,7 +278,7 @@ def sparse_allreduce_async(tensor, name=None, op=Average, process_set=global_pro
     picks). The sparse dimensions are flattened into one row index, as ringtrain.sparse wants
     row-sparse gradients. Every rank must wait on its handles in the same order; the result is
     a coalesced sparse tensor."""
-    from .. import sparse
+    from ..train import sparse
 
     op = _op(op, None)
     if op not in (Sum, Average):

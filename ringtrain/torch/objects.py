@@ -1,6 +1,6 @@
-"""broadcast_object / allgather_object for ringtrain.torch: the core's (ringtrain.objects), with
+"""broadcast_object / allgather_object for ringtrain.torch: the core's (ringtrain.object_collectives), with
 Horovod's root rank, which is a global rank even inside a process set."""
-from .. import objects
+from .. import object_collectives as objects
 from ..process_sets import global_process_set
 from .mpi_ops import _set_rank
 

@@ -5,8 +5,8 @@ import collections
 
 import torch
 
-from .. import training
 from ..process_sets import global_process_set
+from ..train import parameter_sync
 from . import mpi_ops
 from .objects import broadcast_object
 from .tensors import to_numpy
@@ -28,9 +28,9 @@ def broadcast_parameters(params, root_rank, process_set=global_process_set):
             raise ValueError(f"params['{name}'] is a {type(p).__name__}, not a tensor")
     # The numpy core's broadcast_parameters, on views of the tensors' memory; it counts root_rank
     # within the process set, Horovod globally.
-    training.broadcast_parameters([(name, to_numpy(p.data, f"params['{name}']")) for name, p in params
-                                   if p is not None],
-                                  root_rank=mpi_ops._set_rank(process_set, root_rank), process_set=process_set)
+    parameter_sync.broadcast_parameters([(name, to_numpy(p.data, f"params['{name}']")) for name, p in params
+                                         if p is not None],
+                                        root_rank=mpi_ops._set_rank(process_set, root_rank), process_set=process_set)
 
 
 def broadcast_optimizer_state(optimizer, root_rank, process_set=global_process_set):

@@ -413,7 +413,7 @@ def test_grouped_calls_return_lists_even_for_one_tensor():
 
 
 def test_names_used_once_are_forgotten_by_the_duplicate_name_check():
-    from ringtrain.engine import HOLDERS_PRUNE_AT
+    from ringtrain.engine.engine import HOLDERS_PRUNE_AT
 
     x = np.ones(1)
     for i in range(HOLDERS_PRUNE_AT + 500):  # a new name every call, as a loop with f"step{i}" names makes

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ringtrain as rt
-from ringtrain.model_parallel import ColumnParallelLinear, RowParallelLinear, feature_slice
+from ringtrain.train.model_parallel import ColumnParallelLinear, RowParallelLinear, feature_slice
 
 # (in, hidden, out): hidden sizes that divide by none of 2, 3, 4 (and 1 < N features for N = 3, 4)
 SHAPES = [(5, 7, 3), (6, 11, 2), (4, 1, 3)]

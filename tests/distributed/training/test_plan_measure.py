@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import ringtrain as rt
-from ringtrain.plan import Network, measure_network
+from ringtrain.planner.costs import Network
+from ringtrain.planner.measure import measure_network
 
 
 def test_measure_network_fits_the_job_it_runs_on():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import ringtrain as rt
-from ringtrain.sparse import CostModel, SparseGradient, sparse_allreduce
-from ringtrain.sparse_kernels import merge_duplicate_rows, scatter_add_rows
+from ringtrain.train.sparse import CostModel, SparseGradient, sparse_allreduce
+from ringtrain.train.sparse_kernels import merge_duplicate_rows, scatter_add_rows
 
 METHODS = ["allgather", "owner", "dense", "auto"]
 

@@ -32,10 +32,10 @@ import sys
 
 import numpy as np
 
-from .errors import HostsUpdatedInterrupt
-from .launch.job import RESIZE_EXIT_STATUS
-from .objects import broadcast_object
-from .runtime import init, is_initialized, rank
+from ..errors import HostsUpdatedInterrupt
+from ..launch.job import RESIZE_EXIT_STATUS
+from ..object_collectives import broadcast_object
+from ..runtime import init, is_initialized, rank
 
 LATEST = "LATEST"
 
@@ -166,7 +166,7 @@ class State:
     def _persist(self):
         """Rank 0 writes the values, every rank its RNG states; LATEST moves only after all of
         them are on disk (a barrier), so a kill at any moment leaves a complete commit."""
-        from .collectives import barrier
+        from ..collectives import barrier
 
         os.makedirs(self._directory, exist_ok=True)
         number = self._commits
@@ -215,7 +215,7 @@ def _hosts_changed():
         return False
     changed = False
     if rank() == 0:
-        from .launch.channel import Client
+        from ..launch.channel import Client
 
         client = Client.from_environment()
         if client is not None:
@@ -255,7 +255,7 @@ def run(fn):
             # every rank is here, at the same commit: leave together, and let the launcher
             # start the job again on the hosts it found
             print(f"ringtrain.elastic: {moving}", file=sys.stderr, flush=True)
-            from .runtime import shutdown
+            from ..runtime import shutdown
 
             shutdown()
             sys.exit(RESIZE_EXIT_STATUS)

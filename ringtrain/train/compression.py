@@ -7,8 +7,8 @@ A compressor turns a tensor into what is sent (compress -> (tensor, context)) an
 float32 (see the core). Add your own by subclassing Compressor."""
 import numpy as np
 
-from . import kernels
-from .dtypes import bfloat16
+from ..dtypes import bfloat16
+from . import compression_kernels
 
 
 class Compressor:
@@ -50,14 +50,14 @@ class _HalfCompressor(Compressor):
 
 class FP16Compressor(_HalfCompressor):
     wire_dtype = np.dtype(np.float16)
-    to_bits = staticmethod(kernels.float32_to_float16_bits)
-    from_bits = staticmethod(kernels.float16_bits_to_float32)
+    to_bits = staticmethod(compression_kernels.float32_to_float16_bits)
+    from_bits = staticmethod(compression_kernels.float16_bits_to_float32)
 
 
 class BF16Compressor(_HalfCompressor):
     wire_dtype = bfloat16
-    to_bits = staticmethod(kernels.float32_to_bfloat16_bits)
-    from_bits = staticmethod(kernels.bfloat16_bits_to_float32)
+    to_bits = staticmethod(compression_kernels.float32_to_bfloat16_bits)
+    from_bits = staticmethod(compression_kernels.bfloat16_bits_to_float32)
 
 
 class Compression:

@@ -4,10 +4,10 @@
     opt.step(grads)          apply one update from one gradient per parameter
     opt.state_dict() / opt.load_state_dict(state)
 
-The updates are numba kernels (ringtrain/kernels.py) over each parameter's flat buffer."""
+The updates are numba kernels (ringtrain/train/optimizer_kernels.py) over each parameter's flat buffer."""
 import numpy as np
 
-from . import kernels
+from . import optimizer_kernels
 
 
 def _flat(array, what):
@@ -57,7 +57,7 @@ class SGD(Optimizer):
         return {"velocity": self.velocity}
 
     def _update(self, i, p, g):
-        kernels.sgd_update(p, g, self.velocity[i], np.float32(self.lr), np.float32(self.momentum), self.nesterov,
+        optimizer_kernels.sgd_update(p, g, self.velocity[i], np.float32(self.lr), np.float32(self.momentum), self.nesterov,
                            np.float32(self.weight_decay))
 
 
@@ -72,6 +72,6 @@ class Adam(Optimizer):
         return {"m": self.m, "v": self.v}
 
     def _update(self, i, p, g):
-        kernels.adam_update(p, g, self.m[i], self.v[i], np.float32(self.lr), np.float32(self.beta1),
+        optimizer_kernels.adam_update(p, g, self.m[i], self.v[i], np.float32(self.lr), np.float32(self.beta1),
                             np.float32(self.beta2), np.float32(self.eps), np.float32(self.steps),
                             np.float32(self.weight_decay))

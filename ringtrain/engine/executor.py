@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from .dtypes import SUPPORTED
+from ..dtypes import SUPPORTED
 from .requests import zeros_like_signature
 
 ALGORITHM_NAMES = {0: "LOCAL_ALLREDUCE", 1: "RECURSIVE_DOUBLING_ALLREDUCE", 2: "RING_ALLREDUCE",
@@ -21,7 +21,7 @@ def split_rows(rows, parts):
     return np.array([base + (i < extra) for i in range(parts)], dtype=np.int64)
 
 
-class Item:
+class AgreedCollective:
     """One agreed collective as this rank runs it: its own request, or (for a rank that has
     joined) zeros shaped by the agreed signature. Its size and fusion key are computed once:
     a training step's round plans and runs hundreds of items."""

@@ -5,9 +5,9 @@ gradient, which is what matters on a slow or high-latency link; the price is tha
 models drift apart between averages, so convergence per step can be somewhat slower."""
 import numpy as np
 
-from . import collectives
-from .ops import Average
-from .process_sets import global_process_set
+from .. import collectives
+from ..reduce_ops import Average
+from ..process_sets import global_process_set
 
 
 class ModelAveraging:

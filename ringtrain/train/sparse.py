@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import collectives
-from .ops import Average, Sum, as_op
-from .process_sets import global_process_set
-from .requests import unnamed_name
+from .. import collectives
+from ..reduce_ops import Average, Sum, as_op
+from ..process_sets import global_process_set
+from ..engine.requests import unnamed_name
 from .sparse_kernels import merge_duplicate_rows, scatter_add_rows
 
 log = logging.getLogger("ringtrain.sparse")

@@ -7,7 +7,7 @@ Adasum it is defined for a power-of-two number of ranks. A binding gathers the t
 allgather) and calls combine(); the arithmetic is in float64."""
 import numpy as np
 
-from .dtypes import bfloat16
+from ..dtypes import bfloat16
 
 
 def check(size, dtypes):

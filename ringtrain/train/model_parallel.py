@@ -21,10 +21,10 @@ ringtrain collective uses), so sizes need not divide by the number of ranks. `pa
 (pass the data-parallel process set there to combine both kinds of parallelism)."""
 import numpy as np
 
-from . import collectives
-from .executor import split_rows
-from .ops import Sum
-from .process_sets import global_process_set
+from .. import collectives
+from ..engine.executor import split_rows
+from ..reduce_ops import Sum
+from ..process_sets import global_process_set
 
 
 def feature_slice(features, parts, index):

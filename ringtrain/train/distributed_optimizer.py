@@ -1,12 +1,11 @@
-"""Training helpers on top of the collectives (numpy): the distributed optimizer, parameter and
-optimizer-state broadcast, data sharding, rank-0 checkpoints and metric averaging."""
+"""DistributedOptimizer (numpy): each update uses the gradient averaged over the ranks, with
+gradient accumulation, compression and sparse gradients."""
 import numpy as np
 
-from . import collectives, runtime
+from .. import collectives
+from ..reduce_ops import Average, as_op
 from .compression import Compression
-from .objects import broadcast_object
-from .ops import Average, as_op
-from .process_sets import global_process_set
+from ..process_sets import global_process_set
 from .sparse import METHODS as SPARSE_METHODS, SparseGradient, sparse_allreduce
 from .sparse_kernels import scatter_add_rows, zero_rows
 
@@ -187,113 +186,3 @@ class DistributedOptimizer:
 
     def load_state_dict(self, state):
         self.optimizer.load_state_dict(state)
-
-
-def _named(params):
-    if isinstance(params, dict):
-        return list(params.items())
-    params = list(params)
-    if params and isinstance(params[0], tuple):
-        return params
-    return [(f"param.{i}", p) for i, p in enumerate(params)]
-
-
-def broadcast_parameters(params, root_rank=0, process_set=global_process_set):
-    """Overwrite every rank's parameters with root_rank's, in place (a list, a dict, or
-    (name, array) pairs). All broadcasts are in flight at once."""
-    handles = [collectives.broadcast_async_(p, root_rank, name=f"broadcast_parameters.{name}",
-                                            process_set=process_set) for name, p in _named(params)]
-    for h in handles:
-        collectives.synchronize(h)
-
-
-def broadcast_optimizer_state(optimizer, root_rank=0, process_set=global_process_set):
-    """Make every rank's optimizer state (step counts, momentum buffers, ...) root_rank's."""
-    state = optimizer.state_dict()
-    arrays = []
-
-    def collect(node, path):
-        if isinstance(node, dict):
-            for key in sorted(node):
-                collect(node[key], f"{path}/{key}")
-        elif isinstance(node, (list, tuple)):
-            for i, item in enumerate(node):
-                collect(item, f"{path}/{i}")
-        elif isinstance(node, np.ndarray):
-            arrays.append((path, node))
-
-    collect(state, "optimizer")
-    broadcast_parameters(arrays, root_rank, process_set)
-    scalars = broadcast_object({k: v for k, v in state.items() if not isinstance(v, (dict, list, np.ndarray))},
-                               root_rank)
-    state.update(scalars)
-    optimizer.load_state_dict(state)
-
-
-def shard(*arrays, seed=None, drop_last=True, rank=None, size=None):
-    """This rank's share of a dataset, so that every rank takes the same number of steps.
-
-    With seed, samples are shuffled first (the same permutation on every rank). drop_last=True
-    drops the n % size samples that do not divide evenly; drop_last=False pads by repeating
-    samples from the start instead. Returns the arrays' shares (or the indices, given an int)."""
-    if not arrays:
-        raise ValueError("shard() needs a dataset length or arrays")
-    rank = runtime.current("shard").rank if rank is None else rank
-    size = runtime.current("shard").size if size is None else size
-    n = arrays[0] if isinstance(arrays[0], (int, np.integer)) else len(arrays[0])
-    for a in arrays if not isinstance(arrays[0], (int, np.integer)) else ():
-        if len(a) != n:
-            raise ValueError(f"shard(): arrays have different lengths ({len(a)} vs {n})")
-    order = np.random.default_rng(seed).permutation(n) if seed is not None else np.arange(n)
-    per_rank = n // size if drop_last else -(-n // size)
-    if not drop_last and per_rank * size > n:
-        order = np.concatenate([order, order[: per_rank * size - n]])
-    mine = order[rank * per_rank:(rank + 1) * per_rank]
-    if isinstance(arrays[0], (int, np.integer)):
-        return mine
-    shares = tuple(a[mine] for a in arrays)
-    return shares[0] if len(shares) == 1 else shares
-
-
-def save_checkpoint(path, state):
-    """Rank 0 writes `state` (a dict of arrays and numbers, nested dicts allowed) as .npz; the
-    other ranks wait for it. No pickles: np.load(allow_pickle=False) reads it back."""
-    flat = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if "/" in str(key):
-                    raise ValueError(f"checkpoint keys may not contain '/': {key!r}")
-                walk(value, f"{prefix}/{key}" if prefix else str(key))
-        else:
-            flat[prefix] = np.asarray(node)
-
-    walk(state, "")
-    if runtime.current("save_checkpoint").rank == 0:
-        with open(path, "wb") as f:
-            np.savez(f, **flat)
-    collectives.barrier()
-
-
-def load_checkpoint(path, root_rank=0):
-    """Rank root_rank reads the checkpoint; every rank gets the same nested dict."""
-    state = None
-    if runtime.current("load_checkpoint").rank == root_rank:
-        with np.load(path, allow_pickle=False) as data:
-            state = {}
-            for key in data.files:
-                node = state
-                *parents, leaf = key.split("/")
-                for p in parents:
-                    node = node.setdefault(p, {})
-                value = data[key]
-                node[leaf] = value.item() if value.ndim == 0 else value
-    return broadcast_object(state, root_rank)
-
-
-def metric_average(value, name=None, process_set=global_process_set):
-    """The mean of a scalar (or array) metric over the ranks."""
-    result = collectives.allreduce(np.asarray(value, dtype=np.float64), op=Average, name=name,
-                                   process_set=process_set)
-    return float(result) if np.ndim(value) == 0 else result

@@ -33,10 +33,10 @@ import weakref
 
 import numpy as np
 
-from .control import Announcement, Claim, Failure, FailureKind, Response, RoundMessage
-from .errors import ProgressTimeoutError, RingtrainError
-from .executor import Executor, Item
-from .negotiation import CROSS_CHECK_AFTER, CROSS_CHECK_EVERY, Coordinator, StallInspector
+from .control_messages import Announcement, Claim, Failure, FailureKind, Response, RoundMessage
+from ..errors import ProgressTimeoutError, RingtrainError
+from .executor import Executor, AgreedCollective
+from .coordinator import CROSS_CHECK_AFTER, CROSS_CHECK_EVERY, Coordinator, StallInspector
 from .requests import Request, StallError, UnnamedName
 from .response_cache import FIRST_TENSOR_BIT, JOINED_BIT, NO_SLOW_PATH_BIT, ResponseCache
 
@@ -54,7 +54,7 @@ HOLDERS_PRUNE_AT = 4096
 FALLBACK_ROUNDS = 3
 
 
-class SetState:
+class ProcessSetState:
     """One process set as this rank sees it."""
 
     def __init__(self, set_id, ranks, data_comm, config):
@@ -82,11 +82,11 @@ class SetState:
         self.shared_memory = self._attach_shared_memory(config)
 
     def _attach_shared_memory(self, config):
-        """The set's segment per host (collective: every member builds its SetState at the same
+        """The set's segment per host (collective: every member builds its ProcessSetState at the same
         point). What the allreduces of this set will use: "one host", "hierarchical" or "off"."""
         if self.size == 1 or not config.shared_memory:
             return "off"
-        from . import _core
+        from .. import _core
 
         mode, reason, failed_here = _core.shm_attach(self.handle, config.shared_memory_piece_bytes,
                                                            config.hierarchical_allreduce, config.hierarchical_one_leader)
@@ -98,7 +98,7 @@ class SetState:
 
     def free(self):
         if self.shared_memory != "off":
-            from . import _core
+            from .. import _core
 
             _core.shm_detach(self.handle)
         for c in (self.ctrl, self.comm):
@@ -111,12 +111,12 @@ class Engine:
 
         self.MPI = MPI
         self.runtime = runtime
-        self.tuning = Tuning(config)
+        self.tuning = TunableSettings(config)
         self.timeline = None
         self.autotuner = None
         self.direct_ok = False   # see _update_direct
         self.executor = Executor(runtime.core, self.tuning, lambda: self.timeline)
-        self.sets = {0: SetState(0, list(range(runtime.size)), runtime.comm.Dup(), config)}
+        self.sets = {0: ProcessSetState(0, list(range(runtime.size)), runtime.comm.Dup(), config)}
         self.next_set_id = 1
         self._round_lock = threading.Lock()
         self._stop = threading.Event()
@@ -273,7 +273,7 @@ class Engine:
                 if name in state.pending:  # in the general path's part of the round
                     error = ProgressTimeoutError(self._no_progress_text(state, getattr(exc, "items", None)))
                 elif str(exc).startswith("allreduce"):  # stopped in the data, not in the round's exchange
-                    items = [Item(name, ["allreduce", code, [list(array.shape)], op, -1, pre, post], None, started)]
+                    items = [AgreedCollective(name, ["allreduce", code, [list(array.shape)], op, -1, pre, post], None, started)]
                     error = ProgressTimeoutError(self._no_progress_text(state, items))
                 else:
                     error = ProgressTimeoutError(self._no_progress_text(state, None, agreeing=[name]))
@@ -481,7 +481,7 @@ class Engine:
             while tensors:  # the agreed bits, lowest first
                 lowest = tensors & -tensors
                 name, signature = entry[lowest.bit_length() - 1]
-                items.append(Item(name, signature, pending.get(name), ready_at))
+                items.append(AgreedCollective(name, signature, pending.get(name), ready_at))
                 tensors ^= lowest
 
         if state.pending or state.queue or items or joined or not no_slow_path:
@@ -564,7 +564,7 @@ class Engine:
                 first.postscale, *t.allreduce_args)
         except core.NoProgressError as exc:
             if str(exc).startswith("allreduce"):  # stopped in the data, not in the bit vector
-                exc.items = [Item(r.name, r.signature(), r, started) for r in requests]
+                exc.items = [AgreedCollective(r.name, r.signature(), r, started) for r in requests]
             raise
         if not agreed:
             return False
@@ -667,7 +667,7 @@ class Engine:
             if request is None and state.join_request is None:
                 raise RingtrainError(f"internal: response for '{ready.name}' which rank {self.runtime.rank} "
                                      "never submitted")
-            items.append(Item(ready.name, ready.signature, request, ready_at))
+            items.append(AgreedCollective(ready.name, ready.signature, request, ready_at))
         for failure in response.set_failures:
             for rank, set_id in failure.targets:
                 other = self.sets.get(set_id)
@@ -698,7 +698,7 @@ class Engine:
         set_id = self.next_set_id
         self.next_set_id += 1
         if member:
-            self.sets[set_id] = SetState(set_id, list(ranks), comm, self.runtime.config)
+            self.sets[set_id] = ProcessSetState(set_id, list(ranks), comm, self.runtime.config)
             self._update_direct()
         return set_id
 
@@ -738,7 +738,7 @@ class Engine:
         self.sets.clear()
 
 
-class Tuning:
+class TunableSettings:
     """The settings the engine reads on every round; autotune changes them in step on all ranks."""
 
     FIELDS = ("fusion_threshold", "cycle_time", "small_allreduce_threshold", "segment_bytes",

@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from .dtypes import SUPPORTED
-from .errors import RingtrainError
+from ..dtypes import SUPPORTED
+from ..errors import RingtrainError
 
 # The collectives whose first dimension may differ between ranks.
 RAGGED = frozenset({"allgather", "alltoall"})
@@ -92,6 +92,15 @@ def unnamed_name(kind, process_set_id=0):
     return names[next(_unnamed_counters[key]) % UNNAMED_WINDOW]
 
 
+def request_name(kind, name, process_set_id=0):
+    """The name a call goes by: the user's, or the next unnamed one of its kind and set."""
+    if name is None:
+        return unnamed_name(kind, process_set_id)
+    if not isinstance(name, str):
+        raise TypeError(f"name={name!r} must be a str")
+    return name
+
+
 @dataclasses.dataclass(eq=False)
 class Request:
     kind: str                       # allreduce, allgather, broadcast, reducescatter, alltoall, barrier, join, ...
@@ -141,7 +150,7 @@ def describe(field, value):
         shapes = [tuple(s) for s in value]
         return str(shapes[0]) if len(shapes) == 1 else str(shapes)
     if field == "op":
-        from .ops import ReduceOp
+        from ..reduce_ops import ReduceOp
 
         return ReduceOp(value).name
     return str(value)

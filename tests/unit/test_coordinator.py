@@ -1,6 +1,6 @@
 """The coordinator's pure logic, without MPI: what it concludes from what ranks announce."""
-from ringtrain.control import Claim
-from ringtrain.negotiation import CROSS_CHECK_AFTER, divergence, process_set_mismatches
+from ringtrain.engine.control_messages import Claim
+from ringtrain.engine.coordinator import CROSS_CHECK_AFTER, divergence, process_set_mismatches
 
 OLD = CROSS_CHECK_AFTER + 1.0
 EVERYONE = (0, 1, 2)
@@ -40,9 +40,9 @@ def test_a_young_request_is_not_judged_yet():
 
 
 # --- Coordinator.process: what every rank is told, from what each announced -----------------
-from ringtrain.control import Announcement, Failure, FailureKind, Response, RoundMessage  # noqa: E402
-from ringtrain.negotiation import Coordinator, StallInspector  # noqa: E402
-from ringtrain.response_cache import ResponseCache  # noqa: E402
+from ringtrain.engine.control_messages import Announcement, Failure, FailureKind, Response, RoundMessage  # noqa: E402
+from ringtrain.engine.coordinator import Coordinator, StallInspector  # noqa: E402
+from ringtrain.engine.response_cache import ResponseCache  # noqa: E402
 
 F32_4 = ["allreduce", 2, [[4]], 1, -1, 1.0, 1.0]  # a signature: allreduce, float32, shape (4,), Average
 
@@ -120,7 +120,7 @@ def test_the_response_cache_keeps_a_bit_per_signature_and_reuses_bits():
     """A name may hold a bit for each of a few signatures (unnamed names recur with tensors of
     several shapes in turn), the oldest giving way beyond the limit; freed bits come back; two
     caches that apply the same assignments stay identical (every rank's cache must)."""
-    from ringtrain.response_cache import FIRST_TENSOR_BIT, SIGNATURES_PER_NAME
+    from ringtrain.engine.response_cache import FIRST_TENSOR_BIT, SIGNATURES_PER_NAME
 
     def sig(n):
         return ["allreduce", 2, [[n]], 1, -1, 1.0, 1.0]

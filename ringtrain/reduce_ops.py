@@ -1,6 +1,6 @@
 """Reduction operations, with Horovod's names. The integer values are the C core's codes
 (csrc/ringtrain.h, rt_op), except Adasum's: it is not an element-wise reduction, and
-ringtrain.collectives runs it as an allgather and a combination (ringtrain/adasum.py)."""
+ringtrain.collectives runs it as an allgather and a combination (ringtrain/engine/adasum.py)."""
 import enum
 
 

@@ -11,7 +11,7 @@ import collections
 import dataclasses
 import time
 
-from .control import Failure, FailureKind, Ready, Response, SetFailure
+from .control_messages import Failure, FailureKind, Ready, Response, SetFailure
 from .requests import mismatch_message
 from .response_cache import FIRST_TENSOR_BIT
 
