@@ -3,10 +3,11 @@ on 2 hosts x 1 rank and 2 x 2, links unshaped and shaped to 10 Gbit/s; the hiera
 allreduce (2 x 2, 10 Gbit/s, 1-64 MB) against MPI and against a plain TCP stream between the two
 hosts measured in the same run, and the flat ring (hierarchical allreduce off); Tensor Fusion
 (bench/fusion.py) at 10 Gbit/s; the progress deadline's margin (bench/deadline.py) with links
-shaped to 1 Gbit/s; and the launch time of a trivial 4-rank job on a Spark standalone cluster
+shaped to 1 Gbit/s; the planner's predictions and fusion advice (bench/plan.py) on 2 x 1 at 10
+and 1 Gbit/s; and the launch time of a trivial 4-rank job on a Spark standalone cluster
 (master + a worker per host) against the same kind of job on local[N] in the same run.
 
-    sudo python bench/multihost.py [--repeats 5] [--only allreduce hierarchical fusion deadline spark]
+    sudo python bench/multihost.py [--repeats 5] [--only allreduce hierarchical fusion deadline plan spark]
 
 The allreduce tables come from bench/allreduce.py, started with `ringtrain run -H` on the hosts
 (in place, unnamed, as that benchmark calls it)."""
@@ -151,6 +152,18 @@ def deadline_tables(cluster):
     shaped_tables(cluster, "1gbit", "progress deadline margin", "deadline.py")
 
 
+def plan_tables(cluster):
+    """bench/plan.py (the planner's predicted step vs the measured one, and the fusion-threshold
+    advice vs a sweep of the real setting) on 2 hosts x 1 rank, links shaped to 10 and 1 Gbit/s."""
+    for rate in ("10gbit", "1gbit"):
+        cluster.shape(rate)
+        try:
+            print(f"\n## planner validation, h1:1,h2:1 (2 ranks), links {rate}", flush=True)
+            rank0_tables(cluster, "h1:1,h2:1", "plan.py", what="planner validation")
+        finally:
+            cluster.shape(None)
+
+
 def spark_launch_table(cluster, repeats):
     spark = SparkStandalone(cluster, hosts=cluster.hosts[:2])
     rows = []
@@ -180,7 +193,7 @@ def spark_launch_table(cluster, repeats):
                  "repeated / local[2]"], table)
 
 
-PARTS = ["allreduce", "hierarchical", "fusion", "deadline", "spark"]
+PARTS = ["allreduce", "hierarchical", "fusion", "deadline", "plan", "spark"]
 
 
 def main():
@@ -200,6 +213,8 @@ def main():
             fusion_tables(cluster)
         if "deadline" in args.only:
             deadline_tables(cluster)
+        if "plan" in args.only:
+            plan_tables(cluster)
         if "spark" in args.only:
             spark_launch_table(cluster, args.repeats)
     finally:

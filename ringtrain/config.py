@@ -42,7 +42,8 @@ def _parse_bool(text):
 
 
 def _parse_path(text):
-    return str(text)
+    """A file to write, or "" (None too) for none."""
+    return "" if text is None else str(text)
 
 
 def _parse_count(text):
@@ -58,6 +59,8 @@ LOG_LEVELS = {"TRACE": "DEBUG", "DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "WA
 
 
 def _parse_log_level(text):
+    if text is None or not str(text).strip():
+        return ""  # the default: ringtrain's own warnings only
     level = LOG_LEVELS.get(str(text).strip().upper())
     if level is None:
         raise ValueError(text)

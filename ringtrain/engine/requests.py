@@ -142,13 +142,20 @@ class Request:
 
 
 
-def describe(field, value):
+def _ragged_shape(key):
+    """A ragged collective's shape key (the dimensions after the first, then the number of
+    dimensions) as the shape it stands for, the first dimension free: (N, 3)."""
+    *rest, ndim = key
+    return "(" + ", ".join(["N", *map(str, rest)]) + ("," if ndim == 1 else "") + ")"
+
+
+def describe(field, value, kind=None):
     """A signature value as a person would write it."""
     if field == "dtype":
         return str(SUPPORTED[value]) if value >= 0 else "none"
     if field == "shape":
-        shapes = [tuple(s) for s in value]
-        return str(shapes[0]) if len(shapes) == 1 else str(shapes)
+        shapes = [_ragged_shape(s) if kind in RAGGED else str(tuple(s)) for s in value]
+        return shapes[0] if len(shapes) == 1 else "[" + ", ".join(shapes) + "]"
     if field == "op":
         from ..reduce_ops import ReduceOp
 
@@ -171,8 +178,8 @@ def mismatch_message(name, signatures):
                             f"but rank {other} called {b}")
                 what = "shapes" if field == "shape" and kind not in RAGGED else (
                     "shapes (all dimensions but the first)" if field == "shape" else field + "s")
-                return (f"Mismatched {kind} {what} for '{name}': rank {first} has {describe(field, a)}, "
-                        f"but rank {other} has {describe(field, b)}")
+                return (f"Mismatched {kind} {what} for '{name}': rank {first} has {describe(field, a, kind)}, "
+                        f"but rank {other} has {describe(field, b, kind)}")
     return None
 
 

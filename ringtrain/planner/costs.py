@@ -1,13 +1,6 @@
 """The one cost model of ringtrain's communication: what the planner (`rt.plan`) predicts with
 and what the sparse-gradient chooser (`sparse_allreduce(method="auto")`) decides with.
 
-The cost model and advisor: `rt.plan(...)` and `ringtrain plan`.
-
-Measure: `measure_network()` runs on every rank of a real job (mpiexec, `rt.run`, or
-`ringtrain.spark.run`) and times short collectives: ringtrain's own C algorithms on a private
-communicator, and the engine's per-round and per-tensor costs through the public API. It fits
-the parameters of the model below by least squares, relative error weighted.
-
 Model (p ranks, n bytes; S = segment_bytes; one message costs alpha, a byte on the wire beta, a
 byte reduced gamma, a byte copied into or out of a fusion buffer `copy`):
 
@@ -17,6 +10,15 @@ byte reduced gamma, a byte copied into or out of a fusion buffer `copy`):
     recursive doubling (small n): k = floor(log2 p) exchanges of the whole buffer, plus a fold
         in and out when p is not a power of two (r = 1 then, else 0)
         T = (k + 2r)(alpha + n beta) + (k + r) n gamma
+    shared memory (one host, n > small_allreduce_threshold, csrc/shm_allreduce.c): copies in,
+        a reduction of one slice per rank, copies out, in pieces with flag waits between them;
+        measured as a whole on the job's own host: T = shm_alpha + n shm_beta
+    hierarchical (several hosts with ranks_per_host = l > 1 each): shared memory inside each
+        host, and each local rank's region (n/l bytes) crosses hosts in a ring of one rank per
+        host: T = shm_alpha + n shm_beta + ring(n/l, hosts)
+    the sparse methods (sparse_allreduce(method="auto")): each collective's call costs an engine
+        round and a tensor; bytes as the collectives above move them, and the local work
+        (zeroing, scattering, merging rows) at the copy cost per byte
     a training step: the engine's round (a fixed cost plus its 8-byte negotiation allreduce),
         a cost per tensor, then the fusion groups that executor.plan_fusion forms from the
         gradients (the same function the engine uses), each one allreduce plus, for a group of
@@ -25,8 +27,9 @@ byte reduced gamma, a byte copied into or out of a fusion buffer `copy`):
         calibrated on two fixed gradient lists. It allreduces out of place, and the new output
         arrays' first touch (page faults) can cost more than the wire on a VM.
 
-Extrapolating to other p assumes the same per-message and per-byte costs: measure on the
-machines (and the kind of link) the real job will use."""
+Extrapolating to other p assumes the same per-message and per-byte costs, and hosts with the
+measured number of ranks each: measure on the machines (and the kind of link) the real job
+will use (planner/measure.py)."""
 import dataclasses
 import math
 
@@ -61,6 +64,12 @@ def allgather_terms(nbytes, ranks, segment_bytes):
     return _ring_messages(nbytes, ranks, segment_bytes), (ranks - 1) / ranks * nbytes, 0.0
 
 
+def alltoall_terms(busiest_bytes, ranks):
+    """(messages, bytes sent, bytes reduced) of a pairwise alltoall whose busiest rank holds
+    `busiest_bytes` spread evenly over the ranks."""
+    return ranks - 1, (ranks - 1) / ranks * busiest_bytes, 0.0
+
+
 def doubling_terms(nbytes, ranks):
     messages, reductions = _doubling_steps(ranks)
     return messages, messages * nbytes, reductions * nbytes
@@ -93,12 +102,32 @@ class Network:
     small_allreduce_threshold: int    # the settings it was measured with
     segment_bytes: int
     fusion_threshold: int
+    ranks_per_host: int = 1           # the measured job's layout
+    shm_alpha: float = 0.0            # a shared-memory allreduce inside a host: fixed cost ...
+    shm_beta: float = 0.0             # ... and per byte (0: not measured, the ring is the model)
     fit_error: float = 0.0            # largest relative error of the fit over the samples
     samples: tuple = ()               # (what, bytes, measured s, fitted s)
+
+    @classmethod
+    def from_rates(cls, latency=50e-6, bandwidth=2e9, memory_bandwidth=5e9, ranks=2):
+        """A network given by three rates instead of a measurement: `latency` per collective
+        call, `bandwidth` bytes per second on a rank's link, `memory_bandwidth` bytes per second
+        of local work. The defaults are the sparse chooser's (this repository's 2-rank
+        measurements on one host); ringtrain.sparse.CostModel(...) is this."""
+        for arg, value in (("latency", latency), ("bandwidth", bandwidth), ("memory_bandwidth", memory_bandwidth)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
+                raise ValueError(f"{arg}={value!r} must be a positive number")
+        return cls(ranks, 0.0, 1.0 / bandwidth, 0.0, 1.0 / memory_bandwidth, float(latency), 0.0, 0.0, 0.0,
+                   8 << 10, 1 << 20, 64 << 20)
 
     def _seconds(self, terms):
         messages, sent, reduced = terms
         return messages * self.alpha + sent * self.beta + reduced * self.gamma
+
+    @property
+    def call_seconds(self):
+        """What one collective call costs the engine, beyond its messages: a round and a tensor."""
+        return self.round_seconds + self.tensor_seconds
 
     def allreduce_seconds(self, nbytes, ranks, small_allreduce_threshold=None):
         """One allreduce of n bytes on `ranks` ranks, with the algorithm ringtrain would pick."""
@@ -107,7 +136,46 @@ class Network:
         small = self.small_allreduce_threshold if small_allreduce_threshold is None else small_allreduce_threshold
         if nbytes <= small:
             return self._seconds(doubling_terms(nbytes, ranks))
+        if self.shm_beta > 0 and self.ranks_per_host > 1:
+            local = min(ranks, self.ranks_per_host)
+            hosts = -(-ranks // local)
+            inside = self.shm_alpha + nbytes * self.shm_beta
+            if hosts == 1:
+                return inside
+            return inside + self._seconds(ring_terms(-(-nbytes // local), hosts, self.segment_bytes))
         return self._seconds(ring_terms(nbytes, ranks, self.segment_bytes))
+
+    def allgather_seconds(self, total_bytes, ranks):
+        """An allgather whose result holds `total_bytes` (the ring's terms)."""
+        return 0.0 if ranks <= 1 else self._seconds(allgather_terms(total_bytes, ranks, self.segment_bytes))
+
+    def alltoall_seconds(self, busiest_bytes, ranks):
+        return 0.0 if ranks <= 1 else self._seconds(alltoall_terms(busiest_bytes, ranks))
+
+    def sparse_allreduce_seconds(self, nnz_per_rank, num_rows, row_bytes, ranks):
+        """{method: seconds} of sparse_allreduce's three methods for a gradient of `num_rows`
+        rows of `row_bytes`, of which each rank holds nnz_per_rank[r] (with an int64 index each).
+
+        Rows are assumed spread uniformly, so T rows drawn over all ranks hit about
+        rows * (1 - exp(-T / rows)) distinct ones; skewed (hot-row) data has fewer, which
+        favours "owner" further than this estimate does."""
+        total, busiest = float(sum(nnz_per_rank)), float(max(nnz_per_rank))
+        pair = row_bytes + 8
+        distinct = num_rows * -math.expm1(-total / num_rows) if num_rows else 0.0
+        dense_bytes = num_rows * row_bytes
+        call = self.call_seconds
+        return {
+            # one allreduce of the array; zeroing and scattering write and read it
+            "dense": call + self.allreduce_seconds(dense_bytes, ranks) + 2 * dense_bytes * self.copy,
+            # two allgathers (indices, rows): every rank receives every pair
+            "allgather": 2 * call + self.allgather_seconds(total * 8, ranks)
+            + self.allgather_seconds(total * row_bytes, ranks) + total * pair * self.copy,
+            # two alltoalls to the rows' owners, two allgathers of the merged rows; the merge
+            # sorts own and received rows (counted as 4 copies)
+            "owner": 4 * call + self.alltoall_seconds(busiest * 8, ranks) + self.alltoall_seconds(busiest * row_bytes, ranks)
+            + self.allgather_seconds(distinct * 8, ranks) + self.allgather_seconds(distinct * row_bytes, ranks)
+            + (4 * 2 * busiest + distinct) * pair * self.copy,
+        }
 
     def step_communication_seconds(self, sizes_bytes, ranks, fusion_threshold=None,
                                    small_allreduce_threshold=None, in_place=False):
@@ -129,10 +197,10 @@ class Network:
         return total
 
     def small_allreduce_crossover(self, ranks):
-        """The largest candidate size up to which recursive doubling beats the ring."""
+        """The largest candidate size up to which recursive doubling beats the large-message path."""
         best = 0
         for size in SMALL_CANDIDATES:
-            if self._seconds(doubling_terms(size, ranks)) > self._seconds(ring_terms(size, ranks, self.segment_bytes)):
+            if self._seconds(doubling_terms(size, ranks)) > self.allreduce_seconds(size, ranks, small_allreduce_threshold=0):
                 break
             best = size
         return best
@@ -142,8 +210,10 @@ class Network:
                 f"({1e-9 / self.beta if self.beta else float('inf'):.2f} GB/s), gamma {self.gamma * 1e9:.3f} ns/byte, "
                 f"copy {self.copy * 1e9:.3f} ns/byte, engine {self.round_seconds * 1e6:.1f} us/round + "
                 f"{self.tensor_seconds * 1e6:.1f} us/tensor, step overhead {self.step_overhead * 1e9:+.3f} ns/byte "
-                f"{self.step_tensor_overhead * 1e6:+.1f} us/tensor "
-                f"(measured on {self.ranks} ranks; fit error {self.fit_error:.0%})")
+                f"{self.step_tensor_overhead * 1e6:+.1f} us/tensor"
+                + (f", shared memory {self.shm_alpha * 1e6:.1f} us + {self.shm_beta * 1e9:.3f} ns/byte "
+                   f"({self.ranks_per_host} ranks per host)" if self.shm_beta > 0 else "")
+                + f" (measured on {self.ranks} ranks; fit error {self.fit_error:.0%})")
 
 
 def parameter_sizes(model):

@@ -1,7 +1,7 @@
 """Measuring the cost model's parameters on a real job: `measure_network()` runs on every rank
 (mpiexec, `rt.run`, or `ringtrain.spark.run`) and times short collectives: ringtrain's own C
-algorithms on a private communicator, and the engine's per-round and per-tensor costs through
-the public API. It fits the parameters of planner.costs.Network by least squares, relative
+algorithms on a private communicator, and through the public API the engine's per-round and
+per-tensor costs and, on one host, the shared-memory allreduce. It fits the parameters of planner.costs.Network by least squares, relative
 error weighted. `time_training_steps()` times real DistributedOptimizer steps, on one rank and
 on all, for the calibration and for validation."""
 import dataclasses
@@ -15,6 +15,7 @@ from .costs import Network, allgather_terms, doubling_terms, parameter_sizes, ri
 RING_SIZES = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20]
 RECURSIVE_DOUBLING_SIZES = [8, 64, 512, 4 << 10, 32 << 10]
 ENGINE_TENSOR_COUNTS = [1, 8, 32, 96]
+SHARED_MEMORY_SIZES = [256 << 10, 1 << 20, 4 << 20, 16 << 20]
 # Two calibration steps (not the model's gradients): a spread of sizes, 10.9 MB in float32, and
 # many small tensors, 512 KB; together they separate a cost per byte from a cost per tensor.
 CALIBRATION_SIZES = [1 << 21, 1 << 19, 1 << 17, 1 << 15, 1 << 13, 1 << 11, 1 << 9, 1 << 7]
@@ -136,7 +137,7 @@ def measure_network(repeats=9, ring_sizes=RING_SIZES, doubling_sizes=RECURSIVE_D
     # over asynchronously, then waited for. What the algorithms do not explain is the engine's.
     def engine_step(k):
         grads = [np.ones(1, np.float32) for _ in range(k)]
-        names = [f"ringtrain.plan.engine.{k}.{i}" for i in range(k)]
+        names = [f"ringtrain.planner.engine.{k}.{i}" for i in range(k)]
 
         def step():
             handles = [collectives.allreduce_async_(g, op=Sum, name=n) for g, n in zip(grads, names)]
@@ -152,13 +153,30 @@ def measure_network(repeats=9, ring_sizes=RING_SIZES, doubling_sizes=RECURSIVE_D
     network = dataclasses.replace(network, round_seconds=max(float(fixed), 0.0),
                                   tensor_seconds=max(float(per_tensor), 0.0))
 
-    # Last, a whole DistributedOptimizer step on a spread of gradient sizes (a fixed calibration
-    # set, not the model's) against the same step on one rank: see calibrated().
     fitted = [network._seconds(row) for row in rows]
     samples = [(what, nbytes, float(t), f) for (what, nbytes), t, f in zip(labels, slowest, fitted)]
     samples += [(f"engine step of {k} tensors", 4 * k, float(t),
                  network.step_communication_seconds([4] * k, ranks, in_place=True))
                 for k, t in zip(ENGINE_TENSOR_COUNTS, engine_times)]
+
+    # A job on one host allreduces large buffers through shared memory (csrc/shm_allreduce.c),
+    # not the ring: timed through the public API, as a training step calls it.
+    if live.engine.sets[0].shared_memory == "one host":
+        def shm_allreduce(nbytes):
+            buf = np.zeros(nbytes // 4, np.float32)
+            name = f"ringtrain.planner.shared_memory.{nbytes}"
+            return (lambda: collectives.allreduce_(buf, op=Sum, name=name)), _iterations(nbytes)
+
+        shm_times = _slowest(live.comm, _interleaved_medians([shm_allreduce(n) for n in SHARED_MEMORY_SIZES], repeats,
+                                                             live.comm, collectives.barrier, warmup_seconds / 4))
+        shm_alpha, shm_beta = _non_negative_least_squares([(1.0, n) for n in SHARED_MEMORY_SIZES], shm_times)
+        network = dataclasses.replace(network, ranks_per_host=ranks, shm_alpha=float(shm_alpha),
+                                      shm_beta=float(shm_beta))
+        samples += [("shared-memory allreduce", n, float(t), network.allreduce_seconds(n, ranks))
+                    for n, t in zip(SHARED_MEMORY_SIZES, shm_times)]
+
+    # Last, a whole DistributedOptimizer step on a spread of gradient sizes (a fixed calibration
+    # set, not the model's) against the same step on one rank: see calibrated().
     error = max(abs(f - t) / t for _, _, t, f in samples)
     network = dataclasses.replace(network, fit_error=float(error), samples=tuple(samples))
     if calibrate:
@@ -218,7 +236,7 @@ def time_training_steps(workloads, compute_seconds, steps=30, warmup_steps=10, s
         runs = []  # (gradients, optimizer, samples) for each workload, on one rank and on all
         for w, sizes in enumerate(workloads):
             grads = [rng.standard_normal(n).astype(np.float32) for n in sizes]
-            names = [(f"ringtrain.plan.step.{w}.{i}", None) for i in range(len(sizes))]
+            names = [(f"ringtrain.planner.step.{w}.{i}", None) for i in range(len(sizes))]
             for process_set in (alone[live.rank], collectives.global_process_set):
                 sgd = SGD([np.zeros(n, np.float32) for n in sizes], lr=1e-6)
                 runs.append((grads, DistributedOptimizer(sgd, named_parameters=names, process_set=process_set), []))

@@ -16,12 +16,12 @@ across the ranks by one of three methods:
 
 Every call first allgathers a few int64s per rank (nnz, method, dtype, op, dense_shape). So a
 mismatch between ranks is a clear ValueError on every rank instead of a hang, and "auto" is
-decided from numbers all ranks share, so all ranks pick the same method.
+decided on the first rank of the set, from numbers all ranks share, and broadcast: all ranks run
+the same method. Its estimates come from the planner's network model (ringtrain.planner.costs).
 
 Only Sum and Average are defined: a row absent on a rank counts as zeros there."""
 import logging
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from .. import collectives
 from ..reduce_ops import Average, Sum, as_op
 from ..process_sets import global_process_set
 from ..engine.requests import unnamed_name
+from ..planner.costs import Network
 from .sparse_kernels import merge_duplicate_rows, scatter_add_rows
 
 log = logging.getLogger("ringtrain.sparse")
@@ -121,55 +122,33 @@ def _row_width(dense_shape):
     return math.prod(dense_shape[1:])
 
 
-@dataclass(frozen=True)
-class CostModel:
-    """Predicted seconds of each method, from bytes moved and collectives issued.
+def CostModel(latency=50e-6, bandwidth=2e9, memory_bandwidth=5e9):
+    """The chooser's model given by three rates (seconds per collective call, link and memory
+    bytes per second): a planner Network (ringtrain.planner.costs), the one cost model that
+    rt.plan predicts with. The defaults are this repository's 2-rank measurements on one host
+    (bench/RESULTS.md: ~30 us per small synchronous allreduce, ring bus bandwidth ~2 GB/s at
+    1-4 MB); on a real network lower `bandwidth` and raise `latency`, or pass a measured one:
+    set_cost_model(ringtrain.planner.measure.measure_network())."""
+    return Network.from_rates(latency, bandwidth, memory_bandwidth)
 
-    Per collective, `latency` (one engine round plus its messages); per byte on the busiest
-    rank's link, 1 / `bandwidth`; per byte of local work (zeroing and scattering the dense
-    array, merging rows), 1 / `memory_bandwidth`. The defaults are this repository's 2-rank
-    measurements on one host (bench/RESULTS.md: ~30 us per small synchronous allreduce, ring bus
-    bandwidth ~2 GB/s at 1-4 MB); on a real network lower `bandwidth` and raise `latency`.
 
-    Rows are assumed spread uniformly, so T rows drawn over all ranks hit about
-    rows * (1 - exp(-T / rows)) distinct ones; skewed (hot-row) data has fewer, which favours
-    "owner" further than this estimate does."""
-
-    latency: float = 50e-6
-    bandwidth: float = 2e9
-    memory_bandwidth: float = 5e9
-
-    def estimate(self, nnz_per_rank, num_rows, row_bytes, size):
-        """{method: seconds} for the three methods."""
-        p = size
-        total, busiest = float(sum(nnz_per_rank)), float(max(nnz_per_rank))
-        pair = row_bytes + 8  # a row and its int64 index
-        distinct = num_rows * -math.expm1(-total / num_rows) if num_rows else 0.0
-        dense_bytes = num_rows * row_bytes
-        share = (p - 1) / p
-        return {
-            # ring allreduce moves 2(p-1)/p of the array; zeroing and scattering read/write it twice
-            "dense": self.latency + 2 * share * dense_bytes / self.bandwidth + 2 * dense_bytes / self.memory_bandwidth,
-            # two allgathers (indices, rows); every rank receives the others' pairs
-            "allgather": 2 * self.latency + share * total * pair / self.bandwidth + total * pair / self.memory_bandwidth,
-            # two alltoalls + two allgathers; merge sorts own and received rows (counted 4x a copy)
-            "owner": 4 * self.latency + share * (busiest + distinct) * pair / self.bandwidth
-            + (4 * 2 * busiest + distinct) * pair / self.memory_bandwidth,
-        }
-
-    def choose(self, nnz_per_rank, num_rows, row_bytes, size):
-        costs = self.estimate(nnz_per_rank, num_rows, row_bytes, size)
-        return min(costs, key=costs.get), costs
+def choose_method(network, nnz_per_rank, num_rows, row_bytes, size):
+    """(the cheapest method, {method: estimated seconds}) under `network`."""
+    costs = network.sparse_allreduce_seconds(nnz_per_rank, num_rows, row_bytes, size)
+    return min(costs, key=costs.get), costs
 
 
 default_cost_model = CostModel()
 
 
 def set_cost_model(model):
-    """Replace the cost model "auto" uses (every rank must set the same one)."""
+    """Replace the network model "auto" decides with: a Network (measure_network() on the job,
+    or CostModel(latency=..., bandwidth=..., memory_bandwidth=...)). The first rank of each
+    process set decides with its model and tells the others, so the ranks never disagree."""
     global default_cost_model
-    if not isinstance(model, CostModel):
-        raise TypeError(f"{model!r} is not a ringtrain.sparse.CostModel")
+    if not isinstance(model, Network):
+        raise TypeError(f"{model!r} is not a ringtrain.planner.costs.Network (make one with "
+                        "ringtrain.sparse.CostModel(...) or ringtrain.planner.measure.measure_network())")
     default_cost_model = model
 
 
@@ -241,16 +220,23 @@ def sparse_allreduce(grad, op=Average, method="auto", name=None, process_set=glo
 
 
 def _choose(name, nnz_per_rank, grad, size, process_set):
+    """The method "auto" runs: decided once, on the set's first rank with its cost model, and
+    broadcast, so that ranks whose models differ (set_cost_model on some ranks only) still agree."""
     shape = grad.dense_shape
-    method, costs = default_cost_model.choose(nnz_per_rank, shape[0], _row_width(shape) * grad.values.itemsize, size)
-    if _logged_choice.get(name) != method:
-        _logged_choice[name] = method
-        if process_set.rank() == 0:
+    decision = np.zeros(1, np.int64)
+    if process_set.rank() == 0:
+        method, costs = choose_method(default_cost_model, nnz_per_rank, shape[0],
+                                      _row_width(shape) * grad.values.itemsize, size)
+        decision[0] = METHODS.index(method)
+        if _logged_choice.get(name) != method:
+            _logged_choice[name] = method
             density = sum(nnz_per_rank) / size / shape[0] if shape[0] else 0.0
             estimates = ", ".join(f"{m} {t * 1e3:.3g} ms" for m, t in sorted(costs.items(), key=lambda kv: kv[1]))
             log.info("sparse gradient %r: %.3g%% of %d rows per rank on %d ranks -> %s (estimated %s)",
                      name, 100 * density, shape[0], size, method, estimates)
-    return method
+    if size > 1:
+        collectives.broadcast_(decision, root_rank=0, name=f"{name}.method", process_set=process_set)
+    return METHODS[int(decision[0])]
 
 
 def _dense(grad, op, name, process_set):

@@ -174,3 +174,9 @@ def test_horovod_settings_without_an_equivalent_are_named_not_silently_ignored()
 def test_what_horovodrun_sets_for_each_rank_is_not_a_setting():
     c = config(HOROVOD_RANK="0", HOROVOD_SIZE="2", HOROVOD_LOCAL_RANK="0", HOROVOD_HOSTNAME="h1")
     assert c.notices == () and c == Config()
+
+
+def test_none_or_empty_turns_a_file_setting_and_the_log_level_off():
+    config = Config.from_sources({"timeline": None, "autotune_log": None, "log_level": ""}, {})
+    assert (config.timeline, config.autotune_log, config.log_level) == ("", "", "")
+    assert Config.from_sources({}, {"RINGTRAIN_LOG_LEVEL": ""}).log_level == ""

@@ -1,13 +1,9 @@
 """The launch package's pure logic, without MPI: host lists, command lines, what the Spark driver
 says when an attempt failed."""
-import os
-import subprocess
-import tempfile
-import time
 
 import pytest
 
-from ringtrain.launch.job import Hosts, HydraLeftovers, JobService
+from ringtrain.launch.job import Hosts, JobService
 from ringtrain.launch.mpiexec import mpiexec_command
 from ringtrain.spark.driver import _what_failed
 
@@ -73,36 +69,3 @@ def test_horovodrun_spellings_of_the_settings_reach_the_ranks():
         "RINGTRAIN_STALL_CHECK_TIME": "7.0", "RINGTRAIN_CACHE_CAPACITY": "12"}
     assert settings("--no-stall-check", "--disable-cache") == {
         "RINGTRAIN_STALL_CHECK_TIME": "0", "RINGTRAIN_CACHE_CAPACITY": "0"}
-
-
-def test_hydras_leftover_topology_files_go_once_no_proxy_needs_them(tmp_path):
-    def hydra_file():
-        fd, path = tempfile.mkstemp(prefix="hydra_hwloc_xmlfile_", dir="/tmp")
-        os.close(fd)
-        return path
-
-    earlier = hydra_file()  # another job's, from before: never ours to remove
-    try:
-        leftovers = HydraLeftovers()
-        ours = hydra_file()
-        # a live proxy that sees this /tmp may still hand its file to ranks: it keeps every new one
-        proxy = tmp_path / "hydra_pmi_proxy"
-        proxy.symlink_to("/bin/sleep")
-        running = subprocess.Popen([str(proxy), "30"])
-        try:
-            for _ in range(500):  # until it has exec'd: before that its command line is this Python's
-                with open(f"/proc/{running.pid}/cmdline", "rb") as f:
-                    if f.read().split(b"\0", 1)[0].endswith(b"hydra_pmi_proxy"):
-                        break
-                time.sleep(0.01)
-            leftovers.remove(patience=0.3)
-            assert os.path.exists(ours) and os.path.exists(earlier)
-        finally:
-            running.kill()
-            running.wait()
-        leftovers.remove(patience=0.3)
-        assert not os.path.exists(ours) and os.path.exists(earlier)
-    finally:
-        for path in (earlier, locals().get("ours")):
-            if path and os.path.exists(path):
-                os.unlink(path)

@@ -112,6 +112,16 @@ def test_a_ragged_shape_mismatch_says_the_first_dimension_does_not_count():
     assert text.startswith("Mismatched alltoall shapes (all dimensions but the first) for 'x': rank 0 has ")
 
 
+def test_a_ragged_shape_mismatch_shows_the_shapes_with_the_first_dimension_free():
+    def key(shape):
+        return Request("allgather", "x", 0, [np.zeros(shape, np.float32)], [], FLOAT32).signature()
+
+    assert mismatch_message("x", {0: key((5, 3)), 1: key((5, 4))}) == (
+        "Mismatched allgather shapes (all dimensions but the first) for 'x': rank 0 has (N, 3), but rank 1 has (N, 4)")
+    assert mismatch_message("x", {0: key((5,)), 2: key((5, 1))}) == (
+        "Mismatched allgather shapes (all dimensions but the first) for 'x': rank 0 has (N,), but rank 2 has (N, 1)")
+
+
 # --- names: the user's, or the next from a bounded window per (kind, process set) ---------------
 # The counters are module state: each test uses kinds of its own.
 def test_unnamed_calls_are_numbered_in_call_order_per_kind():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import ringtrain as rt
-from ringtrain.train.sparse import CostModel, SparseGradient, sparse_allreduce
+from ringtrain.train.sparse import CostModel, SparseGradient, set_cost_model, sparse_allreduce
 from ringtrain.train.sparse_kernels import merge_duplicate_rows, scatter_add_rows
 
 METHODS = ["allgather", "owner", "dense", "auto"]
@@ -147,18 +147,22 @@ def test_mismatched_method_and_dtype_are_errors_on_every_rank():
         sparse_allreduce(grad, name="t.mismatch.dtype")
 
 
-def test_cost_model_choices():
-    model = CostModel()
-    row_bytes = 128 * 4
-    # most rows on every rank of 4: the allreduce of the array wins
-    assert model.choose([90_000] * 4, 100_000, row_bytes, 4)[0] == "dense"
-    # 1% of an embedding per rank: a sparse method, far cheaper than dense
-    method, costs = model.choose([1000, 1000], 100_000, row_bytes, 2)
-    assert method in ("allgather", "owner") and costs["dense"] > 5 * costs[method]
-    # many ranks whose rows overlap: owner sends each distinct row back once, allgather all copies
-    assert model.choose([2000] * 64, 100_000, row_bytes, 64)[0] == "owner"
-    # tiny gradients: fewest collectives (allgather)
-    assert model.choose([2, 2], 100_000, row_bytes, 2)[0] == "allgather"
+@pytest.mark.skipif("rt.size() == 1", reason="a disagreement needs two ranks")
+def test_auto_runs_the_first_ranks_choice_when_the_ranks_models_differ():
+    # the other ranks' model makes one collective call the only cost (dense); the first rank's
+    # default picks a sparse method at 0.1% density, and every rank runs that one
+    size, rank = rt.size(), rt.rank()
+    shape = (100_000, 16)
+    grads = [rank_gradient(q, 100, shape) for q in range(size)]
+    if rank > 0:
+        set_cost_model(CostModel(latency=1.0, bandwidth=1e18, memory_bandwidth=1e18))
+    try:
+        result = sparse_allreduce(grads[rank], method="auto", name="t.auto.models_differ")
+    finally:
+        set_cost_model(CostModel())
+    np.testing.assert_allclose(as_dense(result), reference(grads, rt.Average), rtol=1e-5, atol=1e-6)
+    kinds = rt.allgather_object("dense" if isinstance(result, np.ndarray) else "sparse")
+    assert kinds == ["sparse"] * size
 
 
 def test_auto_agrees_on_every_rank_and_logs_its_choice_once(caplog):
