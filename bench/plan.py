@@ -2,7 +2,7 @@
 step time `rt.plan` predicts next to the step time measured on the same job; then the fusion
 threshold the planner recommends next to a sweep of the real setting.
 
-    python bench/plan.py          # relaunches itself under mpiexec -n 2 (BENCH_NP=3 for 3)
+    python bench/plan.py [--only ResNet] [--no-sweep]   # relaunches itself under mpiexec -n 2 (BENCH_NP=3 for 3)
     sudo python bench/multihost.py --only plan   # 2 emulated hosts x 1 rank, links at 10 and 1 Gbit/s
 
 Each row of the first table is ringtrain.planner.validate.validate(): fit the model on the job
@@ -10,6 +10,7 @@ Each row of the first table is ringtrain.planner.validate.validate(): fit the mo
 rank and on all, predict the all-rank step from the one-rank step; three rounds in turn, the
 median round is shown. The sweep times the same steps with the engine's fusion threshold set to
 each candidate in turn (every rank at once, between steps) and predicts each with the model."""
+import argparse
 import statistics
 import time
 
@@ -70,12 +71,18 @@ def sweep_fusion(sizes, steps=12, warmup=3):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="only the workloads whose name contains this")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the fusion-threshold sweep")
+    args = parser.parse_args()
     rt.init()
     rank = rt.rank()
     if rank == 0:
         print(f"# {machine_line()}; {rt.size()} ranks", flush=True)
     rows = []
     for name, sizes, compute in WORKLOADS:
+        if args.only and args.only not in name:
+            continue
         v = validate(sizes, compute, rounds=3)
         rows.append([name, f"{compute * 1e3:.0f}", f"{v.one_rank_step * 1e3:.2f}", f"{v.predicted_step * 1e3:.2f}",
                      f"{v.measured_step * 1e3:.2f}", f"{v.ratio:.2f}",
@@ -86,9 +93,9 @@ def main():
         print_table(["gradients", "compute ms", "one-rank step ms", "predicted step ms", "measured step ms",
                      "predicted/measured", "predicted comm ms", "measured comm ms"], rows)
 
-    network = measure_network()
+    network = None if args.no_sweep else measure_network()
     sweep_rows = []
-    for name, sizes in SWEEP:
+    for name, sizes in [] if args.no_sweep else SWEEP:
         measured = sweep_fusion(sizes)
         plan = Plan(network, tuple(sizes), 4, 1e-3, 1, 0.75, rt.size())
         predicted = [network.step_communication_seconds(plan.sizes_bytes, rt.size(), fusion_threshold=t)
@@ -101,7 +108,7 @@ def main():
                            f"{at_advice / measured.min():.2f}"])
         if rank == 0:
             print(f"# fusion sweep {name}: done", flush=True)
-    if rank == 0:
+    if rank == 0 and sweep_rows:
         print_table(["gradients", "measured step ms at each threshold", "predicted ms (same order)",
                      "recommended", "best measured", "step at recommended / best"], sweep_rows)
     rt.shutdown()

@@ -8,7 +8,9 @@ and "auto", side by side in one run, on 2 and then 3 ranks.
 Two row patterns: "uniform" (each rank's rows anywhere in the table) and "overlapping" (every
 rank's rows drawn from the same hottest 2% of the table, as frequent tokens are).
 Times are per call of sparse_allreduce (median of alternating repetitions); "dense+opt" and
-"auto+opt" add the SGD update on the whole embedding (DistributedOptimizer.step)."""
+"auto+opt" add the SGD update on the whole embedding (DistributedOptimizer.step). "auto" decides
+with the planner's network model fitted on the job (measure_network); the table also says what
+the default three rates (CostModel()) would pick, and which method was fastest."""
 import argparse
 import logging
 import os
@@ -58,10 +60,16 @@ def measure(args):
     import numpy as np
 
     import ringtrain as rt
-    from ringtrain.train.sparse import default_cost_model, sparse_allreduce
+    from ringtrain.planner.measure import measure_network
+    from ringtrain.train.sparse import CostModel, choose_method, set_cost_model, sparse_allreduce
 
     rt.init()
     size, rank = rt.size(), rt.rank()
+    # the one cost model, fitted on this job (the planner's), next to the default three rates
+    measured_model = measure_network(calibrate=False)
+    set_cost_model(measured_model)  # "auto" below decides with the fitted model
+    if rank == 0:
+        print(f"# measured network: {measured_model.describe()}", flush=True)
     if rank == 0:
         logging.basicConfig(level=logging.INFO, format="# %(name)s: %(message)s", stream=sys.stdout)
     rows = []
@@ -94,12 +102,17 @@ def measure(args):
         step_times = dict(zip(steps, rotated_medians(list(steps.values()), args.iterations, args.repeats, rt.barrier)))
 
         nnz = [g.nnz for g in grads[:1]] * size
-        picked, _ = default_cost_model.choose(nnz, args.rows, args.dim * 4, size)
-        rows.append([size, pattern, *(f"{times[m] * 1e3:.2f}" for m in METHODS), picked,
+        picked, _ = choose_method(CostModel(), nnz, args.rows, args.dim * 4, size)
+        picked_measured, _ = choose_method(measured_model, nnz, args.rows, args.dim * 4, size)
+        fastest = min(("allgather", "owner", "dense"), key=times.get)
+        rows.append([size, pattern, *(f"{times[m] * 1e3:.2f}" for m in METHODS), picked, picked_measured, fastest,
+                     f"{times[picked_measured] / times[fastest]:.2f}",
                      f"{times['dense'] / times['auto']:.1f}x", f"{step_times['dense'] * 1e3:.1f}",
                      f"{step_times['auto'] * 1e3:.1f}", f"{step_times['dense'] / step_times['auto']:.1f}x"])
+    set_cost_model(CostModel())
     if rank == 0:
-        print_table(["ranks", "rows", "dense ms", "allgather ms", "owner ms", "auto ms", "auto picked",
+        print_table(["ranks", "rows", "dense ms", "allgather ms", "owner ms", "auto ms", "default rates would pick",
+                     "auto picked (measured model)", "fastest measured", "measured pick / fastest",
                      "dense/auto", "dense+opt ms", "auto+opt ms", "step dense/auto"], rows)
     rt.shutdown()
 

@@ -41,12 +41,6 @@ double rt_progress_timeout(void) { return progress_timeout; }
 
 double rt_take_longest_quiet(void) { return atomic_exchange(&longest_quiet, 0.0); }
 
-double rt_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int grow(rt_requests *reqs, size_t needed) {
     if (needed <= reqs->capacity) return RT_OK;
     size_t capacity = reqs->capacity ? reqs->capacity : 16;

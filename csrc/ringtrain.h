@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <time.h>
 #include <mpi.h>
 
 #define RT_OK 0
@@ -115,7 +116,13 @@ void rt_set_gentle_waits(int on);
 /* The longest stretch (seconds) a wait went without a completion and still completed, since
  * the last call (which resets it): what a deadline must stay above. */
 double rt_take_longest_quiet(void);
-double rt_now(void);
+
+/* Seconds on the monotonic clock: the transport's and the heartbeats' common time. */
+static inline double rt_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 /* --- liveness.c: heartbeats, and who has stopped --------------------------------------------
  * A thread sends every rank a tiny heartbeat (this rank's completion count and whom it waits on)

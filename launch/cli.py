@@ -154,6 +154,9 @@ def add_plan_parser(sub):
                       help="also time a real training step with these gradients (and --compute-ms of waiting) "
                            "on the job, next to its prediction")
     plan.add_argument("--verbose", action="store_true", help="print every timed collective next to the fit")
+    plan.add_argument("--plot", metavar="FILE.png",
+                      help="draw the fit's predictions against the measurements (and the validated step) to a PNG "
+                           "(needs matplotlib: the [plot] extra)")
     return plan
 
 
@@ -163,6 +166,7 @@ def plan_command(args, parser):
     from ringtrain.launch.run_function import run
     from ringtrain.planner.advise import plan
     from ringtrain.planner.measure import measure_network
+    from ringtrain.planner.plot import plot_predicted_vs_measured
     from ringtrain.planner.validate import validate
 
     if not 0 < args.min_efficiency < 1:
@@ -171,6 +175,8 @@ def plan_command(args, parser):
         parser.error("plan needs -np 2 or more: measuring the network takes two ranks")
     if args.validate and args.bytes_per_element != 4:
         parser.error("--validate trains float32 parameters: use --bytes-per-element 4")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the job, not after it
+        parser.error('--plot needs matplotlib: pip install "ringtrain[plot]"')
     compute = args.compute_ms / 1e3
     if args.validate:
         validation = run(validate, args=(args.sizes, compute), np=args.np)
@@ -178,8 +184,8 @@ def plan_command(args, parser):
     else:
         network = run(measure_network, np=args.np)
     result = plan(args.sizes, compute, args.batch_size, np=args.np, network=network,
-                           min_efficiency=args.min_efficiency, max_workers=args.max_workers,
-                           bytes_per_element=args.bytes_per_element)
+                  min_efficiency=args.min_efficiency, max_workers=args.max_workers,
+                  bytes_per_element=args.bytes_per_element)
     print(result.table())
     if args.verbose:
         print("\n| timed | bytes | measured us | fitted us |\n|---|---|---|---|")
@@ -187,6 +193,8 @@ def plan_command(args, parser):
             print(f"| {what} | {nbytes} | {measured * 1e6:.1f} | {fitted * 1e6:.1f} |")
     if args.validate:
         print(validation.describe())
+    if args.plot:
+        print(f"plot: {plot_predicted_vs_measured(network, args.plot, validation if args.validate else None)}")
     return 0
 
 
