@@ -2,7 +2,7 @@
 
 Each call validates its arguments completely (type, dtype, layout, op, root, splits) before
 anything is queued, so bad input raises on the rank that has it and leaves all buffers
-untouched. Then it becomes a Request for the background engine (engine.py); the *_async
+untouched. Then it becomes a Request for the background engine (engine/engine.py); the *_async
 variants return its Handle, the plain calls wait for it. Names are optional: unnamed calls get
 deterministic names (the n-th unnamed allreduce on a process set has the same name on every
 member, from a bounded set of names that recur step after step: requests.unnamed_name). The grouped_* calls always return lists, one-tensor groups included."""

@@ -27,7 +27,7 @@ class Runtime:
     cross_comm: object    # ranks with the same local rank, one per host
     config: Config
     core: object          # the C extension module, ringtrain._core
-    engine: object = None # the background engine (engine.py)
+    engine: object = None # the background engine (engine/engine.py)
     heartbeat_comm: object = None  # the liveness thread's own communicator (csrc/liveness.c)
 
 

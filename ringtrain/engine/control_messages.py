@@ -3,7 +3,7 @@ in a slow round (a RoundMessage), and what the coordinator answers every rank (a
 
 They travel as JSON (engine.py gathers the messages on the coordinator and broadcasts the
 response); to_wire() and from_wire() are the only places that know the JSON layout, so the
-engine and the coordinator (negotiation.py) work with fields, never with positions in lists."""
+engine and the coordinator (coordinator.py) work with fields, never with positions in lists."""
 import dataclasses
 import enum
 

@@ -12,7 +12,7 @@ Design (after Horovod's operations.cc, in a smaller space):
        everywhere: repeated training steps negotiate with this single small allreduce.
     2. only if someone cleared bit 0: the slow path. Every rank sends its new announcements
        (name + signature), duplicate-name errors and join requests to the coordinator (rank 0
-       of the set) with a Gatherv; the coordinator checks them (negotiation.py) and broadcasts
+       of the set) with a Gatherv; the coordinator checks them (coordinator.py) and broadcasts
        the responses: ready tensors in order, errors, stall warnings, new cache bits.
     3. execution (executor.py) of the cached-ready tensors, then the slow path's responses.
 * The background thread runs a round every cycle_time ms. A caller waiting on a handle runs
@@ -393,7 +393,7 @@ class Engine:
 
     def _claims(self, now):
         """Everything this rank has pending, in every set: the global coordinator compares them
-        across sets to find a name submitted on different process sets (negotiation.py)."""
+        across sets to find a name submitted on different process sets (coordinator.py)."""
         return [Claim(name, state.id, tuple(state.ranks), now - request.submitted, request.kind)
                 for state in self.sets.values() for name, request in state.pending.items()]
 
