@@ -205,6 +205,7 @@ class Config:
                 sources = [(variable, environ[variable], parse)]
             else:
                 sources = [(name, environ[name], HOROVOD_ENV[name][1]) for name in horovod[field]]
+            applied = []
             for source, raw, read in sources:
                 try:
                     value = read(raw)
@@ -216,8 +217,11 @@ class Config:
                 if value < cls.MINIMUM.get(field, value):
                     raise ConfigurationError(f"{source}={raw!r} is too small: the minimum is {cls.MINIMUM[field]}")
                 values[field] = value
-                if source.startswith("HOROVOD_"):
-                    notices.append(f"{source}={raw} is honoured as {variable}={value!r}")
+                applied.append((source, raw))
+            if applied and applied[-1][0].startswith("HOROVOD_"):  # the last one applied wins
+                *overridden, (source, raw) = applied
+                notices += [f"{name}={text} is overridden by {source}" for name, text in overridden]
+                notices.append(f"{source}={raw} is honoured as {variable}={values[field]!r}")
             for name in horovod[field] if sources and not sources[0][0].startswith("HOROVOD_") else ():
                 notices.append(f"{name} is ignored: {sources[0][0]} sets {field}")
         return cls(**values, notices=tuple(notices))

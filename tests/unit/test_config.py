@@ -145,6 +145,9 @@ def test_horovod_stall_check_disable_turns_the_check_off_whatever_the_time():
     kept = config(HOROVOD_STALL_CHECK_DISABLE="0", HOROVOD_STALL_CHECK_TIME_SECONDS="5")
     assert kept.stall_check_time == 5.0
     assert kept.notices == ("HOROVOD_STALL_CHECK_TIME_SECONDS=5 is honoured as RINGTRAIN_STALL_CHECK_TIME=5.0",)
+    both = config(HOROVOD_STALL_CHECK_DISABLE="1", HOROVOD_STALL_CHECK_TIME_SECONDS="5")
+    assert both.notices == ("HOROVOD_STALL_CHECK_TIME_SECONDS=5 is overridden by HOROVOD_STALL_CHECK_DISABLE",
+                            "HOROVOD_STALL_CHECK_DISABLE=1 is honoured as RINGTRAIN_STALL_CHECK_TIME=0.0")
 
 
 def test_a_ringtrain_variable_or_keyword_wins_over_horovods_and_says_so():
