@@ -506,6 +506,17 @@ static PyObject *py_set_gentle_waits(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_note_caller_waiting(PyObject *self, PyObject *args) {
+    int delta;
+    if (!PyArg_ParseTuple(args, "i", &delta)) return NULL;
+    rt_note_caller_waiting(delta);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_callers_waiting(PyObject *self, PyObject *args) {
+    return PyLong_FromLong(rt_callers_waiting());
+}
+
 static PyObject *py_take_longest_quiet(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(rt_take_longest_quiet());
 }
@@ -573,6 +584,10 @@ static PyMethodDef methods[] = {
     {"set_progress_timeout", py_set_progress_timeout, METH_VARARGS, "set_progress_timeout(seconds); 0 waits for ever"},
     {"set_gentle_waits", py_set_gentle_waits, METH_VARARGS,
      "set_gentle_waits(on): this thread's waits sleep once quiet (a background thread's)"},
+    {"note_caller_waiting", py_note_caller_waiting, METH_VARARGS,
+     "note_caller_waiting(delta): a thread starts (+1) or stops (-1) blocking on a collective; gentle waits "
+     "do not sleep while one does"},
+    {"callers_waiting", py_callers_waiting, METH_NOARGS, "callers_waiting(): threads now blocked on a collective"},
     {"take_longest_quiet", py_take_longest_quiet, METH_NOARGS,
      "take_longest_quiet() -> seconds: the longest quiet stretch of a wait that completed (resets it)"},
     {"stall_report", py_stall_report, METH_NOARGS, "stall_report() -> dict: who the last wait that gave up waited on"},

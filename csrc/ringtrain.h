@@ -113,6 +113,8 @@ double rt_progress_timeout(void);
 /* Waits of the calling thread sleep once quiet for a while instead of only yielding (for a
  * background thread: the engine's). */
 void rt_set_gentle_waits(int on);
+void rt_note_caller_waiting(int delta);
+int rt_callers_waiting(void);
 /* The longest stretch (seconds) a wait went without a completion and still completed, since
  * the last call (which resets it): what a deadline must stay above. */
 double rt_take_longest_quiet(void);

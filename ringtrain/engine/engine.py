@@ -191,6 +191,8 @@ class Engine:
                 handle.fail(exc)
         me = threading.get_ident()
         self._waiting.add(me)  # while a caller waits, this rank submits nothing more (negotiation.divergence)
+        core = self.runtime.core
+        core.note_caller_waiting(1)  # nobody computes here now: the engine thread's waits need not nap
         try:
             while not handle.done:
                 if self.failure is not None:
@@ -203,6 +205,7 @@ class Engine:
                         raise self._failure_error()
                     raise RingtrainError("ringtrain was shut down before this operation completed")
         finally:
+            core.note_caller_waiting(-1)
             self._waiting.discard(me)
         if handle.error is not None:
             raise handle.error

@@ -221,6 +221,26 @@ def test_ranks_whose_programs_diverge_get_an_error_naming_what_each_waits_for():
     assert rt.allreduce(np.ones(2), op=rt.Sum, name="div.after").tolist() == [rt.size()] * 2
 
 
+def test_a_caller_blocked_in_synchronize_is_counted_until_it_returns():
+    # While a thread waits on a handle, the engine thread's own waits must not nap (csrc/p2p.c:
+    # across hosts the naps halved a large transfer's throughput); the count must come back to 0.
+    import threading
+    core = runtime.current("test").core
+    assert core.callers_waiting() == 0
+    results = []
+    with engine()._round_lock:  # no round can run: the waiter blocks inside wait()
+        handle = rt.allreduce_async(np.ones(5), op=rt.Sum, name="counted.wait")
+        waiter = threading.Thread(target=lambda: results.append(rt.synchronize(handle)))
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while core.callers_waiting() == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert core.callers_waiting() == 1
+    waiter.join(timeout=30)
+    assert not waiter.is_alive() and results[0].tolist() == [rt.size()] * 5
+    assert core.callers_waiting() == 0
+
+
 def test_a_name_submitted_twice_is_a_value_error_at_once_and_the_first_goes_on():
     # no round between the two submissions: the first cannot have completed when the second comes
     with engine()._round_lock:
