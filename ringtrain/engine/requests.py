@@ -4,7 +4,6 @@ A request's *signature* is the part every rank must agree on: the collective, dt
 dimensions that must match, op, root and scale factors. The coordinator compares signatures
 field by field to explain a mismatch; the response cache keys on them."""
 import collections
-import dataclasses
 import itertools
 import time
 
@@ -101,29 +100,33 @@ def request_name(kind, name, process_set_id=0):
     return name
 
 
-@dataclasses.dataclass(eq=False)
 class Request:
-    kind: str                       # allreduce, allgather, broadcast, reducescatter, alltoall, barrier, join, ...
-    name: str
-    process_set: int = 0
-    tensors: list = dataclasses.field(default_factory=list)   # inputs (grouped ops carry several)
-    outputs: list = dataclasses.field(default_factory=list)   # where results go (same arrays when in place)
-    code: int = -1                  # dtype code, -1 for control requests
-    op: int = 0
-    root: int = -1
-    prescale: float = 1.0
-    postscale: float = 1.0
-    splits: object = None           # alltoall's send splits (legitimately differ between ranks)
-    payload: object = None          # control requests: e.g. the ranks of a new process set
-    grouped: bool = False           # a grouped_* call: its result is a list, even of one tensor
-    submitted: float = dataclasses.field(default_factory=time.perf_counter)
-    handle: Handle = None
-    nbytes: int = 0                 # of the inputs, set here: rounds ask often
-    _signature: list = None
+    """One call, as the engine queues it. A plain class with slots: a training step makes one
+    per gradient, and a dataclass's generated __init__ and __post_init__ cost twice as much."""
 
-    def __post_init__(self):
-        self.handle = Handle(self.kind, self.name, self.grouped)
-        self.nbytes = self.tensors[0].nbytes if len(self.tensors) == 1 else sum(t.nbytes for t in self.tensors)
+    __slots__ = ("kind", "name", "process_set", "tensors", "outputs", "code", "op", "root", "prescale", "postscale",
+                 "splits", "payload", "grouped", "submitted", "handle", "nbytes", "_signature")
+
+    def __init__(self, kind, name, process_set=0, tensors=(), outputs=(), code=-1, op=0, root=-1, prescale=1.0,
+                 postscale=1.0, splits=None, payload=None, grouped=False):
+        self.kind = kind              # allreduce, allgather, broadcast, reducescatter, alltoall, barrier, join, ...
+        self.name = name
+        self.process_set = process_set
+        self.tensors = tensors        # inputs (grouped ops carry several)
+        self.outputs = outputs        # where results go (same arrays when in place)
+        self.code = code              # dtype code, -1 for control requests
+        self.op = op
+        self.root = root
+        self.prescale = prescale
+        self.postscale = postscale
+        self.splits = splits          # alltoall's send splits (legitimately differ between ranks)
+        self.payload = payload        # control requests: e.g. the ranks of a new process set
+        self.grouped = grouped        # a grouped_* call: its result is a list, even of one tensor
+        self.submitted = time.perf_counter()
+        self.handle = Handle(kind, name, grouped)
+        # of the inputs, set here: rounds ask often
+        self.nbytes = tensors[0].nbytes if len(tensors) == 1 else sum(t.nbytes for t in tensors)
+        self._signature = None
 
     def shape_key(self):
         if self.payload is not None:  # control requests: what every rank must agree on
