@@ -77,6 +77,7 @@ class ProcessSetState:
         self.holders = {}                     # name -> weak reference to its latest call's Handle
         self.holders_limit = HOLDERS_PRUNE_AT
         self.direct = {}                      # (name, call key) -> (cache generation, round words): allreduce_now
+        self.bit_memo = {}                    # (name, call key) -> (cache generation, bit): Engine._round
         self.coordinator = (Coordinator(self.size, StallInspector(config.stall_check_time, config.stall_shutdown_time))
                             if self.rank == 0 else None)
         self.shared_memory = self._attach_shared_memory(config)
@@ -433,15 +434,28 @@ class Engine:
         self.rounds += 1
         announce, cached = [], []
         announced, waited, lookup = state.announced, state.waited, state.cache.lookup
+        generation, bit_memo = state.cache.generation, state.bit_memo
         for name, request in state.pending.items():
             if name in announced:
                 continue
-            signature = request.signature()
-            bit, hit = lookup(name, signature)
-            if hit and waited[name] < FALLBACK_ROUNDS:
+            # A one-tensor allreduce seen before finds its bit by a tuple key (what allreduce_now
+            # keys on), without building and comparing its signature: a step's tensors, every step.
+            key = memo = None
+            if request.kind == "allreduce" and len(request.tensors) == 1:
+                key = (name, request.code, request.tensors[0].shape, request.op, request.prescale, request.postscale)
+                memo = bit_memo.get(key)
+            if memo is not None and memo[0] == generation:
+                bit, hit = memo[1], True
+            else:
+                bit, hit = lookup(name, request.signature())
+                if hit and key is not None:
+                    if len(bit_memo) >= state.cache.capacity:
+                        bit_memo.clear()
+                    bit_memo[key] = (generation, bit)
+            if hit and (not waited or waited.get(name, 0) < FALLBACK_ROUNDS):
                 cached.append(bit)
             else:
-                announce.append(Announcement(name, signature))
+                announce.append(Announcement(name, request.signature()))
         joined = state.join_request is not None
         need_slow = bool(announce or state.failures_to_report or (joined and not state.join_announced))
         if state.coordinator is not None and state.coordinator.needs_slow_round(started):
@@ -532,7 +546,8 @@ class Engine:
         if len(cached) != len(pending) or not cached or announce or need_slow or joined or self.timeline:
             return None
         requests = list(pending.values())
-        if len(requests) > 1:  # (cached holds their bits in pending order: every one was a hit)
+        if len(requests) > 1 and any(a > b for a, b in zip(cached, cached[1:])):
+            # (cached holds their bits in pending order: every one was a hit) into bit order
             requests = [r for _, r in sorted(zip(cached, requests), key=lambda pair: pair[0])]
         first = requests[0]
         if first.kind != "allreduce":
