@@ -4,6 +4,8 @@ compares, on the same ranks:
 
   fused       ringtrain with the default fusion threshold (64 MB)
   unfused     ringtrain with fusion_threshold = 0 (161 separate allreduces)
+  persistent  fused, each tensor's allreduce made once with allreduce_init and start()ed each
+              step (what DistributedOptimizer does with its gradient buffers)
   MPI single  one MPI_Allreduce (mpi4py) of one buffer of the same total size
 
 The same for the 132 ResNet-50 tensors under 1 MB, and for 400 tensors of 4 KB (issue 12's
@@ -64,6 +66,16 @@ def main():
                 rt.synchronize(h)
         return run
 
+    def persistent_step(tensors, threshold):
+        made = [rt.allreduce_init(g, name=f"{name}.persistent") for name, g in tensors]  # checked once
+
+        def run():
+            engine.tuning.fusion_threshold = threshold
+            handles = [p.start() for p in made]
+            for h in handles:
+                rt.synchronize(h)
+        return run
+
     small = [(name, g) for name, g in backward if g.nbytes < 1 << 20]
     tiny = [(name, np.zeros(1, dtype=np.float32)) for name, _ in backward]
     flat_small = np.zeros(sum(g.size for _, g in small), dtype=np.float32)
@@ -75,12 +87,15 @@ def main():
                                              f"({flat_small.nbytes / 1e6:.1f} MB), ms", small, flat_small, 21),
                                             ("400 tensors of 4 KB (1.6 MB), ms", many, flat_many, 21)):
         fused, unfused = step(tensors, 64 << 20), step(tensors, 0)
+        persistent = persistent_step(tensors, 64 << 20)
         single = lambda b=buffer: comm.Allreduce(MPI.IN_PLACE, b, op=MPI.SUM)  # noqa: E731
-        for fn in (fused, unfused, single):  # warm-up: first negotiation fills the response cache
+        for fn in (fused, unfused, persistent, single):  # warm-up: first negotiation fills the response cache
             fn()
-        t_fused, t_unfused, t_single = paired_medians([fused, unfused, single], 1, repeats, comm.Barrier)
-        rows.append([label, f"{t_fused * 1e3:.2f}", f"{t_unfused * 1e3:.2f}", f"{t_single * 1e3:.2f}",
-                     f"{t_unfused / t_fused:.2f}x", f"{t_fused / t_single:.2f}"])
+        t_fused, t_unfused, t_persistent, t_single = paired_medians([fused, unfused, persistent, single], 1, repeats,
+                                                                    comm.Barrier)
+        rows.append([label, f"{t_fused * 1e3:.2f}", f"{t_unfused * 1e3:.2f}", f"{t_persistent * 1e3:.2f}",
+                     f"{t_single * 1e3:.2f}", f"{t_unfused / t_fused:.2f}x", f"{t_fused / t_single:.2f}",
+                     f"{t_persistent / t_single:.2f}"])
     # Engine overhead per step: the same 161 names with 1-element tensors, negotiated from the cache.
     overhead = step(tiny, 64 << 20)
     overhead()
@@ -90,8 +105,9 @@ def main():
         [lambda: rt.allreduce_(one, name="latency"), lambda: comm.Allreduce(MPI.IN_PLACE, one, op=MPI.SUM)],
         500, 9, comm.Barrier)
     if rt.rank() == 0:
-        print_table(["gradients", "ringtrain fused", "ringtrain unfused", "one MPI_Allreduce (same bytes)",
-                     "fused speedup vs unfused", "fused / MPI single"], rows)
+        print_table(["gradients", "ringtrain fused", "ringtrain unfused", "fused, persistent (allreduce_init)",
+                     "one MPI_Allreduce (same bytes)", "fused speedup vs unfused", "fused / MPI single",
+                     "persistent / MPI single"], rows)
         print()
         print_table(["what", "ringtrain", "MPI_Allreduce", "ratio"],
                     [["sync 4-byte allreduce, µs", f"{t_small_rt * 1e6:.1f}", f"{t_small_mpi * 1e6:.1f}",

@@ -20,6 +20,8 @@ from .collectives import (
     allreduce_,
     allreduce_async,
     allreduce_async_,
+    PersistentAllreduce,
+    allreduce_init,
     alltoall,
     alltoall_async,
     barrier,

@@ -17,6 +17,7 @@ from .engine.executor import split_rows
 from .reduce_ops import Adasum, Average, ReduceOp, as_op
 from .process_sets import ProcessSet, global_process_set
 from .engine.requests import Handle, Request, UnnamedName, request_name
+from .errors import RingtrainError
 from .tensors import as_array
 
 _PLAIN_NUMBERS = (int, float)
@@ -159,6 +160,71 @@ def grouped_allreduce_async_(tensors, op=Average, name=None, prescale_factor=1.0
                              process_set=global_process_set):
     return _allreduce("grouped_allreduce", list(tensors), op, name, prescale_factor, postscale_factor,
                       process_set, True, False)
+
+
+class PersistentAllreduce:
+    """An allreduce of the same arrays, checked once and started again and again: what MPI 4's
+    MPI_Allreduce_init is to MPI_Allreduce. A training loop's gradient buffers are the same
+    arrays every step, and for a small tensor the per-call checks (type, dtype, layout, op,
+    scale factors, name, process set) cost as much as the engine's own work; start() skips them
+    and hands the buffers to the engine. Made by allreduce_init().
+
+    The arrays stay the caller's: keep their shape and dtype, and do not write them while a
+    start() is in flight. start() returns a Handle (synchronize() returns the output); a second
+    start() before the first completed is refused, as a second call under one name is."""
+
+    __slots__ = ("tensor", "output", "name", "process_set", "engine", "_set_id", "_code", "_op", "_prescale",
+                 "_postscale", "_handle")
+
+    def __init__(self, tensor, output, op, name, prescale_factor, postscale_factor, process_set):
+        engine, state = _engine_and_state(process_set, "allreduce_init")
+        array, code = as_array(tensor, writable=output is None)
+        op, pre, post = _check_reduction(op, code, prescale_factor, postscale_factor)
+        if op is Adasum:
+            raise ValueError("allreduce_init does not take op=Adasum (its exchange is not one allreduce); "
+                             "use allreduce_async_")
+        if output is None:
+            out = array
+        else:
+            out, out_code = as_array(output, "output", writable=True)
+            if out_code != code or out.shape != array.shape:
+                raise ValueError(f"output must have the tensor's shape and dtype: tensor {array.shape} {array.dtype}, "
+                                 f"output {out.shape} {out.dtype}")
+            if np.shares_memory(out, array) and out is not array:
+                raise ValueError("output overlaps tensor without being the same array; pass output=None to reduce "
+                                 "in place")
+        self.tensor, self.output = array, out
+        self.name = request_name("allreduce_init", name, state.id)
+        self.process_set = process_set
+        self.engine, self._set_id = engine, state.id
+        self._code, self._op, self._prescale, self._postscale = code, int(op), pre, post
+        self._handle = None
+
+    def start(self):
+        """Start the allreduce; returns its Handle."""
+        if runtime.current("PersistentAllreduce.start").engine is not self.engine:
+            raise RingtrainError(f"persistent allreduce '{self.name}' was made before ringtrain was shut down or "
+                                 "re-initialized; make it again with allreduce_init()")
+        handle = self._handle
+        if handle is not None and not handle.done:
+            raise ValueError(f"persistent allreduce '{self.name}' was started again before its last start completed "
+                             "on this rank; synchronize() its handle first")
+        request = Request("allreduce", self.name, self._set_id, [self.tensor], [self.output], self._code, self._op, -1,
+                          self._prescale, self._postscale)
+        self._handle = self.engine.submit(request)
+        return self._handle
+
+    def __repr__(self):
+        return f"<ringtrain.PersistentAllreduce {self.name!r} {self.tensor.shape} {self.tensor.dtype}>"
+
+
+def allreduce_init(tensor, output=None, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,
+                   process_set=global_process_set):
+    """A PersistentAllreduce of `tensor` into `output` (None: in place), checked now; each
+    .start() then runs it with the arrays' current contents and returns a Handle. Every rank
+    makes its own and starts it as it would call allreduce_async. Unnamed ones get a name of
+    their own now, in the order they are made."""
+    return PersistentAllreduce(tensor, output, op, name, prescale_factor, postscale_factor, process_set)
 
 
 def _adasum(engine, state, kind, arrays, code, name, pre, post, in_place):

@@ -52,6 +52,26 @@ def test_plain_process_is_a_job_of_one_and_can_restart():
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
 
 
+def test_a_persistent_allreduce_made_before_a_restart_says_to_make_it_again():
+    result = run_python("""
+        import numpy as np, ringtrain as rt
+        rt.init()
+        x = np.ones(3, np.float32)
+        persistent = rt.allreduce_init(x, name="kept")
+        rt.synchronize(persistent.start())
+        rt.shutdown(); rt.init()
+        try:
+            persistent.start()
+        except rt.RingtrainError as exc:
+            assert "persistent allreduce 'kept' was made before ringtrain was shut down or re-initialized" in str(exc)
+        else:
+            raise SystemExit("a stale persistent allreduce started")
+        assert rt.synchronize(rt.allreduce_init(x, name="kept").start()).tolist() == [1.0] * 3
+        print("ok")
+    """)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
 def test_importing_does_not_start_mpi():
     result = run_python("import sys, ringtrain; print('mpi4py.MPI' in sys.modules)")
     assert result.stdout.strip() == "False", result.stderr

@@ -2,8 +2,8 @@
 gradient accumulation, compression and sparse gradients."""
 import numpy as np
 
-from .. import collectives
-from ..reduce_ops import Average, as_op
+from .. import collectives, runtime
+from ..reduce_ops import Adasum, Average, as_op
 from .compression import Compression
 from ..process_sets import global_process_set
 from .sparse import METHODS as SPARSE_METHODS, SparseGradient, sparse_allreduce
@@ -54,6 +54,7 @@ class DistributedOptimizer:
         self._passes = 0
         self._in_flight = [None] * n  # (handle, compression context), or (None, gradient)
         self._buffers = [None] * n    # per parameter, reused every step: accumulation and the wire
+        self._persistent = [None] * n  # per parameter, the allreduce of its buffer (allreduce_init)
         self._alone = None            # a one-rank set: nothing to average, nothing to compress for
         self._direct = False          # ... and no accumulation: dense gradients pass straight through
         if sparse_method not in SPARSE_METHODS:
@@ -103,9 +104,23 @@ class DistributedOptimizer:
             tensor = self._reusable(index, tensor)  # the caller's own array: reduce a copy
         # in place, in a buffer kept across steps: a fresh output array each step costs page
         # faults that are slower than the copy
-        handle = collectives.allreduce_async_(tensor, op=self.op, name=self.names[index], prescale_factor=1.0 / k,
-                                              process_set=self.process_set)
+        if tensor is self._buffers[index] and self.op is not Adasum:
+            handle = self._persistent_allreduce(index, tensor).start()
+        else:
+            handle = collectives.allreduce_async_(tensor, op=self.op, name=self.names[index], prescale_factor=1.0 / k,
+                                                  process_set=self.process_set)
         self._in_flight[index] = (handle, context)
+
+    def _persistent_allreduce(self, index, buffer):
+        """Parameter `index`'s allreduce of its buffer, checked once (collectives.allreduce_init)
+        and made again only if the buffer or the job changed (an elastic reset re-initializes)."""
+        persistent = self._persistent[index]
+        if (persistent is None or persistent.tensor is not buffer
+                or persistent.engine is not runtime.current("DistributedOptimizer").engine):
+            persistent = self._persistent[index] = collectives.allreduce_init(
+                buffer, op=self.op, name=self.names[index], prescale_factor=1.0 / self.backward_passes_per_step,
+                process_set=self.process_set)
+        return persistent
 
     def _reusable(self, index, source):
         """`source` copied into parameter `index`'s persistent float32 buffer."""

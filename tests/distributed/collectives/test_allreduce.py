@@ -191,3 +191,61 @@ def test_adasum_matches_reference_or_refuses_non_power_of_two(dtype, in_place):
         rt.reducescatter(np.ones(4, dtype), op=rt.Adasum)
     with pytest.raises(TypeError, match="floating-point"):
         rt.allreduce(np.ones(4, np.int32), op=rt.Adasum)
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["out-of-place", "in-place"])
+@pytest.mark.parametrize("dtype,op", DTYPE_OPS)
+def test_a_persistent_allreduce_matches_numpy_at_every_start(dtype, op, in_place):
+    """allreduce_init checks once; each start() reduces the arrays' contents at that moment."""
+    size, rank = rt.size(), rt.rank()
+    for n in lengths(size):
+        mine = np.empty(n, dtype=dtype)
+        output = None if in_place else np.empty(n, dtype=dtype)
+        persistent = rt.allreduce_init(mine, output, op=op, name=f"persistent.{np.dtype(dtype).name}.{op.name}.{n}")
+        for step in range(3):
+            inputs = [rank_input(dtype, (n,), q, seed=10 + step) for q in range(size)]
+            mine[...] = inputs[rank]
+            result = rt.synchronize(persistent.start())
+            assert result is (mine if in_place else output)
+            if not in_place:
+                np.testing.assert_array_equal(mine, inputs[rank], err_msg="input was modified")
+            assert_matches(result, reference_reduce(op, inputs, dtype), dtype, size, f"start {step} n={n}")
+
+
+def test_persistent_allreduces_started_together_are_scaled_and_fused():
+    size, rank = rt.size(), rt.rank()
+    buffers = [np.full(n, rank + 1.0, dtype=np.float32) for n in (1, 7, 1000, 3)]
+    made = [rt.allreduce_init(b, op=rt.Sum, prescale_factor=0.5, postscale_factor=4.0) for b in buffers]
+    assert len({p.name for p in made}) == len(made)  # unnamed ones get names of their own
+    for step in range(4):
+        for b in buffers:
+            b[...] = rank + 1.0
+        handles = [p.start() for p in made]
+        for b, h in zip(buffers, handles):
+            assert rt.synchronize(h) is b
+            np.testing.assert_allclose(b, 0.5 * 4.0 * size * (size + 1) / 2)
+
+
+def test_a_persistent_allreduce_refuses_bad_input_when_made_and_a_second_start_in_flight():
+    x = np.arange(6, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"output must have the tensor's shape and dtype: tensor \(6,\) float32, "
+                                         r"output \(5,\) float32"):
+        rt.allreduce_init(x, np.empty(5, np.float32))
+    with pytest.raises(ValueError, match="overlaps tensor"):
+        rt.allreduce_init(x, x[::-1][::-1].view())
+    readonly = np.ones(3, np.float32)
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        rt.allreduce_init(readonly)
+    with pytest.raises(ValueError, match="Adasum"):
+        rt.allreduce_init(x, op=rt.Adasum)
+    with pytest.raises(TypeError, match="name"):
+        rt.allreduce_init(x, name=3)
+    assert x.tolist() == list(range(6))  # nothing was touched
+    persistent = rt.allreduce_init(x, op=rt.Sum, name="persistent.twice")
+    with runtime.current("test").engine._round_lock:  # no round: the first start cannot complete yet
+        first = persistent.start()
+        with pytest.raises(ValueError, match="'persistent.twice' was started again before its last start completed"):
+            persistent.start()
+    assert rt.synchronize(first).tolist() == [q * rt.size() for q in range(6)]
+    assert rt.synchronize(persistent.start()) is x  # startable again once done
