@@ -76,11 +76,27 @@ class ProcessSetState:
         self.join_announced = False
         self.holders = {}                     # name -> weak reference to its latest call's Handle
         self.holders_limit = HOLDERS_PRUNE_AT
-        self.direct = {}                      # (name, call key) -> (cache generation, round words): allreduce_now
-        self.bit_memo = {}                    # (name, call key) -> (cache generation, bit): Engine._round
+        self.bit_memo = {}                    # call key -> [cache generation, bit, round words]: cached_bit
         self.coordinator = (Coordinator(self.size, StallInspector(config.stall_check_time, config.stall_shutdown_time))
                             if self.rank == 0 else None)
         self.shared_memory = self._attach_shared_memory(config)
+
+    def cached_bit(self, key, signature):
+        """The memo of a one-tensor allreduce's response-cache bit, by its call key (name, dtype
+        code, shape, op, prescale, postscale), or None if the cache has no bit for it. The steady
+        path and the rounds find a step's tensors by this tuple instead of building and comparing
+        signatures; an entry holds while the cache's generation does. `signature()` is called
+        only when the memo cannot answer. allreduce_now fills in the entry's round words."""
+        memo = self.bit_memo.get(key)
+        if memo is not None and memo[0] == self.cache.generation:
+            return memo
+        bit, hit = self.cache.lookup(key[0], signature())
+        if not hit:
+            return None
+        if len(self.bit_memo) >= self.cache.capacity:
+            self.bit_memo.clear()
+        memo = self.bit_memo[key] = [self.cache.generation, bit, None]
+        return memo
 
     def _attach_shared_memory(self, config):
         """The set's segment per host (collective: every member builds its ProcessSetState at the same
@@ -236,18 +252,14 @@ class Engine:
             self.direct_calls += 1
             return output
         key = (name, code, array.shape, op, pre, post)  # (a name may hold several signatures: response_cache)
-        memo = state.direct.get(key)
-        if memo is None or memo[0] != state.cache.generation:
-            bit, hit = state.cache.lookup(name, ["allreduce", code, [list(array.shape)], op, -1, pre, post])
-            if not hit:
-                return None  # first sight (or a new signature): the coordinator must see it
-            words = np.zeros(state.cache.words(), dtype=np.uint64)
-            words.view(np.uint8)[:] = np.frombuffer(((1 << NO_SLOW_PATH_BIT) | (1 << bit)).to_bytes(
+        memo = state.cached_bit(key, lambda: ["allreduce", code, [list(array.shape)], op, -1, pre, post])
+        if memo is None:
+            return None  # first sight (or a new signature): the coordinator must see it
+        words = memo[2]
+        if words is None:
+            words = memo[2] = np.zeros(state.cache.words(), dtype=np.uint64)
+            words.view(np.uint8)[:] = np.frombuffer(((1 << NO_SLOW_PATH_BIT) | (1 << memo[1])).to_bytes(
                 words.nbytes, "little"), dtype=np.uint8)
-            if len(state.direct) >= state.cache.capacity:
-                state.direct.clear()
-            memo = state.direct[key] = (state.cache.generation, words)
-        words = memo[1]
         # Not while the engine thread is in a round: this call then queues like any other, so
         # that round's outcome (a deadline's message naming what waits, say) covers it too.
         if not self._round_lock.acquire(blocking=False):
@@ -266,7 +278,7 @@ class Engine:
                     return output
                 # the others proposed something else (words now hold the agreed bits, so the memo
                 # goes): this call joins the general path from there
-                state.direct.pop(key, None)
+                state.bit_memo.pop(key, None)
                 request = Request("allreduce", name, state.id, [array], [output], code, op, -1, pre, post)
                 request.handle.engine = self
                 state.holders[name] = weakref.ref(request.handle)
@@ -434,24 +446,15 @@ class Engine:
         self.rounds += 1
         announce, cached = [], []
         announced, waited, lookup = state.announced, state.waited, state.cache.lookup
-        generation, bit_memo = state.cache.generation, state.bit_memo
         for name, request in state.pending.items():
             if name in announced:
                 continue
-            # A one-tensor allreduce seen before finds its bit by a tuple key (what allreduce_now
-            # keys on), without building and comparing its signature: a step's tensors, every step.
-            key = memo = None
-            if request.kind == "allreduce" and len(request.tensors) == 1:
-                key = (name, request.code, request.tensors[0].shape, request.op, request.prescale, request.postscale)
-                memo = bit_memo.get(key)
-            if memo is not None and memo[0] == generation:
-                bit, hit = memo[1], True
+            if request.kind == "allreduce" and len(request.tensors) == 1:  # by its call key (cached_bit)
+                memo = state.cached_bit((name, request.code, request.tensors[0].shape, request.op, request.prescale,
+                                         request.postscale), request.signature)
+                bit, hit = (memo[1], True) if memo is not None else (None, False)
             else:
                 bit, hit = lookup(name, request.signature())
-                if hit and key is not None:
-                    if len(bit_memo) >= state.cache.capacity:
-                        bit_memo.clear()
-                    bit_memo[key] = (generation, bit)
             if hit and (not waited or waited.get(name, 0) < FALLBACK_ROUNDS):
                 cached.append(bit)
             else:
