@@ -38,7 +38,7 @@ _dying_of_exception = False
 def _mpi():
     import mpi4py
 
-    # The background engine (next milestone) drives MPI from its own thread.
+    # The background engine drives MPI from its own thread.
     mpi4py.rc.thread_level = "multiple"
     from mpi4py import MPI
 
@@ -202,8 +202,10 @@ def _at_exit():
     if isinstance(engine.failure, ProgressTimeoutError):
         # A stopped rank (SIGSTOP, a hung host) ignores the signals mpiexec ends a job with when a
         # rank exits non-zero, so the job would wait for it for ever; MPI_Abort makes hydra kill
-        # every process of the job, that one included.
-        _runtime.comm.Abort(1)
+        # every process of the job, that one included. On MPI_COMM_WORLD: MPICH aborts any other
+        # communicator by sending its ranks a message, which blocks for ever when the stopped
+        # rank's shared-memory queue is full; only COMM_WORLD's abort goes through mpiexec.
+        _mpi().COMM_WORLD.Abort(1)
     os._exit(1)
 
 
