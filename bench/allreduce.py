@@ -14,7 +14,7 @@ Bus bandwidth = 2(p-1)/p * bytes / time, the convention of nccl-tests and the Ho
 import argparse
 import sys
 
-from common import ensure_mpi, human_bytes, machine_line, median_seconds, paired_medians, print_table
+from common import ensure_mpi, human_bytes, machine_line, paired_medians, print_table
 
 ensure_mpi(2)
 

@@ -12,10 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ringtrain.h"
+#include "binding.h"
 
-static PyObject *MPIError, *NoProgressError;
+PyObject *MPIError, *NoProgressError;
 
-static int raise_mpi_error(const char *collective, int err) {
+int raise_mpi_error(const char *collective, int err) {
     char text[MPI_MAX_ERROR_STRING + 1];
     int len = 0;
     if (err == RT_ERR_NO_PROGRESS) {  /* the engine builds the full story from stall_report() */
@@ -31,7 +32,7 @@ static int raise_mpi_error(const char *collective, int err) {
 }
 
 /* A C-contiguous numpy array, writable if asked: anything else is a bug in the Python layer. */
-static int get_array(PyObject *obj, const char *what, int writable, char **data, size_t *nbytes) {
+int get_array(PyObject *obj, const char *what, int writable, char **data, size_t *nbytes) {
     if (!PyArray_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "%s must be a numpy array", what);
         return -1;
@@ -65,20 +66,20 @@ static size_t *get_table(PyObject *obj, const char *what, int size, size_t scale
     return table;
 }
 
-static int check_dtype(int dtype) {
+int check_dtype(int dtype) {
     if (dtype < 0 || dtype >= RT_NUM_DTYPES) { PyErr_Format(PyExc_ValueError, "bad dtype code %d", dtype); return -1; }
     return 0;
 }
 
-static int check_op(int op) {
+int check_op(int op) {
     if (op < 0 || op >= RT_NUM_OPS) { PyErr_Format(PyExc_ValueError, "bad op code %d", op); return -1; }
     return 0;
 }
 
-static int comm_size(MPI_Comm comm) { int size = 0; MPI_Comm_size(comm, &size); return size; }
+int comm_size(MPI_Comm comm) { int size = 0; MPI_Comm_size(comm, &size); return size; }
 
 /* The algorithm settings every allreduce call passes (ringtrain/engine.py Tuning.allreduce_args). */
-static rt_tuning tuning_of(Py_ssize_t small, Py_ssize_t segment, Py_ssize_t shm, Py_ssize_t hierarchical) {
+rt_tuning tuning_of(Py_ssize_t small, Py_ssize_t segment, Py_ssize_t shm, Py_ssize_t hierarchical) {
     return (rt_tuning){(size_t)(small > 0 ? small : 0), (size_t)(segment > 0 ? segment : 1), (size_t)(shm > 0 ? shm : 0),
                        (size_t)(hierarchical > 0 ? hierarchical : 0)};
 }
@@ -322,7 +323,7 @@ static PyObject *control_done(const char *what, int err) {
     Py_RETURN_NONE;
 }
 
-static size_t round_data_bound(Py_ssize_t small_bytes) {
+size_t round_data_bound(Py_ssize_t small_bytes) {
     return small_bytes < 0 ? 0 : (size_t)small_bytes < RT_ROUND_DATA_MAX ? (size_t)small_bytes : RT_ROUND_DATA_MAX;
 }
 
@@ -348,11 +349,7 @@ static PyObject *py_control_band(PyObject *self, PyObject *args) {
 }
 
 /* round_allreduce(ctrl_f, words, comm_f, srcs, dsts, fused, dtype, op, prescale, postscale, small,
- * segment) -> bool: a negotiation round's bit vector and, if every rank proposed exactly these
- * bits, the one allreduce they stand for, with the GIL released once. Up to `small` bytes the
- * data travels with the bit vector (round_exchange.c: one exchange); above, or when some rank
- * carried no data but all agreed, the allreduce follows. When this rank's proposal is not what
- * every rank proposed, words holds the AND, the outputs are untouched, and the engine goes on. */
+ * segment, shm, hierarchical) -> bool: round_and_allreduce (below) with the GIL released once. */
 static PyObject *py_round_allreduce(PyObject *self, PyObject *args) {
     int ctrl_f, comm_f, dtype, op, err = 0;
     PyObject *words_obj, *srcs_obj, *dsts_obj, *fused_obj;
@@ -374,55 +371,76 @@ static PyObject *py_round_allreduce(PyObject *self, PyObject *args) {
             PyErr_Format(PyExc_ValueError, "output %zd has %zu bytes, its tensor %zu", i, dst_bytes[i], src_bytes[i]);
             goto fail;
         }
-    const size_t bound = round_data_bound(small_bytes);
     if (n > 1 && (get_array(fused_obj, "fusion buffer", 1, &fused, &fused_bytes) || fused_bytes < src_total)) {
         if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "fusion buffer holds %zu bytes, tensors need %zu",
                                             fused_bytes, src_total);
         goto fail;
     }
-    uint64_t proposal_small[8], *proposal = word_bytes <= sizeof proposal_small ? proposal_small : malloc(word_bytes);
-    if (!proposal) { PyErr_NoMemory(); goto fail; }
-    memcpy(proposal, words, word_bytes);
-    MPI_Comm ctrl = MPI_Comm_f2c(ctrl_f), comm = MPI_Comm_f2c(comm_f);
     rt_tuning tuning = tuning_of(small_bytes, segment_bytes, shm_bytes, hierarchical_bytes);
-    rt_algorithm used;
-    int agreed = 0, carried = 0;
-    const size_t count = src_total / rt_dtype_size(dtype);
-    void *reduced = NULL;
+    int agreed = 0, in_data = 0;
     Py_BEGIN_ALLOW_THREADS
-    rt_round_lock();
-    err = rt_round_exchange((uint64_t *)words, word_bytes / 8, srcs, src_bytes, (size_t)n, (rt_dtype)dtype, (rt_op)op,
-                            prescale, bound, ctrl, &carried, &reduced);
-    agreed = !err && (carried || memcmp(proposal, words, word_bytes) == 0);
-    if (carried) {
-        int size = comm_size(comm);
-        rt_finish_reduction(reduced, count, (rt_dtype)dtype, (rt_op)op, postscale, size);
-        rt_unpack(reduced, dsts, dst_bytes, (size_t)n);
-    }
-    rt_round_unlock();
-    if (agreed && !carried) {  /* what the executor does with one fusion group: one tensor directly, several packed */
-        rt_lock();
-        if (n == 1) {
-            err = rt_allreduce(srcs[0], dsts[0], count, (rt_dtype)dtype, (rt_op)op, prescale, postscale, &tuning,
-                               comm, &used);
-        } else {
-            rt_pack(fused, srcs, src_bytes, (size_t)n);
-            err = rt_allreduce(fused, fused, count, (rt_dtype)dtype, (rt_op)op, prescale, postscale, &tuning, comm,
-                               &used);
-            if (!err) rt_unpack(fused, dsts, dst_bytes, (size_t)n);
-        }
-        rt_unlock();
-    }
+    err = round_and_allreduce(MPI_Comm_f2c(ctrl_f), (uint64_t *)words, word_bytes / 8, MPI_Comm_f2c(comm_f), srcs,
+                              dsts, src_bytes, (size_t)n, src_total, fused, dtype, op, prescale, postscale,
+                              round_data_bound(small_bytes), &tuning, &agreed, &in_data);
     Py_END_ALLOW_THREADS
-    if (proposal != proposal_small) free(proposal);
     free(srcs);
     free(dsts);
-    if (err && raise_mpi_error(agreed && !carried ? "allreduce" : "a negotiation round", err)) return NULL;
+    if (err && raise_mpi_error(in_data ? "allreduce" : "a negotiation round", err)) return NULL;
+    if (err == -1) return PyErr_NoMemory();
     return PyBool_FromLong(agreed);
 fail:
     free(srcs);
     free(dsts);
     return NULL;
+}
+
+/* A negotiation round's bit vector and, if every rank proposed exactly these bits, the one
+ * allreduce they stand for (py_round_allreduce, and the persistent lane's rounds). Called with
+ * the GIL released. Up to `bound` bytes the data travels with the bit vector (round_exchange.c:
+ * one exchange); above, or when some rank carried no data but all agreed, the allreduce follows.
+ * When this rank's proposal is not what every rank proposed, words holds the AND and the outputs
+ * are untouched. *in_data: an error came from the allreduce, not the round. -1: out of memory.
+ * ctrl MPI_COMM_NULL: a set of one rank, no round. */
+int round_and_allreduce(MPI_Comm ctrl, uint64_t *words, size_t nwords, MPI_Comm comm, char **srcs, char **dsts,
+                        size_t *bytes, size_t n, size_t total, char *fused, int dtype, int op, double prescale,
+                        double postscale, size_t bound, const rt_tuning *tuning, int *agreed, int *in_data) {
+    uint64_t proposal_small[8], *proposal = nwords <= 8 ? proposal_small : malloc(nwords * 8);
+    if (!proposal) return -1;
+    memcpy(proposal, words, nwords * 8);
+    rt_algorithm used;
+    int err, carried = 0;
+    const size_t count = total / rt_dtype_size(dtype);
+    void *reduced = NULL;
+    *agreed = *in_data = 0;
+    if (ctrl == MPI_COMM_NULL) {  /* one rank agrees with itself */
+        err = 0;
+        *agreed = 1;
+    } else {
+        rt_round_lock();
+        err = rt_round_exchange(words, nwords, srcs, bytes, n, (rt_dtype)dtype, (rt_op)op, prescale, bound, ctrl,
+                                &carried, &reduced);
+        *agreed = !err && (carried || memcmp(proposal, words, nwords * 8) == 0);
+        if (carried) {
+            rt_finish_reduction(reduced, count, (rt_dtype)dtype, (rt_op)op, postscale, comm_size(comm));
+            rt_unpack(reduced, dsts, bytes, n);
+        }
+        rt_round_unlock();
+    }
+    if (*agreed && !carried) {  /* what the executor does with one fusion group: one tensor directly, several packed */
+        *in_data = 1;
+        rt_lock();
+        if (n == 1) {
+            err = rt_allreduce(srcs[0], dsts[0], count, (rt_dtype)dtype, (rt_op)op, prescale, postscale, tuning, comm,
+                               &used);
+        } else {
+            rt_pack(fused, srcs, bytes, n);
+            err = rt_allreduce(fused, fused, count, (rt_dtype)dtype, (rt_op)op, prescale, postscale, tuning, comm, &used);
+            if (!err) rt_unpack(fused, dsts, bytes, n);
+        }
+        rt_unlock();
+    }
+    if (proposal != proposal_small) free(proposal);
+    return err;
 }
 
 /* control_gatherv(comm_f, payload, out, sizes, root): payloads (uint8) concatenated on root, whose
@@ -600,7 +618,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_core", "ringtrain's
 PyMODINIT_FUNC PyInit__core(void) {
     import_array();
     PyObject *m = PyModule_Create(&module);
-    if (!m) return NULL;
+    if (!m || PyModule_AddFunctions(m, lane_methods) < 0 || lane_add_to_module(m) < 0) return NULL;
     MPIError = PyErr_NewException("ringtrain._core.MPIError", PyExc_RuntimeError, NULL);
     Py_INCREF(MPIError);
     PyModule_AddObject(m, "MPIError", MPIError);

@@ -169,12 +169,14 @@ class PersistentAllreduce:
     scale factors, name, process set) cost as much as the engine's own work; start() skips them
     and hands the buffers to the engine. Made by allreduce_init().
 
-    The arrays stay the caller's: keep their shape and dtype, and do not write them while a
-    start() is in flight. start() returns a Handle (synchronize() returns the output); a second
-    start() before the first completed is refused, as a second call under one name is."""
+    start() starts the allreduce on the arrays' contents at that moment and returns its Handle:
+    the same Handle every time, as an MPI persistent request is the same request (synchronize()
+    returns the output). A second start() before the last one completed is refused, as a second
+    call under one name is. Once the engine has negotiated the tensor, start() is a C function
+    that queues it for the engine's next round (csrc/persistent_lane.c). The arrays stay the
+    caller's: keep their shape and dtype, and do not write them while a start() is in flight."""
 
-    __slots__ = ("tensor", "output", "name", "process_set", "engine", "_set_id", "_code", "_op", "_prescale",
-                 "_postscale", "_handle")
+    __slots__ = ("start", "process_set", "_entry")
 
     def __init__(self, tensor, output, op, name, prescale_factor, postscale_factor, process_set):
         engine, state = _engine_and_state(process_set, "allreduce_init")
@@ -193,29 +195,46 @@ class PersistentAllreduce:
             if np.shares_memory(out, array) and out is not array:
                 raise ValueError("output overlaps tensor without being the same array; pass output=None to reduce "
                                  "in place")
-        self.tensor, self.output = array, out
-        self.name = request_name("allreduce_init", name, state.id)
+        name = request_name("allreduce_init", name, state.id)
+        handle = Handle("allreduce", name, engine=engine)
+        handle.done = True  # nothing started yet
+        core = runtime.current("allreduce_init").core
+        core.lane_configure(_start_slowly)
+        self._entry = core.LaneEntry(array, out, code, int(op), pre, post, name, state.id, engine, handle,
+                                     engine.lane_generation)
+        self.start = self._entry.start  # the C method itself: no Python frame per start
         self.process_set = process_set
-        self.engine, self._set_id = engine, state.id
-        self._code, self._op, self._prescale, self._postscale = code, int(op), pre, post
-        self._handle = None
 
-    def start(self):
-        """Start the allreduce; returns its Handle."""
-        if runtime.current("PersistentAllreduce.start").engine is not self.engine:
-            raise RingtrainError(f"persistent allreduce '{self.name}' was made before ringtrain was shut down or "
-                                 "re-initialized; make it again with allreduce_init()")
-        handle = self._handle
-        if handle is not None and not handle.done:
-            raise ValueError(f"persistent allreduce '{self.name}' was started again before its last start completed "
-                             "on this rank; synchronize() its handle first")
-        request = Request("allreduce", self.name, self._set_id, [self.tensor], [self.output], self._code, self._op, -1,
-                          self._prescale, self._postscale)
-        self._handle = self.engine.submit(request)
-        return self._handle
+    tensor = property(lambda self: self._entry.tensor, doc="the array reduced")
+    output = property(lambda self: self._entry.output, doc="where the result goes (the tensor when in place)")
+    name = property(lambda self: self._entry.name)
+    engine = property(lambda self: self._entry.engine, doc="the engine it was made for")
 
     def __repr__(self):
         return f"<ringtrain.PersistentAllreduce {self.name!r} {self.tensor.shape} {self.tensor.dtype}>"
+
+
+def _start_slowly(entry):
+    """A start() the C lane could not queue (csrc/persistent_lane.c): the first one, after the
+    response cache changed, while the lane is closed (a timeline, several process sets), or one
+    to refuse. Submits a Request whose handle is the entry's own; the engine teaches the entry
+    its cache bit when it finds one."""
+    if runtime.current("PersistentAllreduce.start").engine is not entry.engine:
+        raise RingtrainError(f"persistent allreduce '{entry.name}' was made before ringtrain was shut down or "
+                             "re-initialized; make it again with allreduce_init()")
+    handle = entry.handle
+    if not handle.done:
+        raise ValueError(f"persistent allreduce '{entry.name}' was started again before its last start completed "
+                         "on this rank; synchronize() its handle first")
+    request = Request("allreduce", entry.name, entry.set_id, [entry.tensor], [entry.output], entry.code, entry.op, -1,
+                      entry.prescale, entry.postscale)
+    handle.done, handle.result, handle.error = False, None, None
+    request.handle, request.origin = handle, entry
+    try:
+        return entry.engine.submit(request)
+    except BaseException:
+        handle.done = True  # not started: startable again
+        raise
 
 
 def allreduce_init(tensor, output=None, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,

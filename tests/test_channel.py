@@ -2,7 +2,6 @@
 unauthenticated client can neither be heard nor hold the server."""
 import socket
 import struct
-import threading
 import time
 
 import pytest

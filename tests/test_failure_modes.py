@@ -142,6 +142,7 @@ FROZEN_PROGRAM = """
     rt.init(progress_timeout=3)
     r, frozen = rt.rank(), {frozen}
     x = np.ones(8 << 20, dtype=np.float32)  # 32 MB: most of a step is spent moving data
+    persistent = rt.allreduce_init(x, name="x") if {persistent} else None  # its steady rounds run in C
     if r == frozen and {during}:
         # stops in the middle of whatever it is doing, most likely inside the ring
         threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGSTOP)).start()
@@ -151,17 +152,22 @@ FROZEN_PROGRAM = """
         for step in range(1_000_000):
             if r == frozen and not {during} and step == 3:
                 os.kill(os.getpid(), signal.SIGSTOP)  # before submitting: the others wait in negotiation
-            rt.allreduce_(x, name="x")
+            if persistent is not None:
+                rt.synchronize(persistent.start())
+            else:
+                rt.allreduce_(x, name="x")
     except rt.ProgressTimeoutError as error:
         print(f"caught after {{time.time() - started:.1f}} s: {{error}}", flush=True)
         sys.exit(3)
 """
 
 
-@pytest.mark.parametrize("ranks,frozen,during", [(2, 1, True), (3, 1, True), (3, 2, False), (2, 0, False)])
-def test_a_frozen_rank_is_named_on_every_other_rank_and_the_job_ends(ranks, frozen, during):
+@pytest.mark.parametrize("ranks,frozen,during,persistent", [(2, 1, True, False), (3, 1, True, False),
+                                                             (3, 2, False, False), (2, 0, False, False),
+                                                             (2, 1, True, True), (3, 0, False, True)])
+def test_a_frozen_rank_is_named_on_every_other_rank_and_the_job_ends(ranks, frozen, during, persistent):
     # SIGSTOP: the process neither dies nor answers, MPI sees nothing wrong, only silence
-    path = script(FROZEN_PROGRAM.format(frozen=frozen, during=during))
+    path = script(FROZEN_PROGRAM.format(frozen=frozen, during=during, persistent=persistent))
     run = run_mpiexec(ranks, [sys.executable, path], timeout=DEADLINE + 30, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     leftovers = subprocess.run(["pgrep", "-f", path], capture_output=True, text=True).stdout.split()
     os.unlink(path)

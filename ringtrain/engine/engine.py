@@ -134,6 +134,9 @@ class Engine:
         self.direct_ok = False   # see _update_direct
         self.executor = Executor(runtime.core, self.tuning, lambda: self.timeline)
         self.sets = {0: ProcessSetState(0, list(range(runtime.size)), runtime.comm.Dup(), config)}
+        # the persistent lane (csrc/persistent_lane.c) queues started persistent allreduces of set 0
+        self.lane_generation = runtime.core.lane_new_generation()
+        self.sets[0].cache.on_change = runtime.core.lane_cache_generation
         self.next_set_id = 1
         self._round_lock = threading.Lock()
         self._stop = threading.Event()
@@ -174,7 +177,7 @@ class Engine:
         holders = state.holders
         previous = holders.get(request.name)
         previous = previous() if previous is not None else None  # gone: the engine let go of it, done
-        if previous is not None and not previous.done:
+        if previous is not None and not previous.done and previous is not request.handle:
             if not isinstance(request.name, UnnamedName):
                 raise ValueError(f"{request.kind}: an operation named '{request.name}' is already in flight on rank "
                                  f"{self.runtime.rank}; names of concurrent operations must be unique (a name can be "
@@ -234,6 +237,10 @@ class Engine:
         sets (a round covers every set in order), after a failure or once stopped."""
         self.direct_ok = (self.timeline is None and self.autotuner is None and len(self.sets) == 1
                           and self.failure is None and not self._stop.is_set())
+        core = self.runtime.core
+        core.lane_open(self.direct_ok)
+        if not self.direct_ok and core.lane_length() and 0 in self.sets:  # what it queued goes the general way
+            self._drain_lane(self.sets[0])
 
     def allreduce_now(self, state, name, array, output, code, op, pre, post):
         """A synchronous allreduce of one tensor, run in the caller's thread when this rank has
@@ -242,9 +249,9 @@ class Engine:
         its allreduce, with no Request, queue or round bookkeeping in Python. The other ranks see
         exactly the round the general path would run, so they need not take this path too.
         Returns the output, or None if this call must take the general path (nothing was sent)."""
-        if not self.direct_ok or state.pending or state.queue or state.join_request is not None:
-            return None
         t, core = self.tuning, self.runtime.core
+        if not self.direct_ok or state.pending or state.queue or state.join_request is not None or core.lane_length():
+            return None
         if state.size == 1:  # one rank agrees with itself: nothing to negotiate, nothing to send
             with self._round_lock:
                 core.allreduce(state.handle, array, output, code, op, pre, post, *t.allreduce_args)
@@ -265,7 +272,7 @@ class Engine:
         if not self._round_lock.acquire(blocking=False):
             return None
         try:
-            if state.pending or state.queue or not self.direct_ok:
+            if state.pending or state.queue or not self.direct_ok or core.lane_length():
                 return None  # another thread got in first
             started = self.last_round = self.round_ended = time.perf_counter()
             self.rounds += 1
@@ -316,7 +323,10 @@ class Engine:
         while True:
             cycle = self.tuning.cycle_time / 1000.0
             pause = max(cycle, min(cycle * 2 ** min(idle_rounds, 30), IDLE_PAUSE_MAX))
-            self._dozing = pause > cycle
+            dozing = pause > cycle
+            if dozing != self._dozing:  # a start() queued in the lane rings too
+                self.runtime.core.lane_doorbell(self._doorbell.set if dozing else None)
+            self._dozing = dozing
             rung = self._doorbell.wait(max(self.round_ended + pause - time.perf_counter(), 0.0))
             self._doorbell.clear()
             if self._stop.is_set():
@@ -334,6 +344,7 @@ class Engine:
         """Stop running rounds (the loop wakes at once)."""
         self._stop.set()
         self.direct_ok = False
+        self.runtime.core.lane_open(False)
         self._doorbell.set()
 
     def _rounds_or_fail(self):
@@ -353,6 +364,9 @@ class Engine:
     def _fail_everything(self, exc):
         self.failure = exc
         self.direct_ok = False
+        self.runtime.core.lane_open(False)
+        if 0 in self.sets:
+            self._drain_lane(self.sets[0])
         error = self._failure_error()
         for state in self.sets.values():  # before halt(): a waiter that sees the stop finds its error
             for request in list(state.pending.values()) + list(state.queue):
@@ -441,6 +455,8 @@ class Engine:
             state.pending[request.name] = request
 
     def _round(self, state):
+        if state.id == 0 and self.runtime.core.lane_length() and self._lane_round(state):
+            return
         self._intake(state)
         started = time.perf_counter()
         self.rounds += 1
@@ -453,6 +469,8 @@ class Engine:
                 memo = state.cached_bit((name, request.code, request.tensors[0].shape, request.op, request.prescale,
                                          request.postscale), request.signature)
                 bit, hit = (memo[1], True) if memo is not None else (None, False)
+                if hit and request.origin is not None and state.id == 0:  # its next start() can queue in C
+                    request.origin.bit, request.origin.bit_generation = bit, state.cache.generation
             else:
                 bit, hit = lookup(name, request.signature())
             if hit and (not waited or waited.get(name, 0) < FALLBACK_ROUNDS):
@@ -537,6 +555,58 @@ class Engine:
         self._execute(state, items)
         if self.autotuner is not None and state.id == 0 and items:
             self.autotuner.observe(self.executor.bytes_reduced, time.perf_counter())
+
+    def _lane_round(self, state):
+        """Set 0's round when the persistent lane holds started allreduces (csrc/persistent_lane.c)
+        and nothing else is pending: run in C. True if a round ran; False if nothing was sent and
+        the lane's entries went to the queue as requests, for the general round."""
+        core, t = self.runtime.core, self.tuning
+        started = time.perf_counter()
+        if (state.pending or state.queue or state.join_request is not None or state.failures_to_report
+                or (state.coordinator is not None and state.coordinator.needs_slow_round(started))):
+            self._drain_lane(state)
+            return False
+        words = np.zeros(state.cache.words(), dtype=np.uint64)
+        try:
+            outcome = core.lane_round(state.ctrl_handle, words, state.handle,
+                                      self.executor.fusion_buffer(core.lane_bytes()), t.fusion_threshold,
+                                      FALLBACK_ROUNDS, *t.allreduce_args)
+        except core.MPIError as exc:
+            requests = self._lane_requests(getattr(exc, "entries", ()))
+            for request in requests:  # pending: the engine's failure reaches their handles
+                state.pending[request.name] = request
+            if str(exc).startswith("allreduce"):  # stopped in the data, not in the round's exchange
+                exc.items = [AgreedCollective(r.name, r.signature(), r, started) for r in requests]
+            raise
+        if outcome is None:  # not one fusion group: the general path plans them
+            self._drain_lane(state)
+            return False
+        self.rounds += 1
+        self.last_round = started
+        self._activity = True
+        if isinstance(outcome, int):  # (what the others had not started yet stays in the lane)
+            self.executor.bytes_reduced += outcome
+            self.negotiation_seconds += time.perf_counter() - started
+            return True
+        # some rank asked for the slow path: the general path goes on from the agreed bits
+        state.queue.extend(self._lane_requests(outcome))
+        self._intake(state)
+        self._finish_round(state, int.from_bytes(words.tobytes(), "little"), [], False, started)
+        return True
+
+    def _drain_lane(self, state):
+        state.queue.extend(self._lane_requests(self.runtime.core.lane_take()))
+
+    @staticmethod
+    def _lane_requests(entries):
+        """The lane's entries as the requests their slow start would have made."""
+        requests = []
+        for entry in entries:
+            request = Request("allreduce", entry.name, entry.set_id, [entry.tensor], [entry.output], entry.code,
+                              entry.op, -1, entry.prescale, entry.postscale)
+            request.handle, request.origin = entry.handle, entry
+            requests.append(request)
+        return requests
 
     def _fast_candidate(self, state, cached, announce, need_slow, joined):
         """The steady state of a training loop: every request pending on this set is a cached

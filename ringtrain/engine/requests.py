@@ -105,7 +105,7 @@ class Request:
     per gradient, and a dataclass's generated __init__ and __post_init__ cost twice as much."""
 
     __slots__ = ("kind", "name", "process_set", "tensors", "outputs", "code", "op", "root", "prescale", "postscale",
-                 "splits", "payload", "grouped", "submitted", "handle", "nbytes", "_signature")
+                 "splits", "payload", "grouped", "submitted", "handle", "nbytes", "origin", "_signature")
 
     def __init__(self, kind, name, process_set=0, tensors=(), outputs=(), code=-1, op=0, root=-1, prescale=1.0,
                  postscale=1.0, splits=None, payload=None, grouped=False):
@@ -126,6 +126,7 @@ class Request:
         self.handle = Handle(kind, name, grouped)
         # of the inputs, set here: rounds ask often
         self.nbytes = tensors[0].nbytes if len(tensors) == 1 else sum(t.nbytes for t in tensors)
+        self.origin = None            # the persistent allreduce (its C lane entry) that started it
         self._signature = None
 
     def shape_key(self):

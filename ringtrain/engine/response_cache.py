@@ -31,6 +31,7 @@ class ResponseCache:
         self.assigned = {}      # bit -> None, oldest assignment first (a dict keeps insertion order)
         self.next_bit = FIRST_TENSOR_BIT
         self.generation = 0     # changes whenever a bit is given or taken (Engine.allreduce_now's memo)
+        self.on_change = None   # called with the new generation (process set 0: the persistent lane)
 
     def lookup(self, name, signature):
         """(bit, True) on a hit; (None, False) if this name has no bit for this signature."""
@@ -63,8 +64,15 @@ class ResponseCache:
 
     def assign(self, name, signature, bit):
         """The coordinator gave `bit` to (name, signature): whatever held it, or held this pair
-        under another bit, lets go first."""
-        self.generation += 1
+        under another bit, lets go first. Giving a pair the bit it holds (a cached tensor that
+        waited for late ranks and was announced again) only makes it the newest assignment: no
+        bit changed hands, so the generation stays."""
+        held = self.entry.get(bit)
+        if held is not None and held[0] == name and held[1] == signature:
+            del self.assigned[bit]
+            self.assigned[bit] = None
+            return
+        self._changed()
         self._release(bit)
         old, hit = self.lookup(name, signature)
         if hit:
@@ -85,7 +93,12 @@ class ResponseCache:
                 del self.entry[bit]
                 del self.assigned[bit]
                 self.free.add(bit)
-            self.generation += 1
+            self._changed()
+
+    def _changed(self):
+        self.generation += 1
+        if self.on_change is not None:
+            self.on_change(self.generation)
 
     def _release(self, bit):
         held = self.entry.pop(bit, None)

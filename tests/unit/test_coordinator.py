@@ -157,3 +157,24 @@ def test_the_response_cache_keeps_a_bit_per_signature_and_reuses_bits():
     full.assign("w", sig(1), full.choose_bit("w", sig(1), set()))
     assert "v" not in full.bits_of and full.lookup("z", sig(1))[1] and full.lookup("w", sig(1))[1]
     assert ResponseCache(FIRST_TENSOR_BIT).choose_bit("w", sig(1), set()) is None  # capacity 0: nothing cached
+
+
+def test_the_response_cache_reports_every_change_of_its_bits():
+    """The persistent lane (csrc/persistent_lane.c) trusts a bit only under the generation it was
+    learned in, so every assignment and eviction must be reported."""
+    cache, seen = ResponseCache(64), []
+    cache.on_change = seen.append
+    cache.assign("g", F32_4, 2)
+    cache.assign("h", F32_4, 3)
+    cache.evict("g")
+    cache.evict("never assigned")  # nothing held: nothing changed
+    assert seen == [1, 2, 3] and cache.generation == 3
+
+
+def test_giving_a_pair_the_bit_it_holds_changes_nothing():
+    cache = ResponseCache(64)
+    cache.assign("g", F32_4, 2)
+    generation = cache.generation
+    cache.assign("g", F32_4, 2)  # announced again after waiting for a late rank
+    assert cache.generation == generation and cache.lookup("g", F32_4) == (2, True)
+    assert cache.assigned == {2: None} and cache.bits_of == {"g": [2]}

@@ -188,6 +188,63 @@ def test_the_steady_path_pairs_with_ranks_taking_the_general_path():
     rt.barrier()
 
 
+def test_persistent_allreduces_queue_in_c_once_negotiated_and_pair_with_the_general_path():
+    """Once negotiated, a persistent allreduce's start() queues it in the C lane and the round runs
+    in C. Rank 0 records a timeline for part of the steps (its lane is closed: the general path)
+    while the others use the lane; the last rank starts the second half of the tensors late, so
+    rounds agree on some of them first. Results match numpy at every step."""
+    eng, core = engine(), runtime.current("test").core
+    size, rank = rt.size(), rt.rank()
+    sizes = (1, 7, 1000, 3, 64, 5, 2, 33)
+    buffers = [np.empty(n, np.float32) for n in sizes]
+    made = [rt.allreduce_init(b, op=rt.Sum, name=f"lane.{i}") for i, b in enumerate(buffers)]
+    path = rt.broadcast_object(os.path.join(tempfile.gettempdir(), f"ringtrain-lane-{os.getpid()}-{size}.json"))
+    queued = []
+    for step in range(12):
+        timeline = 6 <= step < 9
+        if timeline:
+            rt.start_timeline(path) if step == 6 else None
+        elif step == 9:
+            rt.stop_timeline()
+        for i, b in enumerate(buffers):
+            b[...] = rank + step + i
+        with eng._round_lock:  # no round takes them while they are started
+            handles = [p.start() for p in made[:4]]
+            queued.append(core.lane_length())
+        if rank == size - 1:
+            time.sleep(0.05)
+        handles += [p.start() for p in made[4:]]
+        for i, (b, h) in enumerate(zip(buffers, handles)):
+            assert rt.synchronize(h) is b
+            assert (b == sum(q + step + i for q in range(size))).all(), (step, i, b[:3])
+    if rank == 0:
+        os.unlink(path)
+    assert queued[0] == 0 and queued[-1] == 4, queued  # first start: negotiated; then in C
+    if rank == 0 and size > 1:
+        assert queued[7] == 0, queued  # with a timeline the lane is closed
+    rt.barrier()
+
+
+def test_a_persistent_allreduce_in_the_lane_still_finds_a_mismatch():
+    """After steady steps in the lane, the last rank makes the same name with another shape: its
+    start is negotiated, rank 0's waits in C for FALLBACK_ROUNDS and is then announced too, and
+    every rank gets the mismatch. The job goes on."""
+    if rt.size() == 1:
+        pytest.skip("a mismatch needs two ranks; runs under mpiexec")
+    x = np.ones(4, np.float32)
+    persistent = rt.allreduce_init(x, op=rt.Sum, name="lane.mm")
+    for _ in range(3):
+        x[...] = 1
+        assert rt.synchronize(persistent.start()).tolist() == [rt.size()] * 4
+    last = rt.size() - 1
+    if rt.rank() == last:
+        persistent = rt.allreduce_init(np.ones(5, np.float32), op=rt.Sum, name="lane.mm")
+    with pytest.raises(rt.RingtrainError, match=rf"Mismatched allreduce shapes for 'lane.mm': rank 0 has \(4,\), "
+                                                 rf"but rank {last} has \(5,\)"):
+        rt.synchronize(persistent.start())
+    assert rt.allreduce(np.ones(2), op=rt.Sum, name="lane.mm.after").tolist() == [rt.size()] * 2
+
+
 @pytest.mark.parametrize("case", list(MISMATCHES))
 def test_mismatch_raises_on_every_rank(case):
     if rt.size() == 1:

@@ -1,0 +1,403 @@
+/* The persistent lane: started persistent allreduces (ringtrain.allreduce_init) queued in C.
+ *
+ * A training loop starts the same persistent allreduces every step. Once one has a response
+ * cache bit, its start() is this file's entry_start: no Python frame, no Request, only a pointer
+ * appended to the lane's queue and its Handle reset. The engine's next round on process set 0
+ * (engine.py, Engine._lane_round) calls lane_round, which runs the whole round in C when the
+ * queue is all that is pending and forms one fusion group: the bit vector of the queued bits,
+ * the round's exchange and the fused allreduce (module.c, round_and_allreduce: exactly what the
+ * engine's general path sends for the same tensors, so other ranks need not take this lane),
+ * then every Handle completed. Anything else (a bit another rank did not propose, a mix the
+ * general path must plan, a failure) hands the queued entries back to Python as they are, and
+ * the engine goes on with them as ordinary requests. Python keeps the truth about bits: it
+ * teaches an entry its bit after negotiating it, and tells the lane whenever the response
+ * cache changes (an entry learned under another cache generation takes the slow start). */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdlib.h>
+#include <string.h>
+#include "binding.h"
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *tensor, *output, *name, *engine, *handle;
+    char *src, *dst;
+    size_t nbytes;
+    int dtype, op, set_id, bit;
+    int waited;                 /* rounds this start has waited in the lane for the other ranks */
+    double prescale, postscale;
+    long long bit_generation;   /* the response cache's generation when the bit was learned */
+    long long generation;       /* the lane's generation (one per engine) when made */
+} LaneEntry;
+
+static struct {
+    int open;                   /* the engine lets starts queue here (Engine._update_direct) */
+    long long generation;       /* bumped for every engine: entries of an older one are stale */
+    long long cache_generation; /* set 0's ResponseCache.generation, pushed on every change */
+    LaneEntry **queue;          /* started, not yet taken by a round (strong references) */
+    Py_ssize_t length, capacity;
+    size_t bytes;
+    PyObject *doorbell;         /* wakes a dozing engine thread, or NULL */
+    PyObject *slow_start;       /* collectives._start_slowly(entry): checks, a Request, submit */
+} lane;
+
+static PyObject *str_done, *str_result, *str_error, *str_entries;
+
+static void entry_dealloc(LaneEntry *self) {
+    Py_XDECREF(self->tensor);
+    Py_XDECREF(self->output);
+    Py_XDECREF(self->name);
+    Py_XDECREF(self->engine);
+    Py_XDECREF(self->handle);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* LaneEntry(tensor, output, dtype, op, prescale, postscale, name, set_id, engine, handle, generation):
+ * the arrays already checked by collectives.PersistentAllreduce. */
+static int entry_init(LaneEntry *self, PyObject *args, PyObject *kwds) {
+    PyObject *tensor, *output, *name, *engine, *handle;
+    int dtype, op, set_id;
+    double prescale, postscale;
+    long long generation;
+    if (!PyArg_ParseTuple(args, "OOiiddUiOOL", &tensor, &output, &dtype, &op, &prescale, &postscale, &name, &set_id,
+                          &engine, &handle, &generation))
+        return -1;
+    size_t src_bytes, dst_bytes;
+    if (check_dtype(dtype) || check_op(op) || get_array(tensor, "tensor", 0, &self->src, &src_bytes) ||
+        get_array(output, "output", 1, &self->dst, &dst_bytes))
+        return -1;
+    if (src_bytes != dst_bytes) {
+        PyErr_Format(PyExc_ValueError, "output has %zu bytes, tensor %zu", dst_bytes, src_bytes);
+        return -1;
+    }
+    PyObject *old[5] = {self->tensor, self->output, self->name, self->engine, self->handle};
+    Py_INCREF(tensor); Py_INCREF(output); Py_INCREF(name); Py_INCREF(engine); Py_INCREF(handle);
+    self->tensor = tensor; self->output = output; self->name = name; self->engine = engine; self->handle = handle;
+    for (int i = 0; i < 5; i++) Py_XDECREF(old[i]);
+    self->nbytes = src_bytes;
+    self->dtype = dtype;
+    self->op = op;
+    self->prescale = prescale;
+    self->postscale = postscale;
+    self->set_id = set_id;
+    self->bit = -1;
+    self->bit_generation = -1;
+    self->generation = generation;
+    return 0;
+}
+
+static int set_handle(PyObject *handle, PyObject *done, PyObject *result, PyObject *error) {
+    return PyObject_SetAttr(handle, str_error, error) || PyObject_SetAttr(handle, str_result, result) ||
+           PyObject_SetAttr(handle, str_done, done) ? -1 : 0;
+}
+
+/* start() -> Handle. Queued here when the engine's lane is open and the entry's bit is current;
+ * otherwise (first start, cache changed, lane closed, stale, still in flight) the slow start
+ * decides, raising what Python would raise. */
+static PyObject *entry_start(LaneEntry *self, PyObject *Py_UNUSED(ignored)) {
+    if (lane.open && self->bit >= 0 && self->generation == lane.generation &&
+        self->bit_generation == lane.cache_generation) {
+        PyObject *done = PyObject_GetAttr(self->handle, str_done);
+        if (!done) return NULL;
+        const int idle = done == Py_True;
+        Py_DECREF(done);
+        if (idle) {
+            if (lane.length == lane.capacity) {
+                Py_ssize_t capacity = lane.capacity ? 2 * lane.capacity : 64;
+                LaneEntry **grown = realloc(lane.queue, (size_t)capacity * sizeof *grown);
+                if (!grown) return PyErr_NoMemory();
+                lane.queue = grown;
+                lane.capacity = capacity;
+            }
+            if (set_handle(self->handle, Py_False, Py_None, Py_None)) return NULL;
+            Py_INCREF(self);
+            self->waited = 0;
+            lane.queue[lane.length++] = self;
+            lane.bytes += self->nbytes;
+            if (lane.doorbell) {
+                PyObject *rung = PyObject_CallNoArgs(lane.doorbell);
+                if (!rung) return NULL;
+                Py_DECREF(rung);
+            }
+            Py_INCREF(self->handle);
+            return self->handle;
+        }
+    }
+    if (!lane.slow_start) return PyErr_Format(PyExc_RuntimeError, "internal: the persistent lane has no slow start");
+    return PyObject_CallOneArg(lane.slow_start, (PyObject *)self);
+}
+
+static PyMethodDef entry_methods[] = {
+    {"start", (PyCFunction)entry_start, METH_NOARGS, "start() -> Handle: run the allreduce on the arrays' contents now"},
+    {NULL, NULL, 0, NULL}};
+
+static PyMemberDef entry_members[] = {
+    {"tensor", T_OBJECT, offsetof(LaneEntry, tensor), READONLY, NULL},
+    {"output", T_OBJECT, offsetof(LaneEntry, output), READONLY, NULL},
+    {"name", T_OBJECT, offsetof(LaneEntry, name), READONLY, NULL},
+    {"engine", T_OBJECT, offsetof(LaneEntry, engine), READONLY, NULL},
+    {"handle", T_OBJECT, offsetof(LaneEntry, handle), READONLY, NULL},
+    {"code", T_INT, offsetof(LaneEntry, dtype), READONLY, NULL},
+    {"op", T_INT, offsetof(LaneEntry, op), READONLY, NULL},
+    {"set_id", T_INT, offsetof(LaneEntry, set_id), READONLY, NULL},
+    {"prescale", T_DOUBLE, offsetof(LaneEntry, prescale), READONLY, NULL},
+    {"postscale", T_DOUBLE, offsetof(LaneEntry, postscale), READONLY, NULL},
+    {"generation", T_LONGLONG, offsetof(LaneEntry, generation), READONLY, NULL},
+    {"bit", T_INT, offsetof(LaneEntry, bit), 0, "response cache bit (-1: none yet)"},
+    {"bit_generation", T_LONGLONG, offsetof(LaneEntry, bit_generation), 0, "cache generation the bit is valid for"},
+    {NULL, 0, 0, 0, NULL}};
+
+static PyTypeObject LaneEntryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ringtrain._core.LaneEntry",
+    .tp_doc = "A persistent allreduce as the persistent lane queues it (collectives.PersistentAllreduce)",
+    .tp_basicsize = sizeof(LaneEntry),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)entry_init,
+    .tp_dealloc = (destructor)entry_dealloc,
+    .tp_methods = entry_methods,
+    .tp_members = entry_members,
+};
+
+/* The queue as a list (the references move to it), the queue left empty. */
+static PyObject *take_queue(LaneEntry **entries, Py_ssize_t n) {
+    PyObject *list = PyList_New(n);
+    if (!list) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) PyList_SET_ITEM(list, i, (PyObject *)entries[i]);
+    return list;
+}
+
+static PyObject *py_lane_take(PyObject *self, PyObject *unused) {
+    PyObject *list = take_queue(lane.queue, lane.length);
+    if (list) {
+        lane.length = 0;
+        lane.bytes = 0;
+    }
+    return list;
+}
+
+/* Entries that wait another round, back at the head of the queue (before any started since). */
+static int requeue(LaneEntry **waiting, Py_ssize_t count) {
+    Py_ssize_t capacity = lane.length + count;
+    LaneEntry **queue = malloc((size_t)(capacity > 64 ? capacity : 64) * sizeof *queue);
+    if (!queue) {
+        for (Py_ssize_t i = 0; i < count; i++) Py_DECREF(waiting[i]);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        waiting[i]->waited++;
+        queue[i] = waiting[i];
+        lane.bytes += waiting[i]->nbytes;
+    }
+    memcpy(queue + count, lane.queue, (size_t)lane.length * sizeof *queue);
+    free(lane.queue);
+    lane.queue = queue;
+    lane.length = capacity;
+    lane.capacity = capacity > 64 ? capacity : 64;
+    return 0;
+}
+
+static int by_bit(const void *a, const void *b) {
+    const LaneEntry *x = *(LaneEntry *const *)a, *y = *(LaneEntry *const *)b;
+    return (x->bit > y->bit) - (x->bit < y->bit);
+}
+
+/* lane_round(ctrl_f, words, comm_f, fused, fusion_threshold, fallback_rounds, small, segment, shm,
+ * hierarchical): one round of process set 0 over the queued entries (the engine checked that
+ * nothing else is pending). None: they do not make one fusion group by the executor's rule
+ * (engine.py, _fast_candidate), or one has waited fallback_rounds for the others (the general
+ * path then announces it, so that a mismatch or a stall is found); nothing was sent and the
+ * queue is as it was. An int (the bytes reduced): the agreed entries were reduced and their
+ * Handles completed; those the other ranks did not propose yet stay queued for the next round.
+ * A list of the entries: some rank asked for the general path (words holds the agreed bits).
+ * On an error the exception's `entries` holds them. */
+static PyObject *py_lane_round(PyObject *self, PyObject *args) {
+    int ctrl_f, comm_f;
+    PyObject *words_obj, *fused_obj;
+    Py_ssize_t fusion_threshold, small_bytes, segment_bytes, shm_bytes, hierarchical_bytes;
+    int fallback_rounds;
+    if (!PyArg_ParseTuple(args, "iOiOninnnn", &ctrl_f, &words_obj, &comm_f, &fused_obj, &fusion_threshold,
+                          &fallback_rounds, &small_bytes, &segment_bytes, &shm_bytes, &hierarchical_bytes))
+        return NULL;
+    char *words, *fused = NULL;
+    size_t word_bytes, fused_bytes = 0;
+    if (get_array(words_obj, "words", 1, &words, &word_bytes)) return NULL;
+    const Py_ssize_t n = lane.length;
+    if (n == 0) return PyLong_FromLong(0);
+    LaneEntry **entries = lane.queue;
+    qsort(entries, (size_t)n, sizeof *entries, by_bit);  /* the general path packs in bit order */
+    const size_t nwords = word_bytes / 8;
+    const LaneEntry *first = entries[0];
+    size_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const LaneEntry *e = entries[i];
+        if ((i > 0 && e->bit == entries[i - 1]->bit) || (size_t)e->bit >= nwords * 64 || e->dtype != first->dtype ||
+            e->op != first->op || e->prescale != first->prescale || e->postscale != first->postscale ||
+            (n > 1 && e->nbytes >= (size_t)segment_bytes) || e->waited >= fallback_rounds)
+            Py_RETURN_NONE;
+        total += e->nbytes;
+    }
+    if (n > 1 && (total > (size_t)fusion_threshold || get_array(fused_obj, "fusion buffer", 1, &fused, &fused_bytes) ||
+                  fused_bytes < total)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    char **pointers = malloc((size_t)n * (2 * sizeof(char *) + sizeof(size_t)));
+    if (!pointers) return PyErr_NoMemory();
+    char **srcs = pointers, **dsts = pointers + n;
+    size_t *bytes = (size_t *)(pointers + 2 * n);
+    memset(words, 0, word_bytes);
+    uint64_t *bits = (uint64_t *)words;
+    bits[0] |= 1;  /* NO_SLOW_PATH_BIT */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        srcs[i] = entries[i]->src;
+        dsts[i] = entries[i]->dst;
+        bytes[i] = entries[i]->nbytes;
+        bits[entries[i]->bit / 64] |= (uint64_t)1 << (entries[i]->bit % 64);
+    }
+    /* The round's entries leave the queue now: starts in other threads while the GIL is
+     * released below queue for the next round. */
+    lane.queue = NULL;
+    lane.length = lane.capacity = 0;
+    lane.bytes = 0;
+    MPI_Comm ctrl = MPI_Comm_f2c(ctrl_f), comm = MPI_Comm_f2c(comm_f);
+    if (comm_size(comm) == 1) ctrl = MPI_COMM_NULL;
+    rt_tuning tuning = tuning_of(small_bytes, segment_bytes, shm_bytes, hierarchical_bytes);
+    int err, agreed = 0, in_data = 0;
+    const int dtype = first->dtype, op = first->op;
+    const double prescale = first->prescale, postscale = first->postscale;
+    Py_ssize_t reduced = n;  /* entries[0..reduced) were reduced, the rest wait for the next round */
+    Py_BEGIN_ALLOW_THREADS
+    err = round_and_allreduce(ctrl, (uint64_t *)words, nwords, comm, srcs, dsts, bytes, (size_t)n, total, fused, dtype,
+                              op, prescale, postscale, round_data_bound(small_bytes), &tuning, &agreed, &in_data);
+    if (!err && !agreed && (bits[0] & 1)) {
+        /* Nobody asked for the general path, but the others proposed only some of these bits (a
+         * rank had not started them all yet). The agreed ones are what the general path would
+         * reduce now, the same way (a subset of one fusion group is one fusion group, in bit
+         * order); the rest go back to the queue. */
+        LaneEntry **later = malloc((size_t)n * sizeof *later);
+        if (!later) {
+            err = -1;
+        } else {
+            Py_ssize_t waiting = 0;
+            size_t agreed_total = 0;
+            reduced = 0;
+            for (Py_ssize_t i = 0; i < n; i++) {
+                LaneEntry *e = entries[i];
+                if (bits[e->bit / 64] >> (e->bit % 64) & 1) {
+                    entries[reduced] = e;
+                    srcs[reduced] = e->src;
+                    dsts[reduced] = e->dst;
+                    bytes[reduced++] = e->nbytes;
+                    agreed_total += e->nbytes;
+                } else {
+                    later[waiting++] = e;
+                }
+            }
+            memcpy(entries + reduced, later, (size_t)waiting * sizeof *later);
+            free(later);
+            total = agreed_total;
+            agreed = 1;
+            if (reduced)
+                err = round_and_allreduce(MPI_COMM_NULL, (uint64_t *)words, nwords, comm, srcs, dsts, bytes,
+                                          (size_t)reduced, total, fused, dtype, op, prescale, postscale, 0, &tuning,
+                                          &agreed, &in_data);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    free(pointers);
+    PyObject *result = NULL;
+    if (err) {
+        if (err == -1) PyErr_NoMemory();
+        else raise_mpi_error(in_data ? "allreduce" : "a negotiation round", err);
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        PyErr_NormalizeException(&type, &value, &traceback);
+        PyObject *list = take_queue(entries, n);
+        if (list && value) PyObject_SetAttr(value, str_entries, list);
+        Py_XDECREF(list);
+        PyErr_Restore(type, value, traceback);
+    } else if (!agreed) {
+        result = take_queue(entries, n);
+    } else {
+        result = PyLong_FromSize_t(total);
+        for (Py_ssize_t i = 0; i < reduced; i++) {
+            LaneEntry *e = entries[i];
+            if (result && set_handle(e->handle, Py_True, e->output, Py_None)) Py_CLEAR(result);
+            Py_DECREF(e);
+        }
+        if (reduced < n && requeue(entries + reduced, n - reduced) < 0) Py_CLEAR(result);
+    }
+    free(entries);
+    return result;
+}
+
+static PyObject *py_lane_configure(PyObject *self, PyObject *slow_start) {
+    Py_INCREF(slow_start);
+    Py_XSETREF(lane.slow_start, slow_start);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_lane_open(PyObject *self, PyObject *arg) {
+    lane.open = PyObject_IsTrue(arg) == 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_lane_new_generation(PyObject *self, PyObject *unused) {
+    lane.open = 0;
+    lane.cache_generation = 0;
+    Py_CLEAR(lane.doorbell);
+    for (Py_ssize_t i = 0; i < lane.length; i++) Py_DECREF(lane.queue[i]);  /* an engine that stopped left them */
+    lane.length = 0;
+    lane.bytes = 0;
+    return PyLong_FromLongLong(++lane.generation);
+}
+
+static PyObject *py_lane_cache_generation(PyObject *self, PyObject *arg) {
+    long long generation = PyLong_AsLongLong(arg);
+    if (generation == -1 && PyErr_Occurred()) return NULL;
+    lane.cache_generation = generation;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_lane_doorbell(PyObject *self, PyObject *arg) {
+    if (arg == Py_None) {
+        Py_CLEAR(lane.doorbell);
+    } else {
+        Py_INCREF(arg);
+        Py_XSETREF(lane.doorbell, arg);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_lane_length(PyObject *self, PyObject *unused) { return PyLong_FromSsize_t(lane.length); }
+
+static PyObject *py_lane_bytes(PyObject *self, PyObject *unused) { return PyLong_FromSize_t(lane.bytes); }
+
+PyMethodDef lane_methods[] = {
+    {"lane_round", py_lane_round, METH_VARARGS,
+     "lane_round(ctrl_f, words, comm_f, fused, fusion_threshold, small, segment, shm, hierarchical) -> None | int | list"},
+    {"lane_take", py_lane_take, METH_NOARGS, "lane_take() -> list: the queued entries, the queue emptied"},
+    {"lane_configure", py_lane_configure, METH_O, "lane_configure(slow_start): what start() calls when it cannot queue"},
+    {"lane_open", py_lane_open, METH_O, "lane_open(bool): whether starts may queue in the lane"},
+    {"lane_new_generation", py_lane_new_generation, METH_NOARGS,
+     "lane_new_generation() -> int: a new engine's generation (the lane closed, entries of older ones stale)"},
+    {"lane_cache_generation", py_lane_cache_generation, METH_O,
+     "lane_cache_generation(int): process set 0's response cache changed"},
+    {"lane_doorbell", py_lane_doorbell, METH_O, "lane_doorbell(callable or None): rung by a start while the engine dozes"},
+    {"lane_length", py_lane_length, METH_NOARGS, "lane_length() -> int: entries queued"},
+    {"lane_bytes", py_lane_bytes, METH_NOARGS, "lane_bytes() -> int: their bytes"},
+    {NULL, NULL, 0, NULL}};
+
+int lane_add_to_module(PyObject *module) {
+    str_done = PyUnicode_InternFromString("done");
+    str_result = PyUnicode_InternFromString("result");
+    str_error = PyUnicode_InternFromString("error");
+    str_entries = PyUnicode_InternFromString("entries");
+    if (!str_done || !str_result || !str_error || !str_entries || PyType_Ready(&LaneEntryType) < 0) return -1;
+    Py_INCREF(&LaneEntryType);
+    return PyModule_AddObject(module, "LaneEntry", (PyObject *)&LaneEntryType);
+}
