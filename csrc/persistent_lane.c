@@ -205,14 +205,61 @@ static int by_bit(const void *a, const void *b) {
     return (x->bit > y->bit) - (x->bit < y->bit);
 }
 
+/* The end of the group that starts at entries[start], by the executor's rule (executor.py,
+ * plan_fusion): a tensor of at least a segment runs alone; otherwise the entries after it join
+ * while they have its dtype, op and scale factors, are under a segment, and the group stays
+ * within the fusion threshold. */
+static Py_ssize_t group_end(LaneEntry *const *entries, Py_ssize_t start, Py_ssize_t n, size_t threshold,
+                            size_t segment) {
+    const LaneEntry *first = entries[start];
+    Py_ssize_t end = start + 1;
+    if (first->nbytes >= segment) return end;
+    for (size_t bytes = first->nbytes; end < n; end++) {
+        const LaneEntry *e = entries[end];
+        if (e->nbytes >= segment || e->dtype != first->dtype || e->op != first->op ||
+            e->prescale != first->prescale || e->postscale != first->postscale || bytes + e->nbytes > threshold)
+            break;
+        bytes += e->nbytes;
+    }
+    return end;
+}
+
+/* The agreed entries' allreduces, group by group as the executor runs them: one tensor directly,
+ * several packed into the fusion buffer. Called with the GIL released. */
+static int run_groups(LaneEntry *const *entries, char **srcs, char **dsts, size_t *bytes, Py_ssize_t n, char *fused,
+                      size_t threshold, const rt_tuning *tuning, MPI_Comm comm) {
+    int err = 0;
+    rt_algorithm used;
+    rt_lock();
+    for (Py_ssize_t start = 0, end; start < n && !err; start = end) {
+        end = group_end(entries, start, n, threshold, tuning->segment_bytes);
+        const LaneEntry *first = entries[start];
+        const rt_dtype dtype = (rt_dtype)first->dtype;
+        const rt_op op = (rt_op)first->op;
+        if (end - start == 1) {
+            err = rt_allreduce(srcs[start], dsts[start], first->nbytes / rt_dtype_size(dtype), dtype, op,
+                               first->prescale, first->postscale, tuning, comm, &used);
+            continue;
+        }
+        size_t total = 0;
+        for (Py_ssize_t i = start; i < end; i++) total += bytes[i];
+        rt_pack(fused, srcs + start, bytes + start, (size_t)(end - start));
+        err = rt_allreduce(fused, fused, total / rt_dtype_size(dtype), dtype, op, first->prescale, first->postscale,
+                           tuning, comm, &used);
+        if (!err) rt_unpack(fused, dsts + start, bytes + start, (size_t)(end - start));
+    }
+    rt_unlock();
+    return err;
+}
+
 /* lane_round(ctrl_f, words, comm_f, fused, fusion_threshold, fallback_rounds, small, segment, shm,
  * hierarchical): one round of process set 0 over the queued entries (the engine checked that
- * nothing else is pending). None: they do not make one fusion group by the executor's rule
- * (engine.py, _fast_candidate), or one has waited fallback_rounds for the others (the general
- * path then announces it, so that a mismatch or a stall is found); nothing was sent and the
- * queue is as it was. An int (the bytes reduced): the agreed entries were reduced and their
- * Handles completed; those the other ranks did not propose yet stay queued for the next round.
- * A list of the entries: some rank asked for the general path (words holds the agreed bits).
+ * nothing else is pending), sending exactly what the engine's general path sends for the same
+ * requests. None: an entry has waited fallback_rounds for the other ranks (the general path then
+ * announces it, so that a mismatch or a stall is found), or two share a bit; nothing was sent
+ * and the queue is as it was. An int (the bytes reduced): the agreed entries were reduced and
+ * their Handles completed; those the other ranks did not propose yet stay queued for the next
+ * round. A list of the entries: some rank asked for the slow path (words holds the agreed bits).
  * On an error the exception's `entries` holds them. */
 static PyObject *py_lane_round(PyObject *self, PyObject *args) {
     int ctrl_f, comm_f;
@@ -228,23 +275,23 @@ static PyObject *py_lane_round(PyObject *self, PyObject *args) {
     const Py_ssize_t n = lane.length;
     if (n == 0) return PyLong_FromLong(0);
     LaneEntry **entries = lane.queue;
-    qsort(entries, (size_t)n, sizeof *entries, by_bit);  /* the general path packs in bit order */
+    qsort(entries, (size_t)n, sizeof *entries, by_bit);  /* the general path runs them in bit order */
     const size_t nwords = word_bytes / 8;
-    const LaneEntry *first = entries[0];
+    rt_tuning tuning = tuning_of(small_bytes, segment_bytes, shm_bytes, hierarchical_bytes);
+    const size_t threshold = fusion_threshold > 0 ? (size_t)fusion_threshold : 0;
     size_t total = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         const LaneEntry *e = entries[i];
-        if ((i > 0 && e->bit == entries[i - 1]->bit) || (size_t)e->bit >= nwords * 64 || e->dtype != first->dtype ||
-            e->op != first->op || e->prescale != first->prescale || e->postscale != first->postscale ||
-            (n > 1 && e->nbytes >= (size_t)segment_bytes) || e->waited >= fallback_rounds)
+        if ((i > 0 && e->bit == entries[i - 1]->bit) || (size_t)e->bit >= nwords * 64 || e->waited >= fallback_rounds)
             Py_RETURN_NONE;
         total += e->nbytes;
     }
-    if (n > 1 && (total > (size_t)fusion_threshold || get_array(fused_obj, "fusion buffer", 1, &fused, &fused_bytes) ||
-                  fused_bytes < total)) {
+    if (n > 1 && (get_array(fused_obj, "fusion buffer", 1, &fused, &fused_bytes) || fused_bytes < total)) {
         PyErr_Clear();
         Py_RETURN_NONE;
     }
+    /* One group (a training step's small gradients): its data may travel with the round's bits. */
+    const int one_group = group_end(entries, 0, n, threshold, tuning.segment_bytes) == n;
     char **pointers = malloc((size_t)n * (2 * sizeof(char *) + sizeof(size_t)));
     if (!pointers) return PyErr_NoMemory();
     char **srcs = pointers, **dsts = pointers + n;
@@ -264,20 +311,26 @@ static PyObject *py_lane_round(PyObject *self, PyObject *args) {
     lane.length = lane.capacity = 0;
     lane.bytes = 0;
     MPI_Comm ctrl = MPI_Comm_f2c(ctrl_f), comm = MPI_Comm_f2c(comm_f);
-    if (comm_size(comm) == 1) ctrl = MPI_COMM_NULL;
-    rt_tuning tuning = tuning_of(small_bytes, segment_bytes, shm_bytes, hierarchical_bytes);
-    int err, agreed = 0, in_data = 0;
-    const int dtype = first->dtype, op = first->op;
-    const double prescale = first->prescale, postscale = first->postscale;
+    if (comm_size(comm) == 1) ctrl = MPI_COMM_NULL;  /* one rank agrees with itself */
+    const size_t bound = round_data_bound(small_bytes);
+    int err = 0, agreed = 0, in_data = 0;
     Py_ssize_t reduced = n;  /* entries[0..reduced) were reduced, the rest wait for the next round */
     Py_BEGIN_ALLOW_THREADS
-    err = round_and_allreduce(ctrl, (uint64_t *)words, nwords, comm, srcs, dsts, bytes, (size_t)n, total, fused, dtype,
-                              op, prescale, postscale, round_data_bound(small_bytes), &tuning, &agreed, &in_data);
+    if (one_group) {
+        const LaneEntry *first = entries[0];
+        err = round_and_allreduce(ctrl, bits, nwords, comm, srcs, dsts, bytes, (size_t)n, total, fused, first->dtype,
+                                  first->op, first->prescale, first->postscale, bound, &tuning, &agreed, &in_data);
+    } else if (ctrl != MPI_COMM_NULL) {  /* the bits alone, as the general path's round sends them */
+        int carried;
+        void *data;
+        rt_round_lock();
+        err = rt_round_exchange(bits, nwords, NULL, NULL, 0, RT_UINT8, RT_SUM, 1.0, bound, ctrl, &carried, &data);
+        rt_round_unlock();
+    }
     if (!err && !agreed && (bits[0] & 1)) {
-        /* Nobody asked for the general path, but the others proposed only some of these bits (a
-         * rank had not started them all yet). The agreed ones are what the general path would
-         * reduce now, the same way (a subset of one fusion group is one fusion group, in bit
-         * order); the rest go back to the queue. */
+        /* Nobody asked for the slow path: the agreed entries are what the general path reduces
+         * now, in the same groups (a subset of one group is one group); the rest (a rank had not
+         * started them yet) go back to the queue. */
         LaneEntry **later = malloc((size_t)n * sizeof *later);
         if (!later) {
             err = -1;
@@ -300,11 +353,8 @@ static PyObject *py_lane_round(PyObject *self, PyObject *args) {
             memcpy(entries + reduced, later, (size_t)waiting * sizeof *later);
             free(later);
             total = agreed_total;
-            agreed = 1;
-            if (reduced)
-                err = round_and_allreduce(MPI_COMM_NULL, (uint64_t *)words, nwords, comm, srcs, dsts, bytes,
-                                          (size_t)reduced, total, fused, dtype, op, prescale, postscale, 0, &tuning,
-                                          &agreed, &in_data);
+            agreed = in_data = 1;
+            err = run_groups(entries, srcs, dsts, bytes, reduced, fused, threshold, &tuning, comm);
         }
     }
     Py_END_ALLOW_THREADS

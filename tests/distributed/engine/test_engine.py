@@ -192,11 +192,14 @@ def test_persistent_allreduces_queue_in_c_once_negotiated_and_pair_with_the_gene
     """Once negotiated, a persistent allreduce's start() queues it in the C lane and the round runs
     in C. Rank 0 records a timeline for part of the steps (its lane is closed: the general path)
     while the others use the lane; the last rank starts the second half of the tensors late, so
-    rounds agree on some of them first. Results match numpy at every step."""
+    rounds agree on some of them first. Results match numpy at every step, and a fusion
+    threshold of 0 (every tensor alone) between steps changes nothing but the grouping."""
     eng, core = engine(), runtime.current("test").core
     size, rank = rt.size(), rt.rank()
-    sizes = (1, 7, 1000, 3, 64, 5, 2, 33)
-    buffers = [np.empty(n, np.float32) for n in sizes]
+    # several fusion groups: a tensor of more than a segment runs alone, float64 ones apart
+    kinds = [(1, np.float32), (7, np.float64), (300_001, np.float32), (3, np.float32), (64, np.float32),
+             (5, np.float64), (2, np.float32), (33, np.float32)]
+    buffers = [np.empty(n, dtype) for n, dtype in kinds]
     made = [rt.allreduce_init(b, op=rt.Sum, name=f"lane.{i}") for i, b in enumerate(buffers)]
     path = rt.broadcast_object(os.path.join(tempfile.gettempdir(), f"ringtrain-lane-{os.getpid()}-{size}.json"))
     queued = []
@@ -208,6 +211,7 @@ def test_persistent_allreduces_queue_in_c_once_negotiated_and_pair_with_the_gene
             rt.stop_timeline()
         for i, b in enumerate(buffers):
             b[...] = rank + step + i
+        eng.tuning.fusion_threshold = 0 if step % 4 == 3 else 64 << 20  # every rank between the same steps
         with eng._round_lock:  # no round takes them while they are started
             handles = [p.start() for p in made[:4]]
             queued.append(core.lane_length())
@@ -217,6 +221,7 @@ def test_persistent_allreduces_queue_in_c_once_negotiated_and_pair_with_the_gene
         for i, (b, h) in enumerate(zip(buffers, handles)):
             assert rt.synchronize(h) is b
             assert (b == sum(q + step + i for q in range(size))).all(), (step, i, b[:3])
+    eng.tuning.fusion_threshold = 64 << 20
     if rank == 0:
         os.unlink(path)
     assert queued[0] == 0 and queued[-1] == 4, queued  # first start: negotiated; then in C
