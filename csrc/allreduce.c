@@ -54,6 +54,33 @@ int rt_allreduce(const void *src, void *dst, size_t count, rt_dtype dtype, rt_op
     return err;
 }
 
+int rt_allreduce_fused(char *const *srcs, char *const *dsts, const size_t *bytes, size_t n, char *fused,
+                       rt_dtype dtype, rt_op op, double prescale, double postscale, const rt_tuning *tuning,
+                       MPI_Comm comm, rt_algorithm *used) {
+    const size_t esize = rt_dtype_size(dtype);
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) total += bytes[i];
+    int size;
+    MPI_Comm_size(comm, &size);
+    rt_shm *shm = size > 1 && total ? rt_shm_find(comm) : NULL;
+    /* exactly rt_allreduce's choice for the packed buffer: shared memory inside one host */
+    if (!shm || shm->cross != MPI_COMM_NULL || total <= tuning->small_message_bytes || total < tuning->shm_min_bytes) {
+        rt_pack(fused, srcs, bytes, n);
+        int err = rt_allreduce(fused, fused, total / esize, dtype, op, prescale, postscale, tuning, comm, used);
+        if (!err) rt_unpack(fused, dsts, bytes, n);
+        return err;
+    }
+    *used = RT_ALGO_SHARED_MEMORY;
+    if (prescale != 1.0) { /* scaled into the outputs, then reduced there: the inputs stay untouched */
+        for (size_t i = 0; i < n; i++) rt_scale(dsts[i], srcs[i], bytes[i] / esize, dtype, prescale);
+        srcs = dsts;
+    }
+    const rt_spans from = {srcs, bytes, n}, to = {dsts, bytes, n};
+    int err = rt_shm_allreduce_spans(shm, &from, &to, total / esize, dtype, op);
+    for (size_t i = 0; i < n && !err; i++) rt_finish_reduction(dsts[i], bytes[i] / esize, dtype, op, postscale, size);
+    return err;
+}
+
 int rt_reduce_scatter(const void *src, void *dst, const size_t *counts, rt_dtype dtype, rt_op op,
                       double prescale, double postscale, size_t segment_bytes, MPI_Comm comm) {
     int rank, size, err;

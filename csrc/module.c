@@ -429,14 +429,12 @@ int round_and_allreduce(MPI_Comm ctrl, uint64_t *words, size_t nwords, MPI_Comm 
     if (*agreed && !carried) {  /* what the executor does with one fusion group: one tensor directly, several packed */
         *in_data = 1;
         rt_lock();
-        if (n == 1) {
+        if (n == 1)
             err = rt_allreduce(srcs[0], dsts[0], count, (rt_dtype)dtype, (rt_op)op, prescale, postscale, tuning, comm,
                                &used);
-        } else {
-            rt_pack(fused, srcs, bytes, n);
-            err = rt_allreduce(fused, fused, count, (rt_dtype)dtype, (rt_op)op, prescale, postscale, tuning, comm, &used);
-            if (!err) rt_unpack(fused, dsts, bytes, n);
-        }
+        else
+            err = rt_allreduce_fused(srcs, dsts, bytes, n, fused, (rt_dtype)dtype, (rt_op)op, prescale, postscale,
+                                     tuning, comm, &used);
         rt_unlock();
     }
     if (proposal != proposal_small) free(proposal);

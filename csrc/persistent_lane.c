@@ -225,7 +225,7 @@ static Py_ssize_t group_end(LaneEntry *const *entries, Py_ssize_t start, Py_ssiz
 }
 
 /* The agreed entries' allreduces, group by group as the executor runs them: one tensor directly,
- * several packed into the fusion buffer. Called with the GIL released. */
+ * several as one fusion group (rt_allreduce_fused). Called with the GIL released. */
 static int run_groups(LaneEntry *const *entries, char **srcs, char **dsts, size_t *bytes, Py_ssize_t n, char *fused,
                       size_t threshold, const rt_tuning *tuning, MPI_Comm comm) {
     int err = 0;
@@ -241,12 +241,8 @@ static int run_groups(LaneEntry *const *entries, char **srcs, char **dsts, size_
                                first->prescale, first->postscale, tuning, comm, &used);
             continue;
         }
-        size_t total = 0;
-        for (Py_ssize_t i = start; i < end; i++) total += bytes[i];
-        rt_pack(fused, srcs + start, bytes + start, (size_t)(end - start));
-        err = rt_allreduce(fused, fused, total / rt_dtype_size(dtype), dtype, op, first->prescale, first->postscale,
-                           tuning, comm, &used);
-        if (!err) rt_unpack(fused, dsts + start, bytes + start, (size_t)(end - start));
+        err = rt_allreduce_fused(srcs + start, dsts + start, bytes + start, (size_t)(end - start), fused, dtype, op,
+                                 first->prescale, first->postscale, tuning, comm, &used);
     }
     rt_unlock();
     return err;

@@ -264,8 +264,17 @@ int rt_shm_reduce_regions(rt_shm *shm, const void *src, void *own_out, const rt_
                           rt_op op);
 int rt_shm_share_regions(rt_shm *shm, void *buf, const rt_region *regions);
 
+/* Several arrays taken as one, back to back (a fusion group without its packing copy). */
+typedef struct {
+    char *const *data;
+    const size_t *bytes;
+    size_t count;
+} rt_spans;
+
 /* shm_allreduce.c: allreduce among one host's ranks (all of comm's) through the segment. */
 int rt_shm_allreduce(rt_shm *shm, const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op);
+int rt_shm_allreduce_spans(rt_shm *shm, const rt_spans *src, const rt_spans *dst, size_t count, rt_dtype dtype,
+                           rt_op op);
 
 /* fusion_buffer.c: Tensor Fusion's pack / unpack copies (tensors laid out back to back). */
 void rt_pack(char *buffer, char *const *tensors, const size_t *bytes, size_t count);
@@ -281,6 +290,12 @@ typedef struct {
 int rt_allreduce(const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,
                  double prescale, double postscale, const rt_tuning *tuning, MPI_Comm comm,
                  rt_algorithm *used);
+/* A fusion group's allreduce: the same algorithm and bits as packing the tensors into `fused`,
+ * rt_allreduce of it and unpacking, which is what it does unless shared memory inside one host
+ * takes the spans directly (no packing copies). */
+int rt_allreduce_fused(char *const *srcs, char *const *dsts, const size_t *bytes, size_t n, char *fused,
+                       rt_dtype dtype, rt_op op, double prescale, double postscale, const rt_tuning *tuning,
+                       MPI_Comm comm, rt_algorithm *used);
 /* hierarchical_allreduce.c: shared memory inside each host, a ring across hosts per local rank
  * (each on its 1/n of the buffer). */
 int rt_hierarchical_allreduce(rt_shm *shm, const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,

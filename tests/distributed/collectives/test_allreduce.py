@@ -212,9 +212,31 @@ def test_a_persistent_allreduce_matches_numpy_at_every_start(dtype, op, in_place
             assert_matches(result, reference_reduce(op, inputs, dtype), dtype, size, f"start {step} n={n}")
 
 
+@pytest.mark.parametrize("dtype,op", DTYPE_OPS)
+def test_persistent_allreduces_started_together_match_numpy_as_one_fusion_group(dtype, op):
+    """Started together (once negotiated: in the C lane), same-dtype tensors are reduced as one
+    fusion group; over 8 KB on one host, shared memory reads and writes them where they are."""
+    size, rank = rt.size(), rt.rank()
+    shapes = [(n,) for n in lengths(size)] + [(9001,)]
+    mine = [np.empty(shape, dtype=dtype) for shape in shapes]
+    outputs = [np.empty(shape, dtype=dtype) if i % 2 else None for i, shape in enumerate(shapes)]  # both kinds
+    made = [rt.allreduce_init(m, o, op=op, name=f"fused.{np.dtype(dtype).name}.{op.name}.{i}")
+            for i, (m, o) in enumerate(zip(mine, outputs))]
+    for step in range(3):
+        inputs = [[rank_input(dtype, shape, q, seed=20 + step + i) for q in range(size)] for i, shape in enumerate(shapes)]
+        for m, each in zip(mine, inputs):
+            m[...] = each[rank]
+        handles = [p.start() for p in made]
+        for i, (h, each) in enumerate(zip(handles, inputs)):
+            result = rt.synchronize(h)
+            assert result is (mine[i] if outputs[i] is None else outputs[i])
+            assert_matches(result, reference_reduce(op, each, dtype), dtype, size, f"step {step} tensor {i}")
+
+
 def test_persistent_allreduces_started_together_are_scaled_and_fused():
     size, rank = rt.size(), rt.rank()
-    buffers = [np.full(n, rank + 1.0, dtype=np.float32) for n in (1, 7, 1000, 3)]
+    # 16 KB together: on one host, shared memory reduces them in place of a packed copy
+    buffers = [np.full(n, rank + 1.0, dtype=np.float32) for n in (1, 7, 1000, 3, 3000)]
     made = [rt.allreduce_init(b, op=rt.Sum, prescale_factor=0.5, postscale_factor=4.0) for b in buffers]
     assert len({p.name for p in made}) == len(made)  # unnamed ones get names of their own
     for step in range(4):

@@ -196,9 +196,10 @@ def test_persistent_allreduces_queue_in_c_once_negotiated_and_pair_with_the_gene
     threshold of 0 (every tensor alone) between steps changes nothing but the grouping."""
     eng, core = engine(), runtime.current("test").core
     size, rank = rt.size(), rt.rank()
-    # several fusion groups: a tensor of more than a segment runs alone, float64 ones apart
+    # several fusion groups: a tensor of more than a segment runs alone, float64 ones apart; the
+    # group of 3 to 2501 floats is large enough for shared memory, taken without packing
     kinds = [(1, np.float32), (7, np.float64), (300_001, np.float32), (3, np.float32), (64, np.float32),
-             (5, np.float64), (2, np.float32), (33, np.float32)]
+             (2000, np.float32), (2501, np.float32), (5, np.float64), (2, np.float32), (33, np.float32)]
     buffers = [np.empty(n, dtype) for n, dtype in kinds]
     made = [rt.allreduce_init(b, op=rt.Sum, name=f"lane.{i}") for i, b in enumerate(buffers)]
     path = rt.broadcast_object(os.path.join(tempfile.gettempdir(), f"ringtrain-lane-{os.getpid()}-{size}.json"))
