@@ -87,9 +87,47 @@ static int entry_init(LaneEntry *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
+/* Handle (engine/requests.py) is a class with __slots__: its done, result and error live at
+ * fixed offsets in the object, found once from the class's member descriptors, so a round that
+ * completes hundreds of handles writes them directly. Any other object goes through setattr. */
+static struct {
+    PyTypeObject *type;
+    Py_ssize_t done, result, error;
+} handle_slots;
+
+static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name) {
+    PyObject *descr = _PyType_Lookup(type, name);  /* borrowed */
+    if (!descr || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) return -1;
+    PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+    return member->type == T_OBJECT_EX ? member->offset : -1;
+}
+
+static void set_slot(PyObject *obj, Py_ssize_t offset, PyObject *value) {
+    PyObject **slot = (PyObject **)((char *)obj + offset), *old = *slot;
+    Py_INCREF(value);
+    *slot = value;
+    Py_XDECREF(old);
+}
+
 static int set_handle(PyObject *handle, PyObject *done, PyObject *result, PyObject *error) {
+    if (Py_TYPE(handle) == handle_slots.type) {
+        set_slot(handle, handle_slots.error, error);
+        set_slot(handle, handle_slots.result, result);
+        set_slot(handle, handle_slots.done, done);
+        return 0;
+    }
     return PyObject_SetAttr(handle, str_error, error) || PyObject_SetAttr(handle, str_result, result) ||
            PyObject_SetAttr(handle, str_done, done) ? -1 : 0;
+}
+
+/* handle.done is True (a set slot of the Handle class; otherwise asked by getattr): 1, 0, or -1. */
+static int handle_done(PyObject *handle) {
+    if (Py_TYPE(handle) == handle_slots.type) return *(PyObject **)((char *)handle + handle_slots.done) == Py_True;
+    PyObject *done = PyObject_GetAttr(handle, str_done);
+    if (!done) return -1;
+    const int result = done == Py_True;
+    Py_DECREF(done);
+    return result;
 }
 
 /* start() -> Handle. Queued here when the engine's lane is open and the entry's bit is current;
@@ -98,10 +136,8 @@ static int set_handle(PyObject *handle, PyObject *done, PyObject *result, PyObje
 static PyObject *entry_start(LaneEntry *self, PyObject *Py_UNUSED(ignored)) {
     if (lane.open && self->bit >= 0 && self->generation == lane.generation &&
         self->bit_generation == lane.cache_generation) {
-        PyObject *done = PyObject_GetAttr(self->handle, str_done);
-        if (!done) return NULL;
-        const int idle = done == Py_True;
-        Py_DECREF(done);
+        const int idle = handle_done(self->handle);
+        if (idle < 0) return NULL;
         if (idle) {
             if (lane.length == lane.capacity) {
                 Py_ssize_t capacity = lane.capacity ? 2 * lane.capacity : 64;
@@ -271,7 +307,9 @@ static PyObject *py_lane_round(PyObject *self, PyObject *args) {
     const Py_ssize_t n = lane.length;
     if (n == 0) return PyLong_FromLong(0);
     LaneEntry **entries = lane.queue;
-    qsort(entries, (size_t)n, sizeof *entries, by_bit);  /* the general path runs them in bit order */
+    Py_ssize_t sorted = 1;  /* a loop starts its tensors in the same order every step: usually in bit order */
+    while (sorted < n && entries[sorted - 1]->bit <= entries[sorted]->bit) sorted++;
+    if (sorted < n) qsort(entries, (size_t)n, sizeof *entries, by_bit);  /* the general path runs them in bit order */
     const size_t nwords = word_bytes / 8;
     rt_tuning tuning = tuning_of(small_bytes, segment_bytes, shm_bytes, hierarchical_bytes);
     const size_t threshold = fusion_threshold > 0 ? (size_t)fusion_threshold : 0;
@@ -381,9 +419,25 @@ static PyObject *py_lane_round(PyObject *self, PyObject *args) {
     return result;
 }
 
-static PyObject *py_lane_configure(PyObject *self, PyObject *slow_start) {
+static PyObject *py_lane_configure(PyObject *self, PyObject *args) {
+    PyObject *slow_start;
+    PyTypeObject *handle_type;
+    if (!PyArg_ParseTuple(args, "OO!", &slow_start, &PyType_Type, &handle_type)) return NULL;
     Py_INCREF(slow_start);
     Py_XSETREF(lane.slow_start, slow_start);
+    if (handle_type != handle_slots.type) {
+        Py_ssize_t done = slot_offset(handle_type, str_done), result = slot_offset(handle_type, str_result),
+                   error = slot_offset(handle_type, str_error);
+        Py_XDECREF(handle_slots.type);
+        handle_slots.type = NULL;
+        if (done >= 0 && result >= 0 && error >= 0) {
+            Py_INCREF(handle_type);
+            handle_slots.type = handle_type;
+            handle_slots.done = done;
+            handle_slots.result = result;
+            handle_slots.error = error;
+        }
+    }
     Py_RETURN_NONE;
 }
 
@@ -427,7 +481,8 @@ PyMethodDef lane_methods[] = {
     {"lane_round", py_lane_round, METH_VARARGS,
      "lane_round(ctrl_f, words, comm_f, fused, fusion_threshold, small, segment, shm, hierarchical) -> None | int | list"},
     {"lane_take", py_lane_take, METH_NOARGS, "lane_take() -> list: the queued entries, the queue emptied"},
-    {"lane_configure", py_lane_configure, METH_O, "lane_configure(slow_start): what start() calls when it cannot queue"},
+    {"lane_configure", py_lane_configure, METH_VARARGS,
+     "lane_configure(slow_start, handle_type): what start() calls when it cannot queue; the Handle class"},
     {"lane_open", py_lane_open, METH_O, "lane_open(bool): whether starts may queue in the lane"},
     {"lane_new_generation", py_lane_new_generation, METH_NOARGS,
      "lane_new_generation() -> int: a new engine's generation (the lane closed, entries of older ones stale)"},

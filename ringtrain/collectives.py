@@ -199,7 +199,7 @@ class PersistentAllreduce:
         handle = Handle("allreduce", name, engine=engine)
         handle.done = True  # nothing started yet
         core = runtime.current("allreduce_init").core
-        core.lane_configure(_start_slowly)
+        core.lane_configure(_start_slowly, Handle)
         self._entry = core.LaneEntry(array, out, code, int(op), pre, post, name, state.id, engine, handle,
                                      engine.lane_generation)
         self.start = self._entry.start  # the C method itself: no Python frame per start
