@@ -277,6 +277,53 @@ static int get_array_list(PyObject *list, const char *what, int writable, char *
     return 0;
 }
 
+/* allreduce_fused(comm_f, tensors, outputs, fused, dtype, op, prescale, postscale, small, segment,
+ * shm, hierarchical) -> algorithm: a fusion group's allreduce (rt_allreduce_fused: packed into
+ * `fused`, or, in shared memory inside one host, taken where the tensors are). */
+static PyObject *py_allreduce_fused(PyObject *self, PyObject *args) {
+    int comm_f, dtype, op, err;
+    PyObject *srcs_obj, *dsts_obj, *fused_obj;
+    double prescale, postscale;
+    Py_ssize_t small_bytes, segment_bytes, shm_bytes, hierarchical_bytes;
+    if (!PyArg_ParseTuple(args, "iO!O!Oiiddnnnn", &comm_f, &PyList_Type, &srcs_obj, &PyList_Type, &dsts_obj,
+                          &fused_obj, &dtype, &op, &prescale, &postscale, &small_bytes, &segment_bytes, &shm_bytes,
+                          &hierarchical_bytes))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(srcs_obj);
+    if (n < 1 || PyList_GET_SIZE(dsts_obj) != n) return PyErr_Format(PyExc_ValueError, "tensors and outputs: one per tensor");
+    char **srcs = NULL, **dsts = NULL, *fused;
+    size_t src_total, dst_total, fused_bytes, *src_bytes, *dst_bytes;
+    if (check_dtype(dtype) || check_op(op) || get_array(fused_obj, "fusion buffer", 1, &fused, &fused_bytes)) return NULL;
+    if (get_array_list(srcs_obj, "tensor", 0, &srcs, &src_bytes, &src_total)) return NULL;
+    if (get_array_list(dsts_obj, "output", 1, &dsts, &dst_bytes, &dst_total)) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (src_bytes[i] != dst_bytes[i]) {
+            PyErr_Format(PyExc_ValueError, "output %zd has %zu bytes, its tensor %zu", i, dst_bytes[i], src_bytes[i]);
+            goto fail;
+        }
+    if (fused_bytes < src_total) {
+        PyErr_Format(PyExc_ValueError, "fusion buffer holds %zu bytes, tensors need %zu", fused_bytes, src_total);
+        goto fail;
+    }
+    rt_tuning tuning = tuning_of(small_bytes, segment_bytes, shm_bytes, hierarchical_bytes);
+    rt_algorithm used;
+    MPI_Comm comm = MPI_Comm_f2c(comm_f);
+    Py_BEGIN_ALLOW_THREADS
+    rt_lock();
+    err = rt_allreduce_fused(srcs, dsts, src_bytes, (size_t)n, fused, (rt_dtype)dtype, (rt_op)op, prescale, postscale,
+                             &tuning, comm, &used);
+    rt_unlock();
+    Py_END_ALLOW_THREADS
+    free(srcs);
+    free(dsts);
+    if (err && raise_mpi_error("allreduce", err)) return NULL;
+    return PyLong_FromLong(used);
+fail:
+    free(srcs);
+    free(dsts);
+    return NULL;
+}
+
 /* pack(buffer, tensors) / unpack(buffer, tensors): tensors back to back from the buffer's start. */
 static PyObject *fusion_copy(PyObject *args, int packing) {
     PyObject *buf_obj, *list;
@@ -607,6 +654,8 @@ static PyMethodDef methods[] = {
     {"take_longest_quiet", py_take_longest_quiet, METH_NOARGS,
      "take_longest_quiet() -> seconds: the longest quiet stretch of a wait that completed (resets it)"},
     {"stall_report", py_stall_report, METH_NOARGS, "stall_report() -> dict: who the last wait that gave up waited on"},
+    {"allreduce_fused", py_allreduce_fused, METH_VARARGS,
+     "allreduce_fused(comm_f, tensors, outputs, fused, dtype, op, prescale, postscale, small, segment, shm, hierarchical) -> algorithm"},
     {"pack", py_pack, METH_VARARGS, "pack(buffer, tensors): copy tensors back to back into buffer"},
     {"unpack", py_unpack, METH_VARARGS, "unpack(buffer, tensors): copy buffer back out into tensors"},
     {NULL, NULL, 0, NULL}};

@@ -107,7 +107,11 @@ class Executor:
         if len(tensors) == 1:
             algorithm = self.core.allreduce(ps.handle, tensors[0], outputs[0], code, op, pre, post, *t.allreduce_args)
             copied_in = copied_out = started
-        else:
+        elif timeline is None:  # packed in C, or in shared memory not packed at all (rt_allreduce_fused)
+            total = sum(item.nbytes for item in group)
+            algorithm = self.core.allreduce_fused(ps.handle, tensors, outputs, self.fusion_buffer(total), code, op, pre,
+                                                  post, *t.allreduce_args)
+        else:  # the copies timed apart, for the timeline's spans
             total = sum(item.nbytes for item in group)
             fused = self.fusion_buffer(total)[:total].view(SUPPORTED[code])
             self.core.pack(fused, tensors)
