@@ -1,4 +1,4 @@
-/* What the Python binding's files (module.c, persistent_lane.c) share. */
+/* What the Python binding's files (module.c, persistent_lane.c) share: binding.c. */
 #ifndef RINGTRAIN_BINDING_H
 #define RINGTRAIN_BINDING_H
 #include <Python.h>
