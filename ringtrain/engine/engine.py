@@ -564,8 +564,10 @@ class Engine:
         the lane's entries went to the queue as requests, for the general round."""
         core, t = self.runtime.core, self.tuning
         started = time.perf_counter()
-        if (state.pending or state.queue or state.join_request is not None or state.failures_to_report
+        if (not self.direct_ok or state.pending or state.queue or state.join_request is not None
+                or state.failures_to_report
                 or (state.coordinator is not None and state.coordinator.needs_slow_round(started))):
+            # (closed: what a round in flight handed back after a timeline started, say)
             self._drain_lane(state)
             return False
         words = np.zeros(state.cache.words(), dtype=np.uint64)
