@@ -17,6 +17,24 @@ from ringtrain.launch import run_mpiexec
 DEADLINE = 30  # seconds: the issue's bound for a wrong program to end on every rank
 
 
+def left_behind(path, within=10.0):
+    """Processes still running `path` once they have had `within` seconds to finish dying: when
+    mpiexec returns after an abort, the ranks it SIGKILLed may still be leaving the process table
+    (a rank stopped with SIGSTOP is woken to die). Any that remain are killed, and returned."""
+    deadline = time.monotonic() + within
+    while True:
+        pids = subprocess.run(["pgrep", "-f", path], capture_output=True, text=True).stdout.split()
+        if not pids or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
 def script(code):
     f = tempfile.NamedTemporaryFile("w", suffix=".py", delete=False)
     f.write(textwrap.dedent(code))
@@ -169,7 +187,7 @@ def test_a_frozen_rank_is_named_on_every_other_rank_and_the_job_ends(ranks, froz
     # SIGSTOP: the process neither dies nor answers, MPI sees nothing wrong, only silence
     path = script(FROZEN_PROGRAM.format(frozen=frozen, during=during, persistent=persistent))
     run = run_mpiexec(ranks, [sys.executable, path], timeout=DEADLINE + 30, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    leftovers = subprocess.run(["pgrep", "-f", path], capture_output=True, text=True).stdout.split()
+    leftovers = left_behind(path)
     os.unlink(path)
     assert not run.timed_out, f"the job hung:\n{run.output[-3000:]}"
     assert run.seconds < DEADLINE, f"took {run.seconds:.1f}s"
@@ -281,7 +299,7 @@ def test_a_rank_killed_inside_a_shared_memory_allreduce_ends_the_job_and_leaves_
     """)
     run = subprocess.run([sys.executable, "-m", "ringtrain", "run", "-np", "3", sys.executable, path],
                          capture_output=True, text=True, timeout=DEADLINE + 30, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    leftovers = subprocess.run(["pgrep", "-f", path], capture_output=True, text=True).stdout.split()
+    leftovers = left_behind(path)
     os.unlink(path)
     output = run.stdout + run.stderr
     pids = set(re.findall(r"pid (\d+)", output))
