@@ -223,6 +223,32 @@ static int get_array_list(PyObject *list, const char *what, int writable, char *
     return 0;
 }
 
+/* A fusion group's tensors and outputs, one output of the same size per tensor: their pointers
+ * (srcs and dsts, freed with free()), sizes and total; -1 with an error set. */
+static int get_tensor_pairs(PyObject *srcs_obj, PyObject *dsts_obj, char ***srcs, char ***dsts, size_t **bytes,
+                            size_t *total) {
+    Py_ssize_t n = PyList_GET_SIZE(srcs_obj);
+    size_t dst_total, *dst_bytes;
+    *srcs = *dsts = NULL;
+    if (n < 1 || PyList_GET_SIZE(dsts_obj) != n) {
+        PyErr_Format(PyExc_ValueError, "tensors and outputs: one output per tensor");
+        return -1;
+    }
+    if (get_array_list(srcs_obj, "tensor", 0, srcs, bytes, total)) return -1;
+    if (get_array_list(dsts_obj, "output", 1, dsts, &dst_bytes, &dst_total)) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if ((*bytes)[i] != dst_bytes[i]) {
+            PyErr_Format(PyExc_ValueError, "output %zd has %zu bytes, its tensor %zu", i, dst_bytes[i], (*bytes)[i]);
+            goto fail;
+        }
+    return 0;
+fail:
+    free(*srcs);
+    free(*dsts);
+    *srcs = *dsts = NULL;
+    return -1;
+}
+
 /* allreduce_fused(comm_f, tensors, outputs, fused, dtype, op, prescale, postscale, small, segment,
  * shm, hierarchical) -> algorithm: a fusion group's allreduce (rt_allreduce_fused: packed into
  * `fused`, or, in shared memory inside one host, taken where the tensors are). */
@@ -236,17 +262,11 @@ static PyObject *py_allreduce_fused(PyObject *self, PyObject *args) {
                           &hierarchical_bytes))
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(srcs_obj);
-    if (n < 1 || PyList_GET_SIZE(dsts_obj) != n) return PyErr_Format(PyExc_ValueError, "tensors and outputs: one per tensor");
-    char **srcs = NULL, **dsts = NULL, *fused;
-    size_t src_total, dst_total, fused_bytes, *src_bytes, *dst_bytes;
-    if (check_dtype(dtype) || check_op(op) || get_array(fused_obj, "fusion buffer", 1, &fused, &fused_bytes)) return NULL;
-    if (get_array_list(srcs_obj, "tensor", 0, &srcs, &src_bytes, &src_total)) return NULL;
-    if (get_array_list(dsts_obj, "output", 1, &dsts, &dst_bytes, &dst_total)) goto fail;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (src_bytes[i] != dst_bytes[i]) {
-            PyErr_Format(PyExc_ValueError, "output %zd has %zu bytes, its tensor %zu", i, dst_bytes[i], src_bytes[i]);
-            goto fail;
-        }
+    char **srcs, **dsts, *fused;
+    size_t src_total, fused_bytes, *src_bytes;
+    if (check_dtype(dtype) || check_op(op) || get_array(fused_obj, "fusion buffer", 1, &fused, &fused_bytes) ||
+        get_tensor_pairs(srcs_obj, dsts_obj, &srcs, &dsts, &src_bytes, &src_total))
+        return NULL;
     if (fused_bytes < src_total) {
         PyErr_Format(PyExc_ValueError, "fusion buffer holds %zu bytes, tensors need %zu", fused_bytes, src_total);
         goto fail;
@@ -349,17 +369,11 @@ static PyObject *py_round_allreduce(PyObject *self, PyObject *args) {
                           &shm_bytes, &hierarchical_bytes))
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(srcs_obj);
-    if (n < 1 || PyList_GET_SIZE(dsts_obj) != n) return PyErr_Format(PyExc_ValueError, "srcs and dsts: one per tensor");
-    char *words, **srcs = NULL, **dsts = NULL, *fused = NULL;
-    size_t word_bytes, src_total, dst_total, fused_bytes = 0, *src_bytes, *dst_bytes;
-    if (check_dtype(dtype) || check_op(op) || get_array(words_obj, "words", 1, &words, &word_bytes)) return NULL;
-    if (get_array_list(srcs_obj, "tensor", 0, &srcs, &src_bytes, &src_total)) return NULL;
-    if (get_array_list(dsts_obj, "output", 1, &dsts, &dst_bytes, &dst_total)) goto fail;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (src_bytes[i] != dst_bytes[i]) {
-            PyErr_Format(PyExc_ValueError, "output %zd has %zu bytes, its tensor %zu", i, dst_bytes[i], src_bytes[i]);
-            goto fail;
-        }
+    char *words, **srcs, **dsts, *fused = NULL;
+    size_t word_bytes, src_total, fused_bytes = 0, *src_bytes;
+    if (check_dtype(dtype) || check_op(op) || get_array(words_obj, "words", 1, &words, &word_bytes) ||
+        get_tensor_pairs(srcs_obj, dsts_obj, &srcs, &dsts, &src_bytes, &src_total))
+        return NULL;
     if (n > 1 && (get_array(fused_obj, "fusion buffer", 1, &fused, &fused_bytes) || fused_bytes < src_total)) {
         if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "fusion buffer holds %zu bytes, tensors need %zu",
                                             fused_bytes, src_total);

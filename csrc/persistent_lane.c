@@ -479,7 +479,8 @@ static PyObject *py_lane_bytes(PyObject *self, PyObject *unused) { return PyLong
 
 PyMethodDef lane_methods[] = {
     {"lane_round", py_lane_round, METH_VARARGS,
-     "lane_round(ctrl_f, words, comm_f, fused, fusion_threshold, small, segment, shm, hierarchical) -> None | int | list"},
+     "lane_round(ctrl_f, words, comm_f, fused, fusion_threshold, fallback_rounds, small, segment, shm, hierarchical) "
+     "-> None | int | list"},
     {"lane_take", py_lane_take, METH_NOARGS, "lane_take() -> list: the queued entries, the queue emptied"},
     {"lane_configure", py_lane_configure, METH_VARARGS,
      "lane_configure(slow_start, handle_type): what start() calls when it cannot queue; the Handle class"},
