@@ -15,13 +15,22 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#define NPY_NO_DEPRECATED_API NPY_1_22_API_VERSION
+#define PY_ARRAY_UNIQUE_SYMBOL RINGTRAIN_ARRAY_API  /* imported by module.c */
+#define NO_IMPORT_ARRAY
+#include <numpy/arrayobject.h>
 #include <stdlib.h>
 #include <string.h>
 #include "binding.h"
 
 typedef struct {
     PyObject_HEAD
-    PyObject *tensor, *output, *name, *engine, *handle;
+    PyObject *tensor, *output, *name, *engine, *handle;  /* (a call's entry: NULL between calls) */
+    PyObject *descr;            /* the tensor's dtype, and its shape: what a call's tensor must have */
+    PyObject *adopted;          /* a weak reference to the Handle of the name's last call that took the Python path */
+    npy_intp shape[NPY_MAXDIMS];
+    int ndim;
+    int call;                   /* an allreduce_async call's entry (not allreduce_init's), see lane_allreduce_async */
     char *src, *dst;
     size_t nbytes;
     int dtype, op, set_id, bit;
@@ -40,9 +49,13 @@ static struct {
     size_t bytes;
     PyObject *doorbell;         /* wakes a dozing engine thread, or NULL */
     PyObject *slow_start;       /* collectives._start_slowly(entry): checks, a Request, submit */
+    PyObject *calls;            /* name -> the entry of allreduce_async calls under that name (a dict, per engine) */
+    PyObject *slow_call;        /* collectives._allreduce_async: what lane_allreduce_async cannot take */
+    PyObject *global_set;       /* ringtrain.global_process_set */
+    PyObject *ops[RT_NUM_OPS];  /* the ReduceOp members, by code */
 } lane;
 
-static PyObject *str_done, *str_result, *str_error, *str_entries;
+static PyObject *str_done, *str_result, *str_error, *str_entries, *str_allreduce;
 
 static void entry_dealloc(LaneEntry *self) {
     Py_XDECREF(self->tensor);
@@ -50,18 +63,21 @@ static void entry_dealloc(LaneEntry *self) {
     Py_XDECREF(self->name);
     Py_XDECREF(self->engine);
     Py_XDECREF(self->handle);
+    Py_XDECREF(self->descr);
+    Py_XDECREF(self->adopted);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* LaneEntry(tensor, output, dtype, op, prescale, postscale, name, set_id, engine, handle, generation):
- * the arrays already checked by collectives.PersistentAllreduce. */
+/* LaneEntry(tensor, output, dtype, op, prescale, postscale, name, set_id, engine, handle, generation[, call]):
+ * the arrays already checked by collectives.PersistentAllreduce, or by an allreduce_async call
+ * (call=True; handle None: the calls bring their own). */
 static int entry_init(LaneEntry *self, PyObject *args, PyObject *kwds) {
     PyObject *tensor, *output, *name, *engine, *handle;
-    int dtype, op, set_id;
+    int dtype, op, set_id, call = 0;
     double prescale, postscale;
     long long generation;
-    if (!PyArg_ParseTuple(args, "OOiiddUiOOL", &tensor, &output, &dtype, &op, &prescale, &postscale, &name, &set_id,
-                          &engine, &handle, &generation))
+    if (!PyArg_ParseTuple(args, "OOiiddUiOOL|p", &tensor, &output, &dtype, &op, &prescale, &postscale, &name, &set_id,
+                          &engine, &handle, &generation, &call))
         return -1;
     size_t src_bytes, dst_bytes;
     if (check_dtype(dtype) || check_op(op) || get_array(tensor, "tensor", 0, &self->src, &src_bytes) ||
@@ -71,10 +87,25 @@ static int entry_init(LaneEntry *self, PyObject *args, PyObject *kwds) {
         PyErr_Format(PyExc_ValueError, "output has %zu bytes, tensor %zu", dst_bytes, src_bytes);
         return -1;
     }
-    PyObject *old[5] = {self->tensor, self->output, self->name, self->engine, self->handle};
-    Py_INCREF(tensor); Py_INCREF(output); Py_INCREF(name); Py_INCREF(engine); Py_INCREF(handle);
+    PyArrayObject *array = (PyArrayObject *)tensor;
+    if (PyArray_NDIM(array) > NPY_MAXDIMS) {
+        PyErr_SetString(PyExc_ValueError, "tensor has too many dimensions");
+        return -1;
+    }
+    if (handle == Py_None) handle = NULL;
+    PyObject *descr = (PyObject *)PyArray_DESCR(array);
+    PyObject *old[6] = {self->tensor, self->output, self->name, self->engine, self->handle, self->descr};
+    Py_INCREF(tensor); Py_INCREF(output); Py_INCREF(name); Py_INCREF(engine); Py_XINCREF(handle); Py_INCREF(descr);
     self->tensor = tensor; self->output = output; self->name = name; self->engine = engine; self->handle = handle;
-    for (int i = 0; i < 5; i++) Py_XDECREF(old[i]);
+    self->descr = descr;
+    for (int i = 0; i < 6; i++) Py_XDECREF(old[i]);
+    self->ndim = PyArray_NDIM(array);
+    memcpy(self->shape, PyArray_DIMS(array), (size_t)self->ndim * sizeof(npy_intp));
+    self->call = call;
+    if (call) {  /* a call brings its arrays: the caller's are not the lane's to keep */
+        Py_CLEAR(self->tensor);
+        Py_CLEAR(self->output);
+    }
     self->nbytes = src_bytes;
     self->dtype = dtype;
     self->op = op;
@@ -93,6 +124,8 @@ static int entry_init(LaneEntry *self, PyObject *args, PyObject *kwds) {
 static struct {
     PyTypeObject *type;
     Py_ssize_t done, result, error;
+    int fresh;  /* every slot found too: lane_allreduce_async can make a Handle (new_handle) */
+    Py_ssize_t kind, name, grouped, engine, finish, parts, deferred;
 } handle_slots;
 
 static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name) {
@@ -120,6 +153,25 @@ static int set_handle(PyObject *handle, PyObject *done, PyObject *result, PyObje
            PyObject_SetAttr(handle, str_done, done) ? -1 : 0;
 }
 
+/* A new pending Handle of an allreduce, as Handle("allreduce", name, engine=engine) would make it,
+ * without running its __init__ (allocated and its slots filled here), or NULL with an error. */
+static PyObject *new_handle(PyObject *name, PyObject *engine) {
+    PyTypeObject *type = handle_slots.type;
+    PyObject *handle = type->tp_alloc(type, 0);
+    if (!handle) return NULL;
+    set_slot(handle, handle_slots.kind, str_allreduce);
+    set_slot(handle, handle_slots.name, name);
+    set_slot(handle, handle_slots.grouped, Py_False);
+    set_slot(handle, handle_slots.done, Py_False);
+    set_slot(handle, handle_slots.result, Py_None);
+    set_slot(handle, handle_slots.error, Py_None);
+    set_slot(handle, handle_slots.engine, engine);
+    set_slot(handle, handle_slots.finish, Py_None);
+    set_slot(handle, handle_slots.parts, Py_None);
+    set_slot(handle, handle_slots.deferred, Py_None);
+    return handle;
+}
+
 /* handle.done is True (a set slot of the Handle class; otherwise asked by getattr): 1, 0, or -1. */
 static int handle_done(PyObject *handle) {
     if (Py_TYPE(handle) == handle_slots.type) return *(PyObject **)((char *)handle + handle_slots.done) == Py_True;
@@ -130,32 +182,44 @@ static int handle_done(PyObject *handle) {
     return result;
 }
 
+/* The entry appended to the queue (a new reference), the engine woken if it dozes. */
+static int enqueue(LaneEntry *entry) {
+    if (lane.length == lane.capacity) {
+        Py_ssize_t capacity = lane.capacity ? 2 * lane.capacity : 64;
+        LaneEntry **grown = realloc(lane.queue, (size_t)capacity * sizeof *grown);
+        if (!grown) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        lane.queue = grown;
+        lane.capacity = capacity;
+    }
+    Py_INCREF(entry);
+    entry->waited = 0;
+    lane.queue[lane.length++] = entry;
+    lane.bytes += entry->nbytes;
+    if (lane.doorbell) {  /* once: the engine is awake then, and a step's hundreds of starts ring no more */
+        PyObject *doorbell = lane.doorbell, *rung;
+        lane.doorbell = NULL;
+        rung = PyObject_CallNoArgs(doorbell);
+        Py_DECREF(doorbell);
+        if (!rung) return -1;
+        Py_DECREF(rung);
+    }
+    return 0;
+}
+
 /* start() -> Handle. Queued here when the engine's lane is open and the entry's bit is current;
  * otherwise (first start, cache changed, lane closed, stale, still in flight) the slow start
  * decides, raising what Python would raise. */
 static PyObject *entry_start(LaneEntry *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->call) return PyErr_Format(PyExc_TypeError, "'%U' is an allreduce_async call's entry, not started", self->name);
     if (lane.open && self->bit >= 0 && self->generation == lane.generation &&
         self->bit_generation == lane.cache_generation) {
         const int idle = handle_done(self->handle);
         if (idle < 0) return NULL;
         if (idle) {
-            if (lane.length == lane.capacity) {
-                Py_ssize_t capacity = lane.capacity ? 2 * lane.capacity : 64;
-                LaneEntry **grown = realloc(lane.queue, (size_t)capacity * sizeof *grown);
-                if (!grown) return PyErr_NoMemory();
-                lane.queue = grown;
-                lane.capacity = capacity;
-            }
-            if (set_handle(self->handle, Py_False, Py_None, Py_None)) return NULL;
-            Py_INCREF(self);
-            self->waited = 0;
-            lane.queue[lane.length++] = self;
-            lane.bytes += self->nbytes;
-            if (lane.doorbell) {
-                PyObject *rung = PyObject_CallNoArgs(lane.doorbell);
-                if (!rung) return NULL;
-                Py_DECREF(rung);
-            }
+            if (set_handle(self->handle, Py_False, Py_None, Py_None) || enqueue(self)) return NULL;
             Py_INCREF(self->handle);
             return self->handle;
         }
@@ -164,8 +228,19 @@ static PyObject *entry_start(LaneEntry *self, PyObject *Py_UNUSED(ignored)) {
     return PyObject_CallOneArg(lane.slow_start, (PyObject *)self);
 }
 
+/* adopt(handle): a call under this entry's name took the Python path with this Handle; a later
+ * call may queue here only once it completed. A weak reference: the Handle holds its result,
+ * which is the caller's to free. */
+static PyObject *entry_adopt(LaneEntry *self, PyObject *handle) {
+    PyObject *ref = PyWeakref_NewRef(handle, NULL);
+    if (!ref) return NULL;
+    Py_XSETREF(self->adopted, ref);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef entry_methods[] = {
     {"start", (PyCFunction)entry_start, METH_NOARGS, "start() -> Handle: run the allreduce on the arrays' contents now"},
+    {"adopt", (PyCFunction)entry_adopt, METH_O, "adopt(handle): the Handle of a call that took the Python path"},
     {NULL, NULL, 0, NULL}};
 
 static PyMemberDef entry_members[] = {
@@ -180,9 +255,24 @@ static PyMemberDef entry_members[] = {
     {"prescale", T_DOUBLE, offsetof(LaneEntry, prescale), READONLY, NULL},
     {"postscale", T_DOUBLE, offsetof(LaneEntry, postscale), READONLY, NULL},
     {"generation", T_LONGLONG, offsetof(LaneEntry, generation), READONLY, NULL},
+    {"call", T_INT, offsetof(LaneEntry, call), READONLY, "made by an allreduce_async call, not allreduce_init"},
     {"bit", T_INT, offsetof(LaneEntry, bit), 0, "response cache bit (-1: none yet)"},
     {"bit_generation", T_LONGLONG, offsetof(LaneEntry, bit_generation), 0, "cache generation the bit is valid for"},
     {NULL, 0, 0, 0, NULL}};
+
+static PyObject *entry_shape(LaneEntry *self, void *closure) {
+    PyObject *shape = PyTuple_New(self->ndim);
+    for (int i = 0; shape && i < self->ndim; i++) {
+        PyObject *dim = PyLong_FromSsize_t(self->shape[i]);
+        if (!dim) Py_CLEAR(shape);
+        else PyTuple_SET_ITEM(shape, i, dim);
+    }
+    return shape;
+}
+
+static PyGetSetDef entry_getset[] = {
+    {"shape", (getter)entry_shape, NULL, "the tensor's shape when made", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
 
 static PyTypeObject LaneEntryType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -195,7 +285,95 @@ static PyTypeObject LaneEntryType = {
     .tp_dealloc = (destructor)entry_dealloc,
     .tp_methods = entry_methods,
     .tp_members = entry_members,
+    .tp_getset = entry_getset,
 };
+
+/* A number as a double, for a scale factor: 1 if it is a float or an int, else 0 (the Python
+ * path then checks it). */
+static int plain_number(PyObject *obj, double *value) {
+    if (PyFloat_CheckExact(obj)) {
+        *value = PyFloat_AS_DOUBLE(obj);
+        return 1;
+    }
+    if (PyLong_CheckExact(obj)) {
+        *value = PyLong_AsDouble(obj);
+        if (*value == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* The entry an allreduce_async call can queue on, or NULL (with an error set only if one
+ * happened): its name's entry, taught its bit under the current cache, with the signature of
+ * this call (dtype, shape, op, scale factors), on process set 0, and nothing of its name in
+ * flight. Whatever does not match exactly goes to the Python path, which checks it fully. */
+static LaneEntry *call_entry(PyObject *const *args, int in_place) {
+    PyObject *tensor = args[0], *op = args[1], *name = args[2], *set = args[5];
+    if (!lane.open || !lane.calls || !handle_slots.fresh || set != lane.global_set || !PyUnicode_CheckExact(name) ||
+        !PyArray_CheckExact(tensor))
+        return NULL;
+    int code = -1;
+    for (int i = 0; i < RT_NUM_OPS; i++)
+        if (op == lane.ops[i]) code = i;
+    double prescale, postscale;
+    if (code < 0 || !plain_number(args[3], &prescale) || !plain_number(args[4], &postscale)) return NULL;
+    PyObject *found = PyDict_GetItemWithError(lane.calls, name);  /* borrowed */
+    if (!found || !PyObject_TypeCheck(found, &LaneEntryType)) return NULL;
+    LaneEntry *entry = (LaneEntry *)found;
+    PyArrayObject *array = (PyArrayObject *)tensor;
+    if (!entry->call || entry->bit < 0 || entry->generation != lane.generation ||
+        entry->bit_generation != lane.cache_generation || entry->op != code || entry->prescale != prescale ||
+        entry->postscale != postscale || !PyArray_IS_C_CONTIGUOUS(array) || (in_place && !PyArray_ISWRITEABLE(array)) ||
+        PyArray_NDIM(array) != entry->ndim ||
+        memcmp(PyArray_DIMS(array), entry->shape, (size_t)entry->ndim * sizeof(npy_intp)))
+        return NULL;
+    PyArray_Descr *descr = PyArray_DESCR(array);
+    if ((PyObject *)descr != entry->descr && !PyArray_EquivTypes(descr, (PyArray_Descr *)entry->descr)) return NULL;
+    /* in flight: the Python path says so */
+    if (entry->handle && handle_done(entry->handle) != 1) return NULL;
+    if (entry->adopted) {
+        PyObject *last = PyWeakref_GetObject(entry->adopted);  /* borrowed; None once freed */
+        if (!last || (last != Py_None && handle_done(last) != 1)) return NULL;
+    }
+    return entry;
+}
+
+/* lane_allreduce_async(tensor, op, name, prescale_factor, postscale_factor, process_set, in_place)
+ * -> Handle: ringtrain.allreduce_async(_) itself. A training loop's steady state (a named tensor
+ * whose entry the engine has taught its bit) is queued in the lane with a new Handle, as a
+ * persistent allreduce's start() is: no Request, no Python frame. Anything else goes to
+ * collectives._allreduce_async, which checks everything and submits a Request. */
+static PyObject *py_lane_allreduce_async(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) return PyErr_Format(PyExc_TypeError, "lane_allreduce_async takes 7 arguments, got %zd", nargs);
+    const int in_place = args[6] == Py_True;
+    LaneEntry *entry = call_entry(args, in_place);
+    if (!entry) {
+        if (PyErr_Occurred()) return NULL;
+        if (!lane.slow_call) return PyErr_Format(PyExc_RuntimeError, "internal: the lane has no Python path");
+        return PyObject_Vectorcall(lane.slow_call, args, (size_t)nargs, NULL);
+    }
+    PyObject *tensor = args[0], *output = tensor;
+    if (in_place) Py_INCREF(output);
+    else if (!(output = PyArray_NewLikeArray((PyArrayObject *)tensor, NPY_CORDER, NULL, 0))) return NULL;
+    PyObject *handle = new_handle(entry->name, entry->engine);
+    if (!handle) {
+        Py_DECREF(output);
+        return NULL;
+    }
+    Py_INCREF(tensor);
+    Py_XSETREF(entry->tensor, tensor);
+    Py_XSETREF(entry->output, output);
+    Py_XSETREF(entry->handle, handle);
+    Py_CLEAR(entry->adopted);
+    entry->src = PyArray_BYTES((PyArrayObject *)tensor);
+    entry->dst = PyArray_BYTES((PyArrayObject *)output);
+    if (enqueue(entry)) return NULL;
+    Py_INCREF(handle);
+    return handle;
+}
 
 /* The queue as a list (the references move to it), the queue left empty. */
 static PyObject *take_queue(LaneEntry **entries, Py_ssize_t n) {
@@ -411,6 +589,11 @@ static PyObject *py_lane_round(PyObject *self, PyObject *args) {
         for (Py_ssize_t i = 0; i < reduced; i++) {
             LaneEntry *e = entries[i];
             if (result && set_handle(e->handle, Py_True, e->output, Py_None)) Py_CLEAR(result);
+            if (e->call) {  /* the caller's arrays are not the lane's to keep */
+                Py_CLEAR(e->tensor);
+                Py_CLEAR(e->output);
+                Py_CLEAR(e->handle);
+            }
             Py_DECREF(e);
         }
         if (reduced < n && requeue(entries + reduced, n - reduced) < 0) Py_CLEAR(result);
@@ -419,23 +602,61 @@ static PyObject *py_lane_round(PyObject *self, PyObject *args) {
     return result;
 }
 
+static Py_ssize_t named_slot(PyTypeObject *type, const char *name) {
+    PyObject *key = PyUnicode_InternFromString(name);
+    if (!key) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t offset = slot_offset(type, key);
+    Py_DECREF(key);
+    return offset;
+}
+
+/* lane_configure(slow_start, handle_type, slow_call, global_process_set, ops): what start() and
+ * lane_allreduce_async call when they cannot queue; the Handle class; the global process set;
+ * the ReduceOp members in code order. */
 static PyObject *py_lane_configure(PyObject *self, PyObject *args) {
-    PyObject *slow_start;
+    PyObject *slow_start, *slow_call, *global_set, *ops;
     PyTypeObject *handle_type;
-    if (!PyArg_ParseTuple(args, "OO!", &slow_start, &PyType_Type, &handle_type)) return NULL;
+    if (!PyArg_ParseTuple(args, "OO!OOO!", &slow_start, &PyType_Type, &handle_type, &slow_call, &global_set,
+                          &PyTuple_Type, &ops))
+        return NULL;
+    if (PyTuple_GET_SIZE(ops) != RT_NUM_OPS)
+        return PyErr_Format(PyExc_ValueError, "lane_configure needs the %d element-wise ops", RT_NUM_OPS);
     Py_INCREF(slow_start);
     Py_XSETREF(lane.slow_start, slow_start);
+    Py_INCREF(slow_call);
+    Py_XSETREF(lane.slow_call, slow_call);
+    Py_INCREF(global_set);
+    Py_XSETREF(lane.global_set, global_set);
+    for (int i = 0; i < RT_NUM_OPS; i++) {
+        PyObject *op = PyTuple_GET_ITEM(ops, i);
+        Py_INCREF(op);
+        Py_XSETREF(lane.ops[i], op);
+    }
     if (handle_type != handle_slots.type) {
         Py_ssize_t done = slot_offset(handle_type, str_done), result = slot_offset(handle_type, str_result),
                    error = slot_offset(handle_type, str_error);
         Py_XDECREF(handle_slots.type);
         handle_slots.type = NULL;
+        handle_slots.fresh = 0;
         if (done >= 0 && result >= 0 && error >= 0) {
             Py_INCREF(handle_type);
             handle_slots.type = handle_type;
             handle_slots.done = done;
             handle_slots.result = result;
             handle_slots.error = error;
+            handle_slots.kind = named_slot(handle_type, "kind");
+            handle_slots.name = named_slot(handle_type, "name");
+            handle_slots.grouped = named_slot(handle_type, "grouped");
+            handle_slots.engine = named_slot(handle_type, "engine");
+            handle_slots.finish = named_slot(handle_type, "finish");
+            handle_slots.parts = named_slot(handle_type, "parts");
+            handle_slots.deferred = named_slot(handle_type, "deferred");
+            handle_slots.fresh = handle_slots.kind >= 0 && handle_slots.name >= 0 && handle_slots.grouped >= 0 &&
+                                 handle_slots.engine >= 0 && handle_slots.finish >= 0 && handle_slots.parts >= 0 &&
+                                 handle_slots.deferred >= 0;
         }
     }
     Py_RETURN_NONE;
@@ -447,6 +668,9 @@ static PyObject *py_lane_open(PyObject *self, PyObject *arg) {
 }
 
 static PyObject *py_lane_new_generation(PyObject *self, PyObject *unused) {
+    PyObject *calls = PyDict_New();  /* an engine's calls start afresh */
+    if (!calls) return NULL;
+    Py_XSETREF(lane.calls, calls);
     lane.open = 0;
     lane.cache_generation = 0;
     Py_CLEAR(lane.doorbell);
@@ -473,6 +697,12 @@ static PyObject *py_lane_doorbell(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_lane_calls(PyObject *self, PyObject *unused) {
+    if (!lane.calls && !(lane.calls = PyDict_New())) return NULL;
+    Py_INCREF(lane.calls);
+    return lane.calls;
+}
+
 static PyObject *py_lane_length(PyObject *self, PyObject *unused) { return PyLong_FromSsize_t(lane.length); }
 
 static PyObject *py_lane_bytes(PyObject *self, PyObject *unused) { return PyLong_FromSize_t(lane.bytes); }
@@ -483,7 +713,12 @@ PyMethodDef lane_methods[] = {
      "-> None | int | list"},
     {"lane_take", py_lane_take, METH_NOARGS, "lane_take() -> list: the queued entries, the queue emptied"},
     {"lane_configure", py_lane_configure, METH_VARARGS,
-     "lane_configure(slow_start, handle_type): what start() calls when it cannot queue; the Handle class"},
+     "lane_configure(slow_start, handle_type, slow_call, global_process_set, ops): what start() and "
+     "lane_allreduce_async call when they cannot queue; the Handle class; the global set; the ReduceOps by code"},
+    {"lane_allreduce_async", (PyCFunction)(void (*)(void))py_lane_allreduce_async, METH_FASTCALL,
+     "lane_allreduce_async(tensor, op, name, prescale_factor, postscale_factor, process_set, in_place) -> Handle"},
+    {"lane_calls", py_lane_calls, METH_NOARGS,
+     "lane_calls() -> dict: name -> LaneEntry of allreduce_async calls (the engine's, made afresh per engine)"},
     {"lane_open", py_lane_open, METH_O, "lane_open(bool): whether starts may queue in the lane"},
     {"lane_new_generation", py_lane_new_generation, METH_NOARGS,
      "lane_new_generation() -> int: a new engine's generation (the lane closed, entries of older ones stale)"},
@@ -499,7 +734,8 @@ int lane_add_to_module(PyObject *module) {
     str_result = PyUnicode_InternFromString("result");
     str_error = PyUnicode_InternFromString("error");
     str_entries = PyUnicode_InternFromString("entries");
-    if (!str_done || !str_result || !str_error || !str_entries || PyType_Ready(&LaneEntryType) < 0) return -1;
+    str_allreduce = PyUnicode_InternFromString("allreduce");
+    if (!str_done || !str_result || !str_error || !str_entries || !str_allreduce || PyType_Ready(&LaneEntryType) < 0) return -1;
     Py_INCREF(&LaneEntryType);
     return PyModule_AddObject(module, "LaneEntry", (PyObject *)&LaneEntryType);
 }

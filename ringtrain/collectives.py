@@ -14,13 +14,14 @@ from . import runtime
 from .engine import adasum
 from .dtypes import BOOL_CODE
 from .engine.executor import split_rows
-from .reduce_ops import Adasum, Average, ReduceOp, as_op
+from .reduce_ops import Adasum, Average, Max, Min, Product, ReduceOp, Sum, as_op
 from .process_sets import ProcessSet, global_process_set
 from .engine.requests import Handle, Request, UnnamedName, request_name
 from .errors import RingtrainError
 from .tensors import as_array
 
 _PLAIN_NUMBERS = (int, float)
+_ELEMENTWISE_OPS = (Sum, Average, Min, Max, Product)  # by their C codes (the lane recognizes these objects)
 
 
 def _check_reduction(op, code, prescale_factor, postscale_factor):
@@ -105,6 +106,8 @@ def _allreduce(kind, tensors, op, name, prescale_factor, postscale_factor, proce
             return tensors if in_place else done
     request = Request("allreduce", name, state.id, arrays, outputs, code, int(op), -1, pre,
                       post, grouped=kind.startswith("grouped_"))
+    if not wait and kind == "allreduce" and state.id == 0 and type(name) is str and array.nbytes:
+        return _submit_call(engine, request, array)
     result = _submit(engine, request, wait)
     if wait and in_place:
         return tensors
@@ -127,14 +130,51 @@ def allreduce_(tensor, op=Average, name=None, prescale_factor=1.0, postscale_fac
     return _allreduce("allreduce", tensor, op, name, prescale_factor, postscale_factor, process_set, True, True)
 
 
+def _allreduce_async(tensor, op, name, prescale_factor, postscale_factor, process_set, in_place):
+    """allreduce_async(_) in Python: every check, then a Request (see _submit_call)."""
+    return _allreduce("allreduce", tensor, op, name, prescale_factor, postscale_factor, process_set, in_place, False)
+
+
+# What allreduce_async(_) call: the Python path until a named call has made a lane entry, then the C
+# lane's call (csrc/persistent_lane.c, lane_allreduce_async), which queues a training loop's steady
+# state in C and hands every other call to _allreduce_async.
+_allreduce_async_call = _allreduce_async
+LANE_CALLS_LIMIT = 8192  # names remembered for the lane (twice the response cache): then it starts afresh
+
+
+def _submit_call(engine, request, array):
+    """Submit a named asynchronous allreduce of set 0 and remember its signature in the lane's
+    entry for the name, which the engine teaches its cache bit: the name's next call with the
+    same signature then queues in C. The engine checks first that nothing of the name is in
+    flight, in the lane included."""
+    global _allreduce_async_call
+    calls = engine.lane_calls
+    name, code, op, pre, post = request.name, request.code, request.op, request.prescale, request.postscale
+    entry = calls.get(name)
+    if entry is None or not (entry.code == code and entry.op == op and entry.prescale == pre and
+                             entry.postscale == post and entry.shape == array.shape):
+        core = engine.runtime.core
+        if _allreduce_async_call is not core.lane_allreduce_async:
+            core.lane_configure(_start_slowly, Handle, _allreduce_async, global_process_set, _ELEMENTWISE_OPS)
+            _allreduce_async_call = core.lane_allreduce_async
+        entry = core.LaneEntry(array, array, code, op, pre, post, name, 0, engine, None, engine.lane_generation, True)
+        if len(calls) >= LANE_CALLS_LIMIT:
+            calls.clear()
+    request.origin = entry
+    handle = engine.submit(request)
+    calls[name] = entry
+    entry.adopt(handle)
+    return handle
+
+
 def allreduce_async(tensor, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,
                     process_set=global_process_set):
-    return _allreduce("allreduce", tensor, op, name, prescale_factor, postscale_factor, process_set, False, False)
+    return _allreduce_async_call(tensor, op, name, prescale_factor, postscale_factor, process_set, False)
 
 
 def allreduce_async_(tensor, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,
                      process_set=global_process_set):
-    return _allreduce("allreduce", tensor, op, name, prescale_factor, postscale_factor, process_set, True, False)
+    return _allreduce_async_call(tensor, op, name, prescale_factor, postscale_factor, process_set, True)
 
 
 def grouped_allreduce(tensors, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,
@@ -199,7 +239,7 @@ class PersistentAllreduce:
         handle = Handle("allreduce", name, engine=engine)
         handle.done = True  # nothing started yet
         core = runtime.current("allreduce_init").core
-        core.lane_configure(_start_slowly, Handle)
+        core.lane_configure(_start_slowly, Handle, _allreduce_async, global_process_set, _ELEMENTWISE_OPS)
         self._entry = core.LaneEntry(array, out, code, int(op), pre, post, name, state.id, engine, handle,
                                      engine.lane_generation)
         self.start = self._entry.start  # the C method itself: no Python frame per start

@@ -137,6 +137,7 @@ class Engine:
         # the persistent lane (csrc/persistent_lane.c) queues started persistent allreduces of set 0
         self.lane_generation = runtime.core.lane_new_generation()
         self.sets[0].cache.on_change = runtime.core.lane_cache_generation
+        self.lane_calls = runtime.core.lane_calls()  # name -> entry of set 0's allreduce_async calls
         self.next_set_id = 1
         self._round_lock = threading.Lock()
         self._stop = threading.Event()
@@ -177,6 +178,10 @@ class Engine:
         holders = state.holders
         previous = holders.get(request.name)
         previous = previous() if previous is not None else None  # gone: the engine let go of it, done
+        if (previous is None or previous.done) and request.process_set == 0:
+            call = self.lane_calls.get(request.name)  # an allreduce_async queued in the C lane
+            if call is not None and call.handle is not None:
+                previous = call.handle
         if previous is not None and not previous.done and previous is not request.handle:
             if not isinstance(request.name, UnnamedName):
                 raise ValueError(f"{request.kind}: an operation named '{request.name}' is already in flight on rank "
@@ -329,7 +334,9 @@ class Engine:
             if dozing != self._dozing:  # a start() queued in the lane rings too
                 self.runtime.core.lane_doorbell(self._doorbell.set if dozing else None)
             self._dozing = dozing
-            rung = self._doorbell.wait(max(self.round_ended + pause - time.perf_counter(), 0.0))
+            # (a round another thread is running has set last_round but not yet round_ended)
+            wake_at = max(self.round_ended + pause, self.last_round + cycle)
+            rung = self._doorbell.wait(max(wake_at - time.perf_counter(), 0.0))
             self._doorbell.clear()
             if self._stop.is_set():
                 break

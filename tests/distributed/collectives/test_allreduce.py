@@ -271,3 +271,38 @@ def test_a_persistent_allreduce_refuses_bad_input_when_made_and_a_second_start_i
             persistent.start()
     assert rt.synchronize(first).tolist() == [q * rt.size() for q in range(6)]
     assert rt.synchronize(persistent.start()) is x  # startable again once done
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["out-of-place", "in-place"])
+@pytest.mark.parametrize("dtype,op", DTYPE_OPS)
+def test_repeated_named_async_allreduces_match_numpy_at_every_step(dtype, op, in_place):
+    """A named allreduce_async(_) seen before queues in the C lane with a new Handle (the call
+    itself is csrc/persistent_lane.c's lane_allreduce_async). Started together they are reduced
+    as fusion groups; the results match numpy at every step, with scale factors, and an
+    out-of-place call's output is a new array each time."""
+    size, rank = rt.size(), rt.rank()
+    shapes = [(n,) for n in lengths(size)] + [(9001,), (3, 5)]
+    scales = dict(prescale=2.0 if op != rt.Product else 1.0, postscale=0.5) if dtype != np.bool_ else {}
+    factors = {f"{key}_factor": value for key, value in scales.items()}
+    call = rt.allreduce_async_ if in_place else rt.allreduce_async
+    names = [f"async.lane.{np.dtype(dtype).name}.{op.name}.{in_place}.{i}" for i in range(len(shapes))]
+    mine = [np.empty(shape, dtype=dtype) for shape in shapes]
+    last = [None] * len(shapes)
+    for step in range(4):
+        inputs = [[rank_input(dtype, shape, q, seed=40 + step + i) for q in range(size)]
+                  for i, shape in enumerate(shapes)]
+        for m, each in zip(mine, inputs):
+            m[...] = each[rank]
+        handles = [call(m, op=op, name=name, **factors) for m, name in zip(mine, names)]
+        assert len({id(h) for h in handles}) == len(handles)
+        for i, (h, each) in enumerate(zip(handles, inputs)):
+            result = rt.synchronize(h)
+            if in_place:
+                assert result is mine[i]
+            else:
+                assert result is not mine[i] and result is not last[i]
+                np.testing.assert_array_equal(mine[i], each[rank], err_msg="input was modified")
+                last[i] = result
+            assert_matches(result, reference_reduce(op, each, dtype, **scales), dtype, size, f"step {step} tensor {i}")
+    calls = runtime.current("test").engine.lane_calls
+    assert all(calls[name].bit >= 0 for name, m in zip(names, mine) if m.size), "no call was taught its bit"

@@ -251,6 +251,69 @@ def test_a_persistent_allreduce_in_the_lane_still_finds_a_mismatch():
     assert rt.allreduce(np.ones(2), op=rt.Sum, name="lane.mm.after").tolist() == [rt.size()] * 2
 
 
+def test_named_async_allreduces_queue_in_c_once_negotiated_and_fall_back_when_anything_changes():
+    """A named allreduce_async(_) queues in the C lane from the third call of its name with the
+    same signature (the first is negotiated, the second is taught its bit). Rank 0 records a
+    timeline for some steps (its lane is closed) while the others use the lane; the last rank
+    calls the second half late; one name changes shape for a step and back; a second call of a
+    name in flight is refused with the engine's duplicate-name error. Results match numpy."""
+    eng, core = engine(), runtime.current("test").core
+    size, rank = rt.size(), rt.rank()
+    sizes = [1, 7, 300_001, 3, 64, 2000, 2501, 5]
+    buffers = [np.empty(n, np.float32 if i % 3 else np.float64) for i, n in enumerate(sizes)]
+    path = rt.broadcast_object(os.path.join(tempfile.gettempdir(), f"ringtrain-async-lane-{os.getpid()}-{size}.json"))
+    queued = []
+    for step in range(10):
+        if step == 5:
+            rt.start_timeline(path)
+        elif step == 7:
+            rt.stop_timeline()
+        odd = step == 3  # buffer 1 changes shape for this step only
+        arrays = list(buffers)
+        if odd:
+            arrays[1] = np.empty(8, np.float32)
+        for i, b in enumerate(arrays):
+            b[...] = rank + step + i
+        with eng._round_lock:  # no round takes them while they are submitted
+            before = core.lane_length()
+            handles = [rt.allreduce_async_(b, op=rt.Sum, name=f"alane.{i}") for i, b in enumerate(arrays[:4])]
+            queued.append(core.lane_length() - before)
+            with pytest.raises(ValueError, match="an operation named 'alane.0' is already in flight"):
+                rt.allreduce_async_(arrays[0], op=rt.Sum, name="alane.0")
+        if rank == size - 1:
+            time.sleep(0.05)
+        handles += [rt.allreduce_async(b, op=rt.Sum, name=f"alane.{i + 4}") for i, b in enumerate(arrays[4:])]
+        for i, (b, h) in enumerate(zip(arrays, handles)):
+            result = rt.synchronize(h)
+            assert (result is b) if i < 4 else (result is not b)
+            assert (result == sum(q + step + i for q in range(size))).all(), (step, i, result[:3])
+    if rank == 0:
+        os.unlink(path)
+    # first call negotiated, second taught, then in C; the changed shape and back are negotiated
+    # or taught again (as is every name when the cache changed that step)
+    assert queued[:2] == [0, 0] and queued[2] == 4 and queued[4] < 4 and queued[-1] == 4, queued
+    if size > 1:
+        assert (queued[5] == 0) == (rank == 0), queued  # with a timeline rank 0's lane is closed
+    rt.barrier()
+
+
+def test_a_named_async_allreduce_in_the_lane_still_finds_a_mismatch():
+    """After steady steps in the lane, the last rank calls the name with another shape: every
+    rank gets the mismatch, and the job goes on."""
+    if rt.size() == 1:
+        pytest.skip("a mismatch needs two ranks; runs under mpiexec")
+    x = np.ones(4, np.float32)
+    for _ in range(3):
+        x[...] = 1
+        assert rt.synchronize(rt.allreduce_async_(x, op=rt.Sum, name="alane.mm")).tolist() == [rt.size()] * 4
+    last = rt.size() - 1
+    y = np.ones(5 if rt.rank() == last else 4, np.float32)
+    with pytest.raises(rt.RingtrainError, match=rf"Mismatched allreduce shapes for 'alane.mm': rank 0 has \(4,\), "
+                                                 rf"but rank {last} has \(5,\)"):
+        rt.synchronize(rt.allreduce_async_(y, op=rt.Sum, name="alane.mm"))
+    assert rt.allreduce(np.ones(2), op=rt.Sum, name="alane.mm.after").tolist() == [rt.size()] * 2
+
+
 @pytest.mark.parametrize("case", list(MISMATCHES))
 def test_mismatch_raises_on_every_rank(case):
     if rt.size() == 1:
