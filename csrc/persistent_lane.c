@@ -1,17 +1,26 @@
-/* The persistent lane: started persistent allreduces (ringtrain.allreduce_init) queued in C.
+/* The persistent lane: a training loop's steady allreduces queued, or run, in C.
  *
- * A training loop starts the same persistent allreduces every step. Once one has a response
- * cache bit, its start() is this file's entry_start: no Python frame, no Request, only a pointer
- * appended to the lane's queue and its Handle reset. The engine's next round on process set 0
- * (engine.py, Engine._lane_round) calls lane_round, which runs the whole round in C when the
- * queue is all that is pending and forms one fusion group: the bit vector of the queued bits,
- * the round's exchange and the fused allreduce (module.c, round_and_allreduce: exactly what the
- * engine's general path sends for the same tensors, so other ranks need not take this lane),
- * then every Handle completed. Anything else (a bit another rank did not propose, a mix the
- * general path must plan, a failure) hands the queued entries back to Python as they are, and
- * the engine goes on with them as ordinary requests. Python keeps the truth about bits: it
- * teaches an entry its bit after negotiating it, and tells the lane whenever the response
- * cache changes (an entry learned under another cache generation takes the slow start). */
+ * A training loop makes the same allreduces every step. Once the engine has negotiated one and
+ * taught its entry here the response cache bit, the call itself is C:
+ * - a persistent allreduce's start() (ringtrain.allreduce_init) is entry_start;
+ * - allreduce_async(_) is lane_allreduce_async, which finds its name's entry (lane_calls) and
+ *   queues it with the caller's tensor and a new Handle;
+ * - allreduce(_) is lane_allreduce: with nothing else in flight on set 0 it runs the round and
+ *   the allreduce in the caller's thread (Engine.allreduce_now's steady path, without Python).
+ * No Python frame, no Request, no engine lock per call. Unnamed calls are named here from the
+ * same counter as requests.unnamed_name. Whatever does not match exactly goes to the Python
+ * path, with its name.
+ *
+ * The engine's next round on process set 0 (engine.py, Engine._lane_round) calls lane_round,
+ * which runs the whole round in C when the queue is all that is pending: the bit vector of the
+ * queued bits, the round's exchange, the agreed entries' allreduces grouped for fusion
+ * (module.c, round_and_allreduce: exactly what the engine's general path sends for the same
+ * tensors, so other ranks need not take this lane), then every Handle completed. Anything else
+ * (a bit another rank did not propose for FALLBACK_ROUNDS, a slow path, a failure) hands the
+ * queued entries back to Python as they are, and the engine goes on with them as ordinary
+ * requests. Python keeps the truth about bits: it teaches an entry its bit after negotiating
+ * it, and tells the lane which bits change hands whenever the response cache changes; an
+ * entry whose bit changed since it learned it takes the Python path. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
@@ -44,6 +53,8 @@ static struct {
     int open;                   /* the engine lets starts queue here (Engine._update_direct) */
     long long generation;       /* bumped for every engine: entries of an older one are stale */
     long long cache_generation; /* set 0's ResponseCache.generation, pushed on every change */
+    long long *bit_changed;     /* per bit: the generation at which it last changed hands (0: never) */
+    size_t bits_known;
     LaneEntry **queue;          /* started, not yet taken by a round (strong references) */
     Py_ssize_t length, capacity;
     size_t bytes;
@@ -53,9 +64,19 @@ static struct {
     PyObject *slow_call;        /* collectives._allreduce_async: what lane_allreduce_async cannot take */
     PyObject *global_set;       /* ringtrain.global_process_set */
     PyObject *ops[RT_NUM_OPS];  /* the ReduceOp members, by code */
+    PyObject *unnamed_counter;  /* requests.unnamed_name's counter and names of ("allreduce", set 0) */
+    PyObject *unnamed_names;
+    /* the synchronous call (lane_allreduce): set 0's engine state, its round lock, the tuning */
+    PyObject *sync_slow_call;   /* collectives._allreduce_sync */
+    PyObject *engine, *state, *pending, *requests, *lock_acquire, *lock_release, *tuning;  /* requests: state.queue */
+    uint64_t *words;            /* a round's bit vector, lane.nwords long */
+    size_t nwords, words_capacity;
+    MPI_Comm ctrl, comm;        /* set 0's control and data communicators (ctrl NULL on one rank) */
+    long long direct_calls;     /* synchronous calls completed here (Engine.direct_calls adds them) */
 } lane;
 
-static PyObject *str_done, *str_result, *str_error, *str_entries, *str_allreduce;
+static PyObject *str_done, *str_result, *str_error, *str_entries, *str_allreduce, *str_join_request,
+    *str_allreduce_args, *str_last_round, *str_round_ended, *str_activity, *str_fallback;
 
 static void entry_dealloc(LaneEntry *self) {
     Py_XDECREF(self->tensor);
@@ -153,6 +174,14 @@ static int set_handle(PyObject *handle, PyObject *done, PyObject *result, PyObje
            PyObject_SetAttr(handle, str_done, done) ? -1 : 0;
 }
 
+/* The entry's bit still stands for its name and signature: it has not changed hands since the
+ * engine taught it (a change of other bits does not matter). */
+static int bit_current(const LaneEntry *entry) {
+    if (entry->bit < 0 || entry->generation != lane.generation || entry->bit_generation < 0) return 0;
+    const size_t bit = (size_t)entry->bit;
+    return bit < lane.bits_known ? lane.bit_changed[bit] <= entry->bit_generation : 1;
+}
+
 /* A new pending Handle of an allreduce, as Handle("allreduce", name, engine=engine) would make it,
  * without running its __init__ (allocated and its slots filled here), or NULL with an error. */
 static PyObject *new_handle(PyObject *name, PyObject *engine) {
@@ -214,8 +243,7 @@ static int enqueue(LaneEntry *entry) {
  * decides, raising what Python would raise. */
 static PyObject *entry_start(LaneEntry *self, PyObject *Py_UNUSED(ignored)) {
     if (self->call) return PyErr_Format(PyExc_TypeError, "'%U' is an allreduce_async call's entry, not started", self->name);
-    if (lane.open && self->bit >= 0 && self->generation == lane.generation &&
-        self->bit_generation == lane.cache_generation) {
+    if (lane.open && bit_current(self)) {
         const int idle = handle_done(self->handle);
         if (idle < 0) return NULL;
         if (idle) {
@@ -310,9 +338,9 @@ static int plain_number(PyObject *obj, double *value) {
  * happened): its name's entry, taught its bit under the current cache, with the signature of
  * this call (dtype, shape, op, scale factors), on process set 0, and nothing of its name in
  * flight. Whatever does not match exactly goes to the Python path, which checks it fully. */
-static LaneEntry *call_entry(PyObject *const *args, int in_place) {
-    PyObject *tensor = args[0], *op = args[1], *name = args[2], *set = args[5];
-    if (!lane.open || !lane.calls || !handle_slots.fresh || set != lane.global_set || !PyUnicode_CheckExact(name) ||
+static LaneEntry *call_entry(PyObject *const *args, PyObject *name, int in_place) {
+    PyObject *tensor = args[0], *op = args[1], *set = args[5];
+    if (!lane.open || !lane.calls || !handle_slots.fresh || set != lane.global_set || !PyUnicode_Check(name) ||
         !PyArray_CheckExact(tensor))
         return NULL;
     int code = -1;
@@ -324,8 +352,7 @@ static LaneEntry *call_entry(PyObject *const *args, int in_place) {
     if (!found || !PyObject_TypeCheck(found, &LaneEntryType)) return NULL;
     LaneEntry *entry = (LaneEntry *)found;
     PyArrayObject *array = (PyArrayObject *)tensor;
-    if (!entry->call || entry->bit < 0 || entry->generation != lane.generation ||
-        entry->bit_generation != lane.cache_generation || entry->op != code || entry->prescale != prescale ||
+    if (!entry->call || !bit_current(entry) || entry->op != code || entry->prescale != prescale ||
         entry->postscale != postscale || !PyArray_IS_C_CONTIGUOUS(array) || (in_place && !PyArray_ISWRITEABLE(array)) ||
         PyArray_NDIM(array) != entry->ndim ||
         memcmp(PyArray_DIMS(array), entry->shape, (size_t)entry->ndim * sizeof(npy_intp)))
@@ -346,15 +373,45 @@ static LaneEntry *call_entry(PyObject *const *args, int in_place) {
  * whose entry the engine has taught its bit) is queued in the lane with a new Handle, as a
  * persistent allreduce's start() is: no Request, no Python frame. Anything else goes to
  * collectives._allreduce_async, which checks everything and submits a Request. */
+/* The call's name: its own, or (None, while the lane is open on set 0) the next unnamed one of
+ * requests.unnamed_name, from the same counter: a new reference, or NULL with an error. */
+static PyObject *call_name(PyObject *const *args) {
+    PyObject *name = args[2];
+    if (name != Py_None || !lane.open || args[5] != lane.global_set || !lane.unnamed_counter) {
+        Py_INCREF(name);
+        return name;
+    }
+    PyObject *number = PyIter_Next(lane.unnamed_counter);
+    if (!number) return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_RuntimeError, "the unnamed counter ended");
+    const Py_ssize_t n = PyList_GET_SIZE(lane.unnamed_names), i = PyLong_AsSsize_t(number) % n;
+    Py_DECREF(number);
+    if (i < 0) return NULL;
+    PyObject *named = PyList_GET_ITEM(lane.unnamed_names, i);
+    Py_INCREF(named);
+    return named;
+}
+
+/* The Python path, with the name this call got (an unnamed call's counter moves only once). */
+static PyObject *slow_path(PyObject *slow, PyObject *const *args, Py_ssize_t nargs, PyObject *name) {
+    if (!slow) return PyErr_Format(PyExc_RuntimeError, "internal: the lane has no Python path");
+    PyObject *with_name[7];
+    for (Py_ssize_t i = 0; i < nargs && i < 7; i++) with_name[i] = args[i];
+    with_name[2] = name;
+    return PyObject_Vectorcall(slow, with_name, (size_t)nargs, NULL);
+}
+
 static PyObject *py_lane_allreduce_async(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 7) return PyErr_Format(PyExc_TypeError, "lane_allreduce_async takes 7 arguments, got %zd", nargs);
     const int in_place = args[6] == Py_True;
-    LaneEntry *entry = call_entry(args, in_place);
+    PyObject *name = call_name(args);
+    if (!name) return NULL;
+    LaneEntry *entry = call_entry(args, name, in_place);
     if (!entry) {
-        if (PyErr_Occurred()) return NULL;
-        if (!lane.slow_call) return PyErr_Format(PyExc_RuntimeError, "internal: the lane has no Python path");
-        return PyObject_Vectorcall(lane.slow_call, args, (size_t)nargs, NULL);
+        PyObject *result = PyErr_Occurred() ? NULL : slow_path(lane.slow_call, args, nargs, name);
+        Py_DECREF(name);
+        return result;
     }
+    Py_DECREF(name);
     PyObject *tensor = args[0], *output = tensor;
     if (in_place) Py_INCREF(output);
     else if (!(output = PyArray_NewLikeArray((PyArrayObject *)tensor, NPY_CORDER, NULL, 0))) return NULL;
@@ -373,6 +430,161 @@ static PyObject *py_lane_allreduce_async(PyObject *self, PyObject *const *args, 
     if (enqueue(entry)) return NULL;
     Py_INCREF(handle);
     return handle;
+}
+
+/* Set 0 has nothing in flight in Python (Engine.allreduce_now's condition): 1, 0, or -1. */
+static int engine_idle(void) {
+    if (!lane.open || lane.length || !lane.state || PyDict_GET_SIZE(lane.pending)) return 0;
+    Py_ssize_t queued = PyObject_Length(lane.requests);
+    if (queued) return queued < 0 ? -1 : 0;
+    PyObject *join = PyObject_GetAttr(lane.state, str_join_request);
+    if (!join) return -1;
+    Py_DECREF(join);
+    return join == Py_None;
+}
+
+static int set_float(PyObject *obj, PyObject *attr, double value) {
+    PyObject *number = PyFloat_FromDouble(value);
+    if (!number) return -1;
+    const int err = PyObject_SetAttr(obj, attr, number);
+    Py_DECREF(number);
+    return err;
+}
+
+/* lane_allreduce(tensor, op, name, prescale_factor, postscale_factor, process_set, in_place)
+ * -> the result: ringtrain.allreduce(_) itself. The steady path of Engine.allreduce_now without
+ * its Python: a tensor whose name's entry the engine has taught its bit, with nothing else in
+ * flight on set 0, is reduced in this thread by one round that carries its bit (and, if small,
+ * its data). The other ranks see exactly the round the general path would run. If they
+ * proposed something else, or the round failed, Engine._direct_round_ended goes on from there
+ * in Python; anything else goes to collectives._allreduce_sync. */
+static PyObject *py_lane_allreduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) return PyErr_Format(PyExc_TypeError, "lane_allreduce takes 7 arguments, got %zd", nargs);
+    const int in_place = args[6] == Py_True;
+    PyObject *name = call_name(args);
+    if (!name) return NULL;
+    LaneEntry *entry = call_entry(args, name, in_place);
+    int idle = entry ? engine_idle() : 0;
+    PyObject *locked = NULL;
+    if (idle > 0) {  /* not while the engine thread is in a round: the call then queues like any other */
+        locked = PyObject_CallOneArg(lane.lock_acquire, Py_False);
+        if (!locked) idle = -1;
+        else if (locked != Py_True) idle = 0;
+        else if ((idle = engine_idle()) <= 0) {
+            PyObject *released = PyObject_CallNoArgs(lane.lock_release);
+            if (!released) idle = -1;
+            Py_XDECREF(released);
+        }
+        Py_XDECREF(locked);
+    }
+    if (idle <= 0 || PyErr_Occurred()) {
+        PyObject *result = idle < 0 || PyErr_Occurred() ? NULL : slow_path(lane.sync_slow_call, args, nargs, name);
+        Py_DECREF(name);
+        return result;
+    }
+    /* the round lock is held from here until the call is done or handed to Python */
+    PyObject *tensor = args[0], *output = tensor, *result = NULL, *error = NULL, *args_tuple = NULL;
+    Py_ssize_t tuning_values[4] = {0};
+    if (in_place) Py_INCREF(output);
+    else output = PyArray_NewLikeArray((PyArrayObject *)tensor, NPY_CORDER, NULL, 0);
+    PyObject *allreduce_args = output ? PyObject_GetAttr(lane.tuning, str_allreduce_args) : NULL;
+    if (allreduce_args && PyTuple_Check(allreduce_args) && PyTuple_GET_SIZE(allreduce_args) == 4)
+        for (int i = 0; i < 4; i++) tuning_values[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(allreduce_args, i));
+    else if (allreduce_args)
+        PyErr_SetString(PyExc_TypeError, "internal: tuning.allreduce_args is not 4 numbers");
+    Py_XDECREF(allreduce_args);
+    const double started = rt_now();
+    if (!PyErr_Occurred() && lane.words_capacity < lane.nwords) {
+        uint64_t *grown = realloc(lane.words, lane.nwords * sizeof *grown);
+        if (!grown) PyErr_NoMemory();
+        else {
+            lane.words = grown;
+            lane.words_capacity = lane.nwords;
+        }
+    }
+    if (PyErr_Occurred() || set_float(lane.engine, str_last_round, started) ||
+        set_float(lane.engine, str_round_ended, started))
+        goto release;
+    const size_t nwords = lane.nwords;
+    uint64_t *words = lane.words;
+    memset(words, 0, nwords * sizeof *words);
+    words[0] |= 1;  /* NO_SLOW_PATH_BIT */
+    words[entry->bit / 64] |= (uint64_t)1 << (entry->bit % 64);
+    char *src = PyArray_BYTES((PyArrayObject *)tensor), *dst = PyArray_BYTES((PyArrayObject *)output);
+    size_t bytes = entry->nbytes;
+    const int dtype = entry->dtype, op = entry->op;
+    const double prescale = entry->prescale, postscale = entry->postscale;
+    rt_tuning tuning = tuning_of(tuning_values[0], tuning_values[1], tuning_values[2], tuning_values[3]);
+    int err, agreed = 0, in_data = 0;
+    MPI_Comm ctrl = lane.ctrl, comm = lane.comm;
+    Py_BEGIN_ALLOW_THREADS
+    err = round_and_allreduce(ctrl, words, nwords, comm, &src, &dst, &bytes, 1, bytes, NULL, dtype, op, prescale,
+                              postscale, round_data_bound(tuning_values[0]), &tuning, &agreed, &in_data);
+    Py_END_ALLOW_THREADS
+    if (!err && agreed) {
+        lane.direct_calls++;
+        if (PyObject_SetAttr(lane.engine, str_activity, Py_True) == 0) {
+            result = output;
+            Py_INCREF(result);
+        }
+        goto release;
+    }
+    /* the others proposed something else (words hold the agreed bits), or the round failed:
+     * the engine goes on in Python, and releases the lock */
+    if (err) {
+        if (err == -1) PyErr_NoMemory();
+        else raise_mpi_error(in_data ? "allreduce" : "a negotiation round", err);
+        PyObject *type, *traceback;
+        PyErr_Fetch(&type, &error, &traceback);
+        PyErr_NormalizeException(&type, &error, &traceback);
+        if (error && traceback) PyException_SetTraceback(error, traceback);
+        Py_XDECREF(type);
+        Py_XDECREF(traceback);
+    }
+    npy_intp n = (npy_intp)nwords;
+    PyObject *agreed_words = PyArray_SimpleNew(1, &n, NPY_UINT64);
+    if (agreed_words) {
+        memcpy(PyArray_DATA((PyArrayObject *)agreed_words), words, nwords * sizeof *words);
+        PyObject *started_obj = PyFloat_FromDouble(started);
+        PyObject *code = PyLong_FromLong(dtype), *op_code = PyLong_FromLong(op);
+        PyObject *pre = PyFloat_FromDouble(prescale), *post = PyFloat_FromDouble(postscale);
+        if (started_obj && code && op_code && pre && post)
+            args_tuple = PyTuple_Pack(11, name, tensor, output, code, op_code, pre, post, agreed_words, started_obj,
+                                      error ? error : Py_None, in_place ? Py_True : Py_False);
+        Py_XDECREF(started_obj); Py_XDECREF(code); Py_XDECREF(op_code); Py_XDECREF(pre); Py_XDECREF(post);
+        Py_DECREF(agreed_words);
+    }
+    if (args_tuple) {
+        PyObject *method = PyObject_GetAttr(lane.engine, str_fallback);
+        if (method) {
+            result = PyObject_Call(method, args_tuple, NULL);  /* releases the lock */
+            Py_DECREF(method);
+            Py_DECREF(args_tuple);
+            Py_XDECREF(error);
+            Py_XDECREF(output);
+            Py_DECREF(name);
+            return result;
+        }
+        Py_DECREF(args_tuple);
+    }
+    Py_XDECREF(error);
+release:
+    {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        PyObject *released = PyObject_CallNoArgs(lane.lock_release);
+        Py_XDECREF(released);
+        if (type) {
+            Py_XDECREF(result);
+            result = NULL;
+            PyErr_Restore(type, value, traceback);
+        } else if (!released) {
+            Py_CLEAR(result);
+        }
+    }
+    Py_XDECREF(output);
+    Py_DECREF(name);
+    return result;
 }
 
 /* The queue as a list (the references move to it), the queue left empty. */
@@ -617,17 +829,25 @@ static Py_ssize_t named_slot(PyTypeObject *type, const char *name) {
  * lane_allreduce_async call when they cannot queue; the Handle class; the global process set;
  * the ReduceOp members in code order. */
 static PyObject *py_lane_configure(PyObject *self, PyObject *args) {
-    PyObject *slow_start, *slow_call, *global_set, *ops;
+    PyObject *slow_start, *slow_call, *sync_slow_call, *global_set, *ops, *counter, *names;
     PyTypeObject *handle_type;
-    if (!PyArg_ParseTuple(args, "OO!OOO!", &slow_start, &PyType_Type, &handle_type, &slow_call, &global_set,
-                          &PyTuple_Type, &ops))
+    if (!PyArg_ParseTuple(args, "OO!OOOO!OO!", &slow_start, &PyType_Type, &handle_type, &slow_call, &sync_slow_call,
+                          &global_set, &PyTuple_Type, &ops, &counter, &PyList_Type, &names))
         return NULL;
     if (PyTuple_GET_SIZE(ops) != RT_NUM_OPS)
         return PyErr_Format(PyExc_ValueError, "lane_configure needs the %d element-wise ops", RT_NUM_OPS);
+    if (!PyIter_Check(counter) || PyList_GET_SIZE(names) == 0)
+        return PyErr_Format(PyExc_TypeError, "lane_configure needs the unnamed counter and its names");
     Py_INCREF(slow_start);
     Py_XSETREF(lane.slow_start, slow_start);
     Py_INCREF(slow_call);
     Py_XSETREF(lane.slow_call, slow_call);
+    Py_INCREF(sync_slow_call);
+    Py_XSETREF(lane.sync_slow_call, sync_slow_call);
+    Py_INCREF(counter);
+    Py_XSETREF(lane.unnamed_counter, counter);
+    Py_INCREF(names);
+    Py_XSETREF(lane.unnamed_names, names);
     Py_INCREF(global_set);
     Py_XSETREF(lane.global_set, global_set);
     for (int i = 0; i < RT_NUM_OPS; i++) {
@@ -662,6 +882,31 @@ static PyObject *py_lane_configure(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* lane_engine(engine, state, round_lock, tuning, ctrl_f, comm_f): set 0 of the engine that the
+ * synchronous call serves (its pending requests, queue and join, its round lock, the tuning). */
+static PyObject *py_lane_engine(PyObject *self, PyObject *args) {
+    PyObject *engine, *state, *lock, *tuning;
+    int ctrl_f, comm_f;
+    if (!PyArg_ParseTuple(args, "OOOOii", &engine, &state, &lock, &tuning, &ctrl_f, &comm_f)) return NULL;
+    PyObject *pending = PyObject_GetAttrString(state, "pending"), *queue = PyObject_GetAttrString(state, "queue"),
+             *acquire = PyObject_GetAttrString(lock, "acquire"), *release = PyObject_GetAttrString(lock, "release");
+    if (!pending || !queue || !acquire || !release || !PyDict_Check(pending)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "lane_engine: state.pending must be a dict");
+        Py_XDECREF(pending); Py_XDECREF(queue); Py_XDECREF(acquire); Py_XDECREF(release);
+        return NULL;
+    }
+    Py_INCREF(engine); Py_XSETREF(lane.engine, engine);
+    Py_INCREF(state); Py_XSETREF(lane.state, state);
+    Py_INCREF(tuning); Py_XSETREF(lane.tuning, tuning);
+    Py_XSETREF(lane.pending, pending);
+    Py_XSETREF(lane.requests, queue);
+    Py_XSETREF(lane.lock_acquire, acquire);
+    Py_XSETREF(lane.lock_release, release);
+    lane.comm = MPI_Comm_f2c(comm_f);
+    lane.ctrl = comm_size(lane.comm) == 1 ? MPI_COMM_NULL : MPI_Comm_f2c(ctrl_f);  /* one rank agrees with itself */
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_lane_open(PyObject *self, PyObject *arg) {
     lane.open = PyObject_IsTrue(arg) == 1;
     Py_RETURN_NONE;
@@ -671,6 +916,16 @@ static PyObject *py_lane_new_generation(PyObject *self, PyObject *unused) {
     PyObject *calls = PyDict_New();  /* an engine's calls start afresh */
     if (!calls) return NULL;
     Py_XSETREF(lane.calls, calls);
+    Py_CLEAR(lane.engine);  /* an engine that stopped: lane_engine names the new one */
+    Py_CLEAR(lane.state);
+    Py_CLEAR(lane.pending);
+    Py_CLEAR(lane.requests);
+    Py_CLEAR(lane.lock_acquire);
+    Py_CLEAR(lane.lock_release);
+    Py_CLEAR(lane.tuning);
+    lane.direct_calls = 0;
+    lane.nwords = 1;
+    if (lane.bits_known) memset(lane.bit_changed, 0, lane.bits_known * sizeof *lane.bit_changed);
     lane.open = 0;
     lane.cache_generation = 0;
     Py_CLEAR(lane.doorbell);
@@ -680,12 +935,32 @@ static PyObject *py_lane_new_generation(PyObject *self, PyObject *unused) {
     return PyLong_FromLongLong(++lane.generation);
 }
 
-static PyObject *py_lane_cache_generation(PyObject *self, PyObject *arg) {
-    long long generation = PyLong_AsLongLong(arg);
-    if (generation == -1 && PyErr_Occurred()) return NULL;
+static PyObject *py_lane_cache_generation(PyObject *self, PyObject *args) {
+    long long generation;
+    Py_ssize_t nwords;
+    PyObject *bits;
+    if (!PyArg_ParseTuple(args, "LnO!", &generation, &nwords, &PyTuple_Type, &bits)) return NULL;
+    if (nwords < 1) return PyErr_Format(PyExc_ValueError, "a bit vector has at least one word");
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(bits); i++) {
+        const Py_ssize_t bit = PyLong_AsSsize_t(PyTuple_GET_ITEM(bits, i));
+        if (bit < 0) return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_ValueError, "bad bit %zd", bit);
+        if ((size_t)bit >= lane.bits_known) {
+            size_t known = lane.bits_known ? lane.bits_known : 64;
+            while (known <= (size_t)bit) known *= 2;
+            long long *grown = realloc(lane.bit_changed, known * sizeof *grown);
+            if (!grown) return PyErr_NoMemory();
+            memset(grown + lane.bits_known, 0, (known - lane.bits_known) * sizeof *grown);
+            lane.bit_changed = grown;
+            lane.bits_known = known;
+        }
+        lane.bit_changed[bit] = generation;
+    }
     lane.cache_generation = generation;
+    lane.nwords = (size_t)nwords;
     Py_RETURN_NONE;
 }
+
+static PyObject *py_lane_direct_calls(PyObject *self, PyObject *unused) { return PyLong_FromLongLong(lane.direct_calls); }
 
 static PyObject *py_lane_doorbell(PyObject *self, PyObject *arg) {
     if (arg == Py_None) {
@@ -722,8 +997,14 @@ PyMethodDef lane_methods[] = {
     {"lane_open", py_lane_open, METH_O, "lane_open(bool): whether starts may queue in the lane"},
     {"lane_new_generation", py_lane_new_generation, METH_NOARGS,
      "lane_new_generation() -> int: a new engine's generation (the lane closed, entries of older ones stale)"},
-    {"lane_cache_generation", py_lane_cache_generation, METH_O,
-     "lane_cache_generation(int): process set 0's response cache changed"},
+    {"lane_cache_generation", py_lane_cache_generation, METH_VARARGS,
+     "lane_cache_generation(generation, words, bits): process set 0's response cache changed these bits' owners "
+     "(its bit vector now has `words` words)"},
+    {"lane_engine", py_lane_engine, METH_VARARGS,
+     "lane_engine(engine, state, round_lock, tuning, ctrl_f, comm_f): set 0 of the engine lane_allreduce serves"},
+    {"lane_allreduce", (PyCFunction)(void (*)(void))py_lane_allreduce, METH_FASTCALL,
+     "lane_allreduce(tensor, op, name, prescale_factor, postscale_factor, process_set, in_place) -> result"},
+    {"lane_direct_calls", py_lane_direct_calls, METH_NOARGS, "lane_direct_calls() -> synchronous calls completed in C"},
     {"lane_doorbell", py_lane_doorbell, METH_O, "lane_doorbell(callable or None): rung by a start while the engine dozes"},
     {"lane_length", py_lane_length, METH_NOARGS, "lane_length() -> int: entries queued"},
     {"lane_bytes", py_lane_bytes, METH_NOARGS, "lane_bytes() -> int: their bytes"},
@@ -735,7 +1016,15 @@ int lane_add_to_module(PyObject *module) {
     str_error = PyUnicode_InternFromString("error");
     str_entries = PyUnicode_InternFromString("entries");
     str_allreduce = PyUnicode_InternFromString("allreduce");
-    if (!str_done || !str_result || !str_error || !str_entries || !str_allreduce || PyType_Ready(&LaneEntryType) < 0) return -1;
+    str_join_request = PyUnicode_InternFromString("join_request");
+    str_allreduce_args = PyUnicode_InternFromString("allreduce_args");
+    str_last_round = PyUnicode_InternFromString("last_round");
+    str_round_ended = PyUnicode_InternFromString("round_ended");
+    str_activity = PyUnicode_InternFromString("_activity");
+    str_fallback = PyUnicode_InternFromString("_direct_round_ended");
+    lane.nwords = 1;
+    if (!str_done || !str_result || !str_error || !str_entries || !str_allreduce || !str_join_request ||
+        !str_allreduce_args || !str_last_round || !str_round_ended || !str_activity || !str_fallback || PyType_Ready(&LaneEntryType) < 0) return -1;
     Py_INCREF(&LaneEntryType);
     return PyModule_AddObject(module, "LaneEntry", (PyObject *)&LaneEntryType);
 }

@@ -16,7 +16,7 @@ from .dtypes import BOOL_CODE
 from .engine.executor import split_rows
 from .reduce_ops import Adasum, Average, Max, Min, Product, ReduceOp, Sum, as_op
 from .process_sets import ProcessSet, global_process_set
-from .engine.requests import Handle, Request, UnnamedName, request_name
+from .engine.requests import Handle, Request, UnnamedName, request_name, unnamed_source
 from .errors import RingtrainError
 from .tensors import as_array
 
@@ -103,10 +103,12 @@ def _allreduce(kind, tensors, op, name, prescale_factor, postscale_factor, proce
     if wait and kind == "allreduce":  # the steady state: one C call in this thread (Engine.allreduce_now)
         done = engine.allreduce_now(state, name, array, outputs[0], code, int(op), pre, post)
         if done is not None:
+            if state.id == 0 and array.nbytes:
+                _teach_call(engine, state, name, array, code, int(op), pre, post)
             return tensors if in_place else done
     request = Request("allreduce", name, state.id, arrays, outputs, code, int(op), -1, pre,
                       post, grouped=kind.startswith("grouped_"))
-    if not wait and kind == "allreduce" and state.id == 0 and type(name) is str and array.nbytes:
+    if not wait and kind == "allreduce" and state.id == 0 and array.nbytes:
         return _submit_call(engine, request, array)
     result = _submit(engine, request, wait)
     if wait and in_place:
@@ -121,13 +123,18 @@ def allreduce(tensor, op=Average, name=None, prescale_factor=1.0, postscale_fact
     The result is op(prescale_factor * tensor on each rank) * postscale_factor; Average divides
     by the number of ranks in the set (integers: exact division truncating toward zero).
     float16 and bfloat16 compute every partial result in float32."""
-    return _allreduce("allreduce", tensor, op, name, prescale_factor, postscale_factor, process_set, False, True)
+    return _allreduce_sync_call(tensor, op, name, prescale_factor, postscale_factor, process_set, False)
 
 
 def allreduce_(tensor, op=Average, name=None, prescale_factor=1.0, postscale_factor=1.0,
                process_set=global_process_set):
     """In-place allreduce: `tensor` is overwritten with the result and returned."""
-    return _allreduce("allreduce", tensor, op, name, prescale_factor, postscale_factor, process_set, True, True)
+    return _allreduce_sync_call(tensor, op, name, prescale_factor, postscale_factor, process_set, True)
+
+
+def _allreduce_sync(tensor, op, name, prescale_factor, postscale_factor, process_set, in_place):
+    """allreduce(_) in Python: every check, then the steady path (Engine.allreduce_now) or a Request."""
+    return _allreduce("allreduce", tensor, op, name, prescale_factor, postscale_factor, process_set, in_place, True)
 
 
 def _allreduce_async(tensor, op, name, prescale_factor, postscale_factor, process_set, in_place):
@@ -135,34 +142,54 @@ def _allreduce_async(tensor, op, name, prescale_factor, postscale_factor, proces
     return _allreduce("allreduce", tensor, op, name, prescale_factor, postscale_factor, process_set, in_place, False)
 
 
-# What allreduce_async(_) call: the Python path until a named call has made a lane entry, then the C
-# lane's call (csrc/persistent_lane.c, lane_allreduce_async), which queues a training loop's steady
-# state in C and hands every other call to _allreduce_async.
+# What allreduce(_) and allreduce_async(_) call: the Python paths above until a call has made a
+# lane entry, then the C lane's calls (csrc/persistent_lane.c: lane_allreduce, lane_allreduce_async).
+# They take a training loop's steady state in C (a tensor whose name and signature the engine has
+# taught its cache bit) and hand every other call, with its name, to the Python path.
+_allreduce_sync_call = _allreduce_sync
 _allreduce_async_call = _allreduce_async
 LANE_CALLS_LIMIT = 8192  # names remembered for the lane (twice the response cache): then it starts afresh
 
 
+def _call_entry(engine, name, array, code, op, pre, post):
+    """The lane's entry for calls of `name` with this signature (a new one if the name had none
+    or another signature; not yet stored), the lane's C calls switched on."""
+    global _allreduce_sync_call, _allreduce_async_call
+    entry = engine.lane_calls.get(name)
+    if entry is not None and entry.code == code and entry.op == op and entry.prescale == pre and \
+            entry.postscale == post and entry.shape == array.shape:
+        return entry
+    core = engine.runtime.core
+    if _allreduce_async_call is not core.lane_allreduce_async:
+        core.lane_configure(_start_slowly, Handle, _allreduce_async, _allreduce_sync, global_process_set,
+                            _ELEMENTWISE_OPS, *unnamed_source("allreduce", 0))
+        _allreduce_sync_call, _allreduce_async_call = core.lane_allreduce, core.lane_allreduce_async
+    if len(engine.lane_calls) >= LANE_CALLS_LIMIT:
+        engine.lane_calls.clear()
+    return core.LaneEntry(array, array, code, op, pre, post, name, 0, engine, None, engine.lane_generation, True)
+
+
+def _teach_call(engine, state, name, array, code, op, pre, post):
+    """After a synchronous call the steady path completed: its name's lane entry learns the bit,
+    so that the next call with this signature is lane_allreduce's alone."""
+    memo = state.bit_memo.get((name, code, array.shape, op, pre, post))
+    if memo is None or memo[0] != state.cache.generation:
+        return
+    entry = _call_entry(engine, name, array, code, op, pre, post)
+    entry.bit, entry.bit_generation = memo[1], memo[0]
+    engine.lane_calls[name] = entry
+
+
 def _submit_call(engine, request, array):
-    """Submit a named asynchronous allreduce of set 0 and remember its signature in the lane's
-    entry for the name, which the engine teaches its cache bit: the name's next call with the
-    same signature then queues in C. The engine checks first that nothing of the name is in
-    flight, in the lane included."""
-    global _allreduce_async_call
-    calls = engine.lane_calls
-    name, code, op, pre, post = request.name, request.code, request.op, request.prescale, request.postscale
-    entry = calls.get(name)
-    if entry is None or not (entry.code == code and entry.op == op and entry.prescale == pre and
-                             entry.postscale == post and entry.shape == array.shape):
-        core = engine.runtime.core
-        if _allreduce_async_call is not core.lane_allreduce_async:
-            core.lane_configure(_start_slowly, Handle, _allreduce_async, global_process_set, _ELEMENTWISE_OPS)
-            _allreduce_async_call = core.lane_allreduce_async
-        entry = core.LaneEntry(array, array, code, op, pre, post, name, 0, engine, None, engine.lane_generation, True)
-        if len(calls) >= LANE_CALLS_LIMIT:
-            calls.clear()
+    """Submit an asynchronous allreduce of set 0 and remember its signature in the lane's entry
+    for the name, which the engine teaches its cache bit: the name's next call with the same
+    signature then queues in C. The engine checks first that nothing of the name is in flight,
+    in the lane included."""
+    name = request.name
+    entry = _call_entry(engine, name, array, request.code, request.op, request.prescale, request.postscale)
     request.origin = entry
     handle = engine.submit(request)
-    calls[name] = entry
+    engine.lane_calls[name] = entry
     entry.adopt(handle)
     return handle
 
@@ -239,7 +266,8 @@ class PersistentAllreduce:
         handle = Handle("allreduce", name, engine=engine)
         handle.done = True  # nothing started yet
         core = runtime.current("allreduce_init").core
-        core.lane_configure(_start_slowly, Handle, _allreduce_async, global_process_set, _ELEMENTWISE_OPS)
+        core.lane_configure(_start_slowly, Handle, _allreduce_async, _allreduce_sync, global_process_set,
+                            _ELEMENTWISE_OPS, *unnamed_source("allreduce", 0))
         self._entry = core.LaneEntry(array, out, code, int(op), pre, post, name, state.id, engine, handle,
                                      engine.lane_generation)
         self.start = self._entry.start  # the C method itself: no Python frame per start

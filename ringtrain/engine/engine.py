@@ -137,9 +137,12 @@ class Engine:
         # the persistent lane (csrc/persistent_lane.c) queues started persistent allreduces of set 0
         self.lane_generation = runtime.core.lane_new_generation()
         self.sets[0].cache.on_change = runtime.core.lane_cache_generation
-        self.lane_calls = runtime.core.lane_calls()  # name -> entry of set 0's allreduce_async calls
+        self.lane_calls = runtime.core.lane_calls()  # name -> entry of set 0's allreduce(_async) calls
         self.next_set_id = 1
         self._round_lock = threading.Lock()
+        state = self.sets[0]
+        runtime.core.lane_cache_generation(state.cache.generation, state.cache.words(), ())
+        runtime.core.lane_engine(self, state, self._round_lock, self.tuning, state.ctrl_handle, state.handle)
         self._stop = threading.Event()
         self._doorbell = threading.Event()   # submit() wakes an idle engine (see _loop)
         self._activity = False
@@ -150,7 +153,7 @@ class Engine:
         self.last_round = 0.0
         self.negotiation_seconds = 0.0   # time in rounds outside the collectives themselves
         self.rounds = 0
-        self.direct_calls = 0    # synchronous allreduces completed by allreduce_now alone
+        self._direct_calls = 0   # synchronous allreduces completed by allreduce_now alone (and see direct_calls)
         self._next_cross_check = 0.0
         if config.timeline:
             self.start_timeline(config.timeline, config.timeline_mark_cycles)
@@ -261,7 +264,7 @@ class Engine:
             with self._round_lock:
                 core.allreduce(state.handle, array, output, code, op, pre, post, *t.allreduce_args)
             self.executor.bytes_reduced += array.nbytes
-            self.direct_calls += 1
+            self._direct_calls += 1
             return output
         key = (name, code, array.shape, op, pre, post)  # (a name may hold several signatures: response_cache)
         memo = state.bit_memo.get(key)  # (cached_bit's own first step, without its call: this is the latency)
@@ -280,41 +283,61 @@ class Engine:
             return None
         try:
             if state.pending or state.queue or not self.direct_ok or core.lane_length():
+                self._round_lock.release()
                 return None  # another thread got in first
             started = self.last_round = self.round_ended = time.perf_counter()
             self.rounds += 1
-            try:
-                if core.round_allreduce_one(state.ctrl_handle, words, state.handle, array, output, code, op, pre, post,
-                                            *t.allreduce_args):
-                    self._activity = True
-                    self.executor.bytes_reduced += array.nbytes
-                    self.direct_calls += 1
-                    return output
-                # the others proposed something else (words now hold the agreed bits, so the memo
-                # goes): this call joins the general path from there
-                state.bit_memo.pop(key, None)
-                request = Request("allreduce", name, state.id, [array], [output], code, op, -1, pre, post)
-                request.handle.engine = self
-                state.holders[name] = weakref.ref(request.handle)
-                state.pending[name] = request
-                self._finish_round(state, int.from_bytes(words.tobytes(), "little"), [], False, started)
-                self.round_ended = time.perf_counter()
-            except core.NoProgressError as exc:
-                if name in state.pending:  # in the general path's part of the round
-                    error = ProgressTimeoutError(self._no_progress_text(state, getattr(exc, "items", None)))
-                elif str(exc).startswith("allreduce"):  # stopped in the data, not in the round's exchange
-                    items = [AgreedCollective(name, ["allreduce", code, [list(array.shape)], op, -1, pre, post], None, started)]
-                    error = ProgressTimeoutError(self._no_progress_text(state, items))
-                else:
-                    error = ProgressTimeoutError(self._no_progress_text(state, None, agreeing=[name]))
-                self._fail_everything(error)
-                raise error from None
-            except Exception as exc:  # noqa: BLE001 - as _rounds_or_fail: the engine cannot go on
-                self._fail_everything(exc)
-                raise self._failure_error() from None
+            agreed = core.round_allreduce_one(state.ctrl_handle, words, state.handle, array, output, code, op, pre,
+                                              post, *t.allreduce_args)
+            error = None
+        except BaseException as exc:  # noqa: BLE001 - handed on
+            agreed, error = False, exc
+        if agreed:
+            self._round_lock.release()
+            self._activity = True
+            self.executor.bytes_reduced += array.nbytes
+            self._direct_calls += 1
+            return output
+        state.bit_memo.pop(key, None)
+        return self._direct_round_ended(name, array, output, code, op, pre, post, words, started, error)
+
+    def _direct_round_ended(self, name, array, output, code, op, pre, post, words, started, error, in_place=None):
+        """A steady-path round (allreduce_now, or csrc/persistent_lane.c's lane_allreduce) that
+        did not complete its call, entered with the round lock held, which is released here.
+        Either the others proposed something else (words hold the agreed bits): this call then
+        joins the general path from there. Or the round failed (error): the engine fails."""
+        core, state = self.runtime.core, self.sets[0]
+        try:
+            if error is not None:
+                raise error
+            request = Request("allreduce", name, state.id, [array], [output], code, op, -1, pre, post)
+            request.handle.engine = self
+            state.holders[name] = weakref.ref(request.handle)
+            state.pending[name] = request
+            self._finish_round(state, int.from_bytes(words.tobytes(), "little"), [], False, started)
+            self.round_ended = time.perf_counter()
+        except core.NoProgressError as exc:
+            if name in state.pending:  # in the general path's part of the round
+                error = ProgressTimeoutError(self._no_progress_text(state, getattr(exc, "items", None)))
+            elif str(exc).startswith("allreduce"):  # stopped in the data, not in the round's exchange
+                items = [AgreedCollective(name, ["allreduce", code, [list(array.shape)], op, -1, pre, post], None, started)]
+                error = ProgressTimeoutError(self._no_progress_text(state, items))
+            else:
+                error = ProgressTimeoutError(self._no_progress_text(state, None, agreeing=[name]))
+            self._fail_everything(error)
+            raise error from None
+        except Exception as exc:  # noqa: BLE001 - as _rounds_or_fail: the engine cannot go on
+            self._fail_everything(exc)
+            raise self._failure_error() from None
         finally:
             self._round_lock.release()
-        return self.wait(request.handle)
+        result = self.wait(request.handle)
+        return array if in_place else result
+
+    @property
+    def direct_calls(self):
+        """Synchronous allreduces completed by the steady path alone (in Python or in C)."""
+        return self._direct_calls + self.runtime.core.lane_direct_calls()
 
     def _loop(self):
         """A round every cycle_time, unless callers waiting on handles are already running them:

@@ -86,9 +86,19 @@ def unnamed_name(kind, process_set_id=0):
     key = (kind, process_set_id)
     names = _unnamed_names.get(key)
     if names is None:  # made once: an unnamed call's latency is mostly Python like this
+        names = unnamed_source(kind, process_set_id)[1]
+    return names[next(_unnamed_counters[key]) % UNNAMED_WINDOW]
+
+
+def unnamed_source(kind, process_set_id=0):
+    """(counter, names) behind unnamed_name for (kind, set): the C lane (csrc/persistent_lane.c)
+    names unnamed allreduces from the same counter, so both count one sequence."""
+    key = (kind, process_set_id)
+    names = _unnamed_names.get(key)
+    if names is None:
         prefix = f"{kind}.noname." if process_set_id == 0 else f"{kind}.noname.set{process_set_id}."
         names = _unnamed_names[key] = [UnnamedName(f"{prefix}{number}") for number in range(UNNAMED_WINDOW)]
-    return names[next(_unnamed_counters[key]) % UNNAMED_WINDOW]
+    return _unnamed_counters[key], names
 
 
 def request_name(kind, name, process_set_id=0):

@@ -31,7 +31,8 @@ class ResponseCache:
         self.assigned = {}      # bit -> None, oldest assignment first (a dict keeps insertion order)
         self.next_bit = FIRST_TENSOR_BIT
         self.generation = 0     # changes whenever a bit is given or taken (Engine.allreduce_now's memo)
-        self.on_change = None   # called with the new generation (process set 0: the persistent lane)
+        self.on_change = None   # called with the new generation, words() and the bits that changed hands
+                                # (process set 0: the persistent lane)
 
     def lookup(self, name, signature):
         """(bit, True) on a hit; (None, False) if this name has no bit for this signature."""
@@ -72,12 +73,12 @@ class ResponseCache:
             del self.assigned[bit]
             self.assigned[bit] = None
             return
-        self._changed()
         self._release(bit)
         old, hit = self.lookup(name, signature)
         if hit:
             self._release(old)
             self.free.add(old)
+        changed = (bit, old) if hit else (bit,)
         self.bits_of.setdefault(name, []).append(bit)
         self.entry[bit] = (name, signature)
         self.assigned[bit] = None
@@ -85,6 +86,7 @@ class ResponseCache:
         for unused in range(self.next_bit, bit):
             self.free.add(unused)
         self.next_bit = max(self.next_bit, bit + 1)
+        self._changed(changed)
 
     def evict(self, name):
         bits = self.bits_of.pop(name, None)
@@ -93,12 +95,12 @@ class ResponseCache:
                 del self.entry[bit]
                 del self.assigned[bit]
                 self.free.add(bit)
-            self._changed()
+            self._changed(bits)
 
-    def _changed(self):
+    def _changed(self, bits):
         self.generation += 1
         if self.on_change is not None:
-            self.on_change(self.generation)
+            self.on_change(self.generation, self.words(), tuple(bits))
 
     def _release(self, bit):
         held = self.entry.pop(bit, None)

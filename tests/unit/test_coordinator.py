@@ -160,15 +160,18 @@ def test_the_response_cache_keeps_a_bit_per_signature_and_reuses_bits():
 
 
 def test_the_response_cache_reports_every_change_of_its_bits():
-    """The persistent lane (csrc/persistent_lane.c) trusts a bit only under the generation it was
-    learned in, so every assignment and eviction must be reported."""
-    cache, seen = ResponseCache(64), []
-    cache.on_change = seen.append
+    """The persistent lane (csrc/persistent_lane.c) trusts a bit it learned only while that bit
+    has not changed hands since, so every assignment and eviction must be reported with the
+    bits it changed, and the bit vector's length once made (the lane's rounds send that many
+    words)."""
+    cache, seen = ResponseCache(256), []
+    cache.on_change = lambda generation, words, bits: seen.append((generation, words, bits))
     cache.assign("g", F32_4, 2)
-    cache.assign("h", F32_4, 3)
+    cache.assign("h", F32_4, 64)  # the second word's first bit
+    cache.assign("h", F32_4, 5)  # moved: both bits changed hands
     cache.evict("g")
     cache.evict("never assigned")  # nothing held: nothing changed
-    assert seen == [1, 2, 3] and cache.generation == 3
+    assert seen == [(1, 1, (2,)), (2, 2, (64,)), (3, 2, (5, 64)), (4, 2, (2,))] and cache.generation == 4
 
 
 def test_giving_a_pair_the_bit_it_holds_changes_nothing():

@@ -14,6 +14,7 @@ import pytest
 
 import ringtrain as rt
 from ringtrain import runtime
+from ringtrain.engine.requests import UNNAMED_WINDOW
 
 
 def engine():
@@ -294,6 +295,45 @@ def test_named_async_allreduces_queue_in_c_once_negotiated_and_fall_back_when_an
     assert queued[:2] == [0, 0] and queued[2] == 4 and queued[4] < 4 and queued[-1] == 4, queued
     if size > 1:
         assert (queued[5] == 0) == (rank == 0), queued  # with a timeline rank 0's lane is closed
+    rt.barrier()
+
+
+def test_steady_synchronous_calls_run_in_c_and_unnamed_ones_keep_one_count_of_names():
+    """allreduce(_) of a tensor the engine has taught its bit is csrc/persistent_lane.c's
+    lane_allreduce alone. Unnamed calls are named from one counter whichever path takes them:
+    here every step also makes an unnamed call through a memoryview (not an ndarray: the
+    Python path), and on rank 0 one step records a timeline (its lane closed). Were the two
+    paths to count names apart, the ranks' names would drift and the calls mismatch or hang."""
+    core, size, rank = runtime.current("test").core, rt.size(), rt.rank()
+    before = core.lane_direct_calls()
+    path = rt.broadcast_object(os.path.join(tempfile.gettempdir(), f"ringtrain-sync-lane-{os.getpid()}-{size}.json"))
+    x, y = np.empty(5, np.float32), np.empty((2, 3), np.int64)
+    for step in range(8):
+        if step == 4 and rank == 0:
+            rt.start_timeline(path)
+        elif step == 5 and rank == 0:
+            rt.stop_timeline()
+        x[...], y[...] = rank + step, rank - step
+        assert rt.allreduce_(x, op=rt.Sum, name="sync.lane.x") is x
+        assert (x == sum(q + step for q in range(size))).all(), (step, x)
+        out = rt.allreduce(y, op=rt.Max)  # unnamed, out of place
+        assert out is not y and (out == size - 1 - step).all() and (y == rank - step).all(), (step, out)
+        viewed = rt.allreduce(memoryview(np.full(3, float(rank + 1))), op=rt.Sum)  # unnamed, the Python path
+        assert (viewed == size * (size + 1) / 2).all(), (step, viewed)
+        assert rt.allreduce_(y, op=rt.Min) is y and (y == -step).all(), (step, y)  # unnamed, in place
+    if rank == 0:
+        os.unlink(path)
+    # the named call, from its third step on (unnamed names are new for 512 calls); a call whose
+    # round met another rank's engine-thread round goes the general way instead
+    if size > 1:
+        assert core.lane_direct_calls() - before >= 1, "no steady named call ran in C"
+    before = core.lane_direct_calls()
+    z = np.empty(2, np.float32)
+    for call in range(3 * UNNAMED_WINDOW):  # the window's names negotiated, taught, then recurring in C
+        z[...] = call
+        assert (rt.allreduce_(z, op=rt.Sum) == size * call).all(), call
+    if size > 1:
+        assert core.lane_direct_calls() - before >= UNNAMED_WINDOW // 8, "the steady unnamed calls did not run in C"
     rt.barrier()
 
 
