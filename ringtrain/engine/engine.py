@@ -27,6 +27,7 @@ Design (after Horovod's operations.cc, in a smaller space):
 import collections
 import json
 import logging
+import os
 import threading
 import time
 import weakref
@@ -148,6 +149,9 @@ class Engine:
         self._activity = False
         self._dozing = False
         self._waiting = set()        # threads blocked in wait() (set.add/discard are atomic)
+        # this host runs as many ranks as this process may use cores: see _loop
+        self.no_spare_core = runtime.local_comm.Get_size() >= len(os.sched_getaffinity(0))
+        self.thread_wakes = 0        # times the engine thread woke (from a pause or by the doorbell)
         self.round_ended = 0.0
         self.failure = None
         self.last_round = 0.0
@@ -347,7 +351,14 @@ class Engine:
         pause doubles, up to IDLE_PAUSE_MAX, and a submit() rings the doorbell, which starts the
         next round at once. The pause counts from the end of a round: a round ends at the same
         moment on every rank (its first step is an allreduce), so idle ranks stay in phase and
-        do not spin in MPI waiting for each other's next round."""
+        do not spin in MPI waiting for each other's next round.
+
+        It backs off the same way while callers drive the rounds (synchronize() runs them) on a
+        host with no core to spare for this thread (as many ranks as cores): a rank's main
+        threads then keep every core busy, each wake of this thread preempts one of them, and a
+        round run from here could not overlap with computation anyway. Waking once per cycle
+        cost 2 ranks on 2 cores a fifth of a small model's training step. Work a caller leaves
+        without waiting for it still runs within IDLE_PAUSE_MAX."""
         self.runtime.core.set_gentle_waits(True)  # this thread's rounds must not take the main thread's core
         idle_rounds = 0
         while True:
@@ -361,12 +372,17 @@ class Engine:
             wake_at = max(self.round_ended + pause, self.last_round + cycle)
             rung = self._doorbell.wait(max(wake_at - time.perf_counter(), 0.0))
             self._doorbell.clear()
+            self.thread_wakes += 1
             if self._stop.is_set():
                 break
+            if time.perf_counter() - self.last_round < cycle:  # a caller ran a round since: it drives them
+                if self.no_spare_core:
+                    idle_rounds += 1  # and this thread's wakes would only take the core of a rank's computation
+                elif rung:
+                    idle_rounds = 0
+                continue
             if rung:
                 idle_rounds = 0
-            if time.perf_counter() - self.last_round < cycle:
-                continue
             with self._round_lock:
                 if self._stop.is_set() or not self._rounds_or_fail():
                     break

@@ -337,6 +337,38 @@ def test_steady_synchronous_calls_run_in_c_and_unnamed_ones_keep_one_count_of_na
     rt.barrier()
 
 
+@pytest.mark.parametrize("no_spare_core", [True, False])
+def test_while_callers_drive_the_rounds_the_engine_thread_backs_off_only_without_a_core_to_spare(no_spare_core):
+    """Synchronous calls run their rounds in the caller's thread. With as many ranks as cores
+    the engine thread then backs off as when idle (each of its wakes would preempt a rank's
+    computation); with a core to spare it keeps its cycle. Either way an async allreduce
+    that nobody waits for completes, from the engine thread alone."""
+    eng = engine()
+    saved, eng.no_spare_core = eng.no_spare_core, no_spare_core
+    x = np.ones(3, np.float32)
+    try:
+        rt.allreduce_(x, name="drive.warm")
+        rt.barrier()
+        wakes, started, more = eng.thread_wakes, time.perf_counter(), True
+        while more:  # about 0.3 s of calls; every rank stops after the same call
+            rt.allreduce_(x, op=rt.Max, name="drive.x")
+            late = np.array([time.perf_counter() - started >= 0.3], np.int64)
+            more = not rt.allreduce(late, op=rt.Max, name="drive.more")[0]
+        cycles = (time.perf_counter() - started) / (eng.tuning.cycle_time / 1000.0)
+        woke = eng.thread_wakes - wakes
+        if no_spare_core:
+            assert woke < cycles / 20, (woke, cycles)  # a pause doubling up to 100 ms: about ten
+        elif rt.size() > 1:  # (one rank's calls need no rounds: its engine thread is idle, and backs off)
+            assert woke > cycles / 10, (woke, cycles)  # about one per cycle (later under load)
+        handle = rt.allreduce_async(np.full(4, 2.0), op=rt.Sum, name="drive.left")
+        while not rt.poll(handle):  # nobody waits: the engine thread runs the round
+            time.sleep(0.001)
+        assert rt.synchronize(handle).tolist() == [2.0 * rt.size()] * 4
+    finally:
+        eng.no_spare_core = saved
+    rt.barrier()
+
+
 def test_a_named_async_allreduce_in_the_lane_still_finds_a_mismatch():
     """After steady steps in the lane, the last rank calls the name with another shape: every
     rank gets the mismatch, and the job goes on."""
