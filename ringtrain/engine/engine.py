@@ -444,7 +444,10 @@ class Engine:
             names = ", ".join(f"'{item.name}'" for item in items[:4]) + (f" and {len(items) - 4} more" if len(items) > 4 else "")
             what = f"{items[0].signature[0]} {names}"
         else:
-            waiting = [f"'{name}'" for name in (agreeing or list(state.pending))[:4]]
+            # what this rank waits to agree on: in the round, or queued for the next (a caller
+            # that found the engine thread mid-round queues its call behind that round)
+            names = agreeing or list(state.pending) + [r.name for r in list(state.queue) if r.name not in state.pending]
+            waiting = [f"'{name}'" for name in names[:4]]
             what = (f"a negotiation round of process set {state.id}"
                     + (f" (agreeing on {', '.join(waiting)})" if waiting else ""))
         text = (f"{what} made no progress for {report['quiet']:.1f} s on rank {me} "
