@@ -37,6 +37,11 @@ typedef struct {
     PyObject *tensor, *output, *name, *engine, *handle;  /* (a call's entry: NULL between calls) */
     PyObject *descr;            /* the tensor's dtype, and its shape: what a call's tensor must have */
     PyObject *adopted;          /* a weak reference to the Handle of the name's last call that took the Python path */
+    PyObject *result;           /* what the call's Handle completes with, if not output (a torch call's tensor) */
+    /* the framework tensor (torch) whose memory the name's last call reduced, as the binding's
+     * Python path saw it: a weak reference, its data pointer, shape and dtype (lane_learn_source) */
+    PyObject *source, *source_shape, *source_dtype;
+    void *source_data;
     npy_intp shape[NPY_MAXDIMS];
     int ndim;
     int call;                   /* an allreduce_async call's entry (not allreduce_init's), see lane_allreduce_async */
@@ -73,6 +78,10 @@ static struct {
     size_t nwords, words_capacity;
     MPI_Comm ctrl, comm;        /* set 0's control and data communicators (ctrl NULL on one rank) */
     long long direct_calls;     /* synchronous calls completed here (Engine.direct_calls adds them) */
+    /* ringtrain.torch's calls (lane_configure_torch): torch.Tensor, the binding's Python paths,
+     * and what turns an out-of-place call's output array into a tensor */
+    PyTypeObject *torch_type;
+    PyObject *torch_slow_call, *torch_sync_slow_call, *torch_from_numpy;
 } lane;
 
 static PyObject *str_done, *str_result, *str_error, *str_entries, *str_allreduce, *str_join_request,
@@ -86,6 +95,10 @@ static void entry_dealloc(LaneEntry *self) {
     Py_XDECREF(self->handle);
     Py_XDECREF(self->descr);
     Py_XDECREF(self->adopted);
+    Py_XDECREF(self->result);
+    Py_XDECREF(self->source);
+    Py_XDECREF(self->source_shape);
+    Py_XDECREF(self->source_dtype);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -277,6 +290,8 @@ static PyMemberDef entry_members[] = {
     {"name", T_OBJECT, offsetof(LaneEntry, name), READONLY, NULL},
     {"engine", T_OBJECT, offsetof(LaneEntry, engine), READONLY, NULL},
     {"handle", T_OBJECT, offsetof(LaneEntry, handle), READONLY, NULL},
+    {"result", T_OBJECT, offsetof(LaneEntry, result), READONLY,
+     "what the queued call's Handle completes with instead of output (a torch call's tensor), or None"},
     {"code", T_INT, offsetof(LaneEntry, dtype), READONLY, NULL},
     {"op", T_INT, offsetof(LaneEntry, op), READONLY, NULL},
     {"set_id", T_INT, offsetof(LaneEntry, set_id), READONLY, NULL},
@@ -338,20 +353,25 @@ static int plain_number(PyObject *obj, double *value) {
  * happened): its name's entry, taught its bit under the current cache, with the signature of
  * this call (dtype, shape, op, scale factors), on process set 0, and nothing of its name in
  * flight. Whatever does not match exactly goes to the Python path, which checks it fully. */
+static LaneEntry *call_entry_of(LaneEntry *entry, PyObject *const *args, int in_place);
+
 static LaneEntry *call_entry(PyObject *const *args, PyObject *name, int in_place) {
-    PyObject *tensor = args[0], *op = args[1], *set = args[5];
-    if (!lane.open || !lane.calls || !handle_slots.fresh || set != lane.global_set || !PyUnicode_Check(name) ||
-        !PyArray_CheckExact(tensor))
-        return NULL;
+    if (!lane.calls || !PyUnicode_Check(name)) return NULL;
+    PyObject *found = PyDict_GetItemWithError(lane.calls, name);  /* borrowed */
+    if (!found || !PyObject_TypeCheck(found, &LaneEntryType)) return NULL;
+    return call_entry_of((LaneEntry *)found, args, in_place);
+}
+
+/* call_entry, its name's entry found. */
+static LaneEntry *call_entry_of(LaneEntry *entry, PyObject *const *args, int in_place) {
+    PyObject *op = args[1];
+    if (!lane.open || !handle_slots.fresh || args[5] != lane.global_set || !PyArray_CheckExact(args[0])) return NULL;
     int code = -1;
     for (int i = 0; i < RT_NUM_OPS; i++)
         if (op == lane.ops[i]) code = i;
     double prescale, postscale;
     if (code < 0 || !plain_number(args[3], &prescale) || !plain_number(args[4], &postscale)) return NULL;
-    PyObject *found = PyDict_GetItemWithError(lane.calls, name);  /* borrowed */
-    if (!found || !PyObject_TypeCheck(found, &LaneEntryType)) return NULL;
-    LaneEntry *entry = (LaneEntry *)found;
-    PyArrayObject *array = (PyArrayObject *)tensor;
+    PyArrayObject *array = (PyArrayObject *)args[0];
     if (!entry->call || !bit_current(entry) || entry->op != code || entry->prescale != prescale ||
         entry->postscale != postscale || !PyArray_IS_C_CONTIGUOUS(array) || (in_place && !PyArray_ISWRITEABLE(array)) ||
         PyArray_NDIM(array) != entry->ndim ||
@@ -400,6 +420,33 @@ static PyObject *slow_path(PyObject *slow, PyObject *const *args, Py_ssize_t nar
     return PyObject_Vectorcall(slow, with_name, (size_t)nargs, NULL);
 }
 
+/* The call queued on its entry with a new Handle: tensor (an array) reduced into a new array,
+ * or into itself in place. result: what the Handle completes with instead (a torch call's
+ * tensor), or NULL; finish: the Handle's finish (torch: the output array as a tensor), or NULL. */
+static PyObject *queue_call(LaneEntry *entry, PyObject *tensor, int in_place, PyObject *result, PyObject *finish) {
+    PyObject *output = tensor;
+    if (in_place) Py_INCREF(output);
+    else if (!(output = PyArray_NewLikeArray((PyArrayObject *)tensor, NPY_CORDER, NULL, 0))) return NULL;
+    PyObject *handle = new_handle(entry->name, entry->engine);
+    if (!handle) {
+        Py_DECREF(output);
+        return NULL;
+    }
+    if (finish) set_slot(handle, handle_slots.finish, finish);
+    Py_INCREF(tensor);
+    Py_XSETREF(entry->tensor, tensor);
+    Py_XSETREF(entry->output, output);
+    Py_XSETREF(entry->handle, handle);
+    Py_XINCREF(result);
+    Py_XSETREF(entry->result, result);
+    Py_CLEAR(entry->adopted);
+    entry->src = PyArray_BYTES((PyArrayObject *)tensor);
+    entry->dst = PyArray_BYTES((PyArrayObject *)output);
+    if (enqueue(entry)) return NULL;
+    Py_INCREF(handle);
+    return handle;
+}
+
 static PyObject *py_lane_allreduce_async(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 7) return PyErr_Format(PyExc_TypeError, "lane_allreduce_async takes 7 arguments, got %zd", nargs);
     const int in_place = args[6] == Py_True;
@@ -412,24 +459,96 @@ static PyObject *py_lane_allreduce_async(PyObject *self, PyObject *const *args, 
         return result;
     }
     Py_DECREF(name);
-    PyObject *tensor = args[0], *output = tensor;
-    if (in_place) Py_INCREF(output);
-    else if (!(output = PyArray_NewLikeArray((PyArrayObject *)tensor, NPY_CORDER, NULL, 0))) return NULL;
-    PyObject *handle = new_handle(entry->name, entry->engine);
-    if (!handle) {
-        Py_DECREF(output);
+    return queue_call(entry, args[0], in_place, NULL, NULL);
+}
+
+/* What torch_view asks a tensor, as torch.Tensor's own descriptors (looked up once, by
+ * lane_configure_torch): asking them directly skips the generic lookup, which looks in the
+ * instance's __dict__ first, and halves the cost of each question. */
+enum { ASK_DATA_PTR, ASK_DTYPE, ASK_NBYTES, ASK_IS_CONTIGUOUS, ASK_SHAPE, ASK_COUNT };
+static const char *const ask_names[ASK_COUNT] = {"data_ptr", "dtype", "nbytes", "is_contiguous", "shape"};
+static const int ask_calls[ASK_COUNT] = {1, 0, 0, 1, 0};
+static PyObject *torch_descrs[ASK_COUNT];
+
+/* The answer, or NULL with the error cleared (a tensor that cannot answer is one the Python path
+ * handles). */
+static PyObject *ask(PyObject *tensor, int what) {
+    PyObject *descr = torch_descrs[what], *value;
+    if (ask_calls[what]) value = PyObject_Vectorcall(descr, &tensor, 1, NULL);
+    else value = Py_TYPE(descr)->tp_descr_get(descr, tensor, (PyObject *)Py_TYPE(tensor));
+    if (!value) PyErr_Clear();
+    return value;
+}
+
+/* A numpy array over the memory of a torch tensor that the name's last call reduced, the tensor
+ * its base; NULL otherwise, with no error (the call then takes the binding's Python path). What
+ * tensor.numpy() makes, without its cost. The same tensor object (the binding's Python path
+ * taught it, lane_learn_source), still contiguous over the same bytes with the same dtype: each
+ * question costs about 50 ns in torch, so in place the shape is not asked: reshaped in place to
+ * the same size, a contiguous tensor keeps its elements in the same order, and the call reduces
+ * them as before into the tensor itself. An out-of-place call's output takes the shape, so there
+ * it must not have changed. */
+static PyObject *torch_view(PyObject *tensor, PyObject *name, int in_place, LaneEntry **found_entry) {
+    if (!lane.torch_type || Py_TYPE(tensor) != lane.torch_type || !lane.calls || !PyUnicode_Check(name)) return NULL;
+    PyObject *found = PyDict_GetItemWithError(lane.calls, name);  /* borrowed */
+    if (!found || !PyObject_TypeCheck(found, &LaneEntryType)) {
+        PyErr_Clear();
         return NULL;
     }
-    Py_INCREF(tensor);
-    Py_XSETREF(entry->tensor, tensor);
-    Py_XSETREF(entry->output, output);
-    Py_XSETREF(entry->handle, handle);
-    Py_CLEAR(entry->adopted);
-    entry->src = PyArray_BYTES((PyArrayObject *)tensor);
-    entry->dst = PyArray_BYTES((PyArrayObject *)output);
-    if (enqueue(entry)) return NULL;
-    Py_INCREF(handle);
-    return handle;
+    LaneEntry *entry = (LaneEntry *)found;
+    if (!entry->source || PyWeakref_GetObject(entry->source) != tensor) return NULL;
+    PyObject *data = ask(tensor, ASK_DATA_PTR), *dtype = NULL, *nbytes = NULL, *contiguous = NULL, *shape = NULL;
+    int same = data && PyLong_AsVoidPtr(data) == entry->source_data &&
+               (dtype = ask(tensor, ASK_DTYPE)) == entry->source_dtype &&
+               (nbytes = ask(tensor, ASK_NBYTES)) && PyLong_AsSize_t(nbytes) == entry->nbytes &&
+               (contiguous = ask(tensor, ASK_IS_CONTIGUOUS)) == Py_True &&
+               (in_place || ((shape = ask(tensor, ASK_SHAPE)) &&
+                             PyObject_RichCompareBool(shape, entry->source_shape, Py_EQ) == 1));
+    Py_XDECREF(data); Py_XDECREF(dtype); Py_XDECREF(nbytes); Py_XDECREF(contiguous); Py_XDECREF(shape);
+    PyErr_Clear();
+    if (!same) return NULL;
+    *found_entry = entry;
+    PyArray_Descr *descr = (PyArray_Descr *)entry->descr;
+    Py_INCREF(descr);  /* stolen */
+    PyObject *view = PyArray_NewFromDescr(&PyArray_Type, descr, entry->ndim, entry->shape, NULL, entry->source_data,
+                                          NPY_ARRAY_CARRAY, NULL);
+    if (!view) return NULL;
+    Py_INCREF(tensor);  /* stolen: the view keeps the tensor's memory alive, as numpy() does */
+    if (PyArray_SetBaseObject((PyArrayObject *)view, tensor) < 0) {
+        Py_DECREF(view);
+        return NULL;
+    }
+    return view;
+}
+
+/* The arguments with the tensor replaced by its view. */
+static void with_view(PyObject **into, PyObject *const *args, Py_ssize_t nargs, PyObject *view) {
+    for (Py_ssize_t i = 0; i < nargs && i < 7; i++) into[i] = args[i];
+    into[0] = view;
+}
+
+/* lane_torch_allreduce_async(tensor, op, name, prescale_factor, postscale_factor, process_set,
+ * in_place) -> Handle: ringtrain.torch's allreduce_async(_) of one tensor. A tensor the name's
+ * last call reduced queues as lane_allreduce_async queues an array; its Handle completes with
+ * the tensor itself (in place) or turns the output into a tensor. Anything else: the binding's
+ * Python path (mpi_ops._allreduce_async_one), with the call's name. */
+static PyObject *py_lane_torch_allreduce_async(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) return PyErr_Format(PyExc_TypeError, "lane_torch_allreduce_async takes 7 arguments, got %zd", nargs);
+    const int in_place = args[6] == Py_True;
+    PyObject *name = call_name(args);
+    if (!name) return NULL;
+    LaneEntry *entry = NULL;
+    PyObject *view = torch_view(args[0], name, in_place, &entry), *viewed[7];
+    if (view) {
+        with_view(viewed, args, nargs, view);
+        entry = call_entry_of(entry, viewed, in_place);
+    }
+    PyObject *result;
+    if (!entry) result = PyErr_Occurred() ? NULL : slow_path(lane.torch_slow_call, args, nargs, name);
+    else result = queue_call(entry, view, in_place, in_place ? args[0] : NULL, in_place ? NULL : lane.torch_from_numpy);
+    Py_XDECREF(view);
+    Py_DECREF(name);
+    return result;
 }
 
 /* Set 0 has nothing in flight in Python (Engine.allreduce_now's condition): 1, 0, or -1. */
@@ -458,12 +577,11 @@ static int set_float(PyObject *obj, PyObject *attr, double value) {
  * its data). The other ranks see exactly the round the general path would run. If they
  * proposed something else, or the round failed, Engine._direct_round_ended goes on from there
  * in Python; anything else goes to collectives._allreduce_sync. */
-static PyObject *py_lane_allreduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7) return PyErr_Format(PyExc_TypeError, "lane_allreduce takes 7 arguments, got %zd", nargs);
+/* The synchronous call of `args` (its tensor an array) under `name` (a new reference, released
+ * here): run here if entry (or NULL) may, else slow(caller_args) with the name. */
+static PyObject *sync_call(PyObject *const *args, PyObject *const *caller_args, Py_ssize_t nargs, PyObject *name,
+                           LaneEntry *entry, PyObject *slow) {
     const int in_place = args[6] == Py_True;
-    PyObject *name = call_name(args);
-    if (!name) return NULL;
-    LaneEntry *entry = call_entry(args, name, in_place);
     int idle = entry ? engine_idle() : 0;
     PyObject *locked = NULL;
     if (idle > 0) {  /* not while the engine thread is in a round: the call then queues like any other */
@@ -478,7 +596,7 @@ static PyObject *py_lane_allreduce(PyObject *self, PyObject *const *args, Py_ssi
         Py_XDECREF(locked);
     }
     if (idle <= 0 || PyErr_Occurred()) {
-        PyObject *result = idle < 0 || PyErr_Occurred() ? NULL : slow_path(lane.sync_slow_call, args, nargs, name);
+        PyObject *result = idle < 0 || PyErr_Occurred() ? NULL : slow_path(slow, caller_args, nargs, name);
         Py_DECREF(name);
         return result;
     }
@@ -585,6 +703,49 @@ release:
     Py_XDECREF(output);
     Py_DECREF(name);
     return result;
+}
+
+static PyObject *py_lane_allreduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) return PyErr_Format(PyExc_TypeError, "lane_allreduce takes 7 arguments, got %zd", nargs);
+    PyObject *name = call_name(args);
+    if (!name) return NULL;
+    LaneEntry *entry = call_entry(args, name, args[6] == Py_True);
+    return sync_call(args, args, nargs, name, entry, lane.sync_slow_call);
+}
+
+/* lane_torch_allreduce(tensor, op, name, prescale_factor, postscale_factor, process_set, in_place)
+ * -> the tensor (in place) or a new one: ringtrain.torch's allreduce(_), as lane_allreduce runs
+ * an array's, for a tensor the name's last call reduced; anything else goes to the binding's
+ * Python path (mpi_ops._allreduce_now_one). */
+static PyObject *py_lane_torch_allreduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) return PyErr_Format(PyExc_TypeError, "lane_torch_allreduce takes 7 arguments, got %zd", nargs);
+    const int in_place = args[6] == Py_True;
+    PyObject *name = call_name(args);
+    if (!name) return NULL;
+    LaneEntry *entry = NULL;
+    PyObject *view = torch_view(args[0], name, in_place, &entry), *viewed[7];
+    if (view) {
+        with_view(viewed, args, nargs, view);
+        entry = call_entry_of(entry, viewed, in_place);
+    }
+    if (!entry) {
+        Py_XDECREF(view);
+        PyObject *result = PyErr_Occurred() ? NULL : slow_path(lane.torch_sync_slow_call, args, nargs, name);
+        Py_DECREF(name);
+        return result;
+    }
+    /* (if it cannot run here after all, the numpy API's Python path takes the view) */
+    PyObject *result = sync_call(viewed, viewed, nargs, name, entry, lane.sync_slow_call);
+    Py_DECREF(view);
+    if (!result) return NULL;
+    if (in_place) {  /* the caller's tensor holds the result */
+        Py_DECREF(result);
+        Py_INCREF(args[0]);
+        return args[0];
+    }
+    PyObject *tensor = PyObject_CallOneArg(lane.torch_from_numpy, result);
+    Py_DECREF(result);
+    return tensor;
 }
 
 /* The queue as a list (the references move to it), the queue left empty. */
@@ -800,10 +961,11 @@ static PyObject *py_lane_round(PyObject *self, PyObject *args) {
         result = PyLong_FromSize_t(total);
         for (Py_ssize_t i = 0; i < reduced; i++) {
             LaneEntry *e = entries[i];
-            if (result && set_handle(e->handle, Py_True, e->output, Py_None)) Py_CLEAR(result);
+            if (result && set_handle(e->handle, Py_True, e->result ? e->result : e->output, Py_None)) Py_CLEAR(result);
             if (e->call) {  /* the caller's arrays are not the lane's to keep */
                 Py_CLEAR(e->tensor);
                 Py_CLEAR(e->output);
+                Py_CLEAR(e->result);
                 Py_CLEAR(e->handle);
             }
             Py_DECREF(e);
@@ -978,6 +1140,67 @@ static PyObject *py_lane_calls(PyObject *self, PyObject *unused) {
     return lane.calls;
 }
 
+/* lane_configure_torch(tensor_type, slow_call, sync_slow_call, from_numpy): ringtrain.torch's
+ * calls, lane_torch_allreduce(_async), and the binding's Python paths for what they cannot take. */
+static PyObject *py_lane_configure_torch(PyObject *self, PyObject *args) {
+    PyTypeObject *type;
+    PyObject *slow_call, *sync_slow_call, *from_numpy;
+    if (!PyArg_ParseTuple(args, "O!OOO", &PyType_Type, &type, &slow_call, &sync_slow_call, &from_numpy)) return NULL;
+    for (int i = 0; i < ASK_COUNT; i++) {
+        PyObject *key = PyUnicode_InternFromString(ask_names[i]);
+        if (!key) return NULL;
+        PyObject *descr = _PyType_Lookup(type, key);  /* borrowed */
+        Py_DECREF(key);
+        if (!descr || (ask_calls[i] ? !PyCallable_Check(descr) : !Py_TYPE(descr)->tp_descr_get))
+            return PyErr_Format(PyExc_TypeError, "%s has no %s", type->tp_name, ask_names[i]);
+        Py_INCREF(descr);
+        Py_XSETREF(torch_descrs[i], descr);
+    }
+    Py_INCREF(type);
+    Py_XSETREF(lane.torch_type, type);
+    Py_INCREF(slow_call);
+    Py_XSETREF(lane.torch_slow_call, slow_call);
+    Py_INCREF(sync_slow_call);
+    Py_XSETREF(lane.torch_sync_slow_call, sync_slow_call);
+    Py_INCREF(from_numpy);
+    Py_XSETREF(lane.torch_from_numpy, from_numpy);
+    Py_RETURN_NONE;
+}
+
+/* lane_learn_source(name, tensor, array) -> bool: the name's call entry remembers that `array`
+ * (its call's array, tensor.numpy()) is a C-contiguous view of all of `tensor`'s memory, so that
+ * the name's next call with the same tensor takes it without numpy() (torch_view). */
+static PyObject *py_lane_learn_source(PyObject *self, PyObject *args) {
+    PyObject *name, *tensor, *array;
+    if (!PyArg_ParseTuple(args, "UOO!", &name, &tensor, &PyArray_Type, &array)) return NULL;
+    PyObject *found = lane.calls ? PyDict_GetItemWithError(lane.calls, name) : NULL;
+    if (!found || !PyObject_TypeCheck(found, &LaneEntryType) || !((LaneEntry *)found)->call ||
+        !lane.torch_type || Py_TYPE(tensor) != lane.torch_type) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_FALSE;
+    }
+    LaneEntry *entry = (LaneEntry *)found;
+    PyArrayObject *view = (PyArrayObject *)array;
+    PyObject *data = ask(tensor, ASK_DATA_PTR), *dtype = ask(tensor, ASK_DTYPE), *shape = ask(tensor, ASK_SHAPE),
+             *contiguous = ask(tensor, ASK_IS_CONTIGUOUS), *ref = NULL;
+    const int fits = data && dtype && shape && contiguous == Py_True && PyArray_IS_C_CONTIGUOUS(view) &&
+                     PyLong_AsVoidPtr(data) == PyArray_DATA(view) && PyArray_NDIM(view) == entry->ndim &&
+                     !memcmp(PyArray_DIMS(view), entry->shape, (size_t)entry->ndim * sizeof(npy_intp)) &&
+                     PyArray_EquivTypes(PyArray_DESCR(view), (PyArray_Descr *)entry->descr) &&
+                     (ref = PyWeakref_NewRef(tensor, NULL));
+    PyErr_Clear();
+    if (fits) {
+        Py_XSETREF(entry->source, ref);
+        entry->source_data = PyArray_DATA(view);
+        Py_INCREF(shape);
+        Py_XSETREF(entry->source_shape, shape);
+        Py_INCREF(dtype);
+        Py_XSETREF(entry->source_dtype, dtype);
+    }
+    Py_XDECREF(data); Py_XDECREF(dtype); Py_XDECREF(shape); Py_XDECREF(contiguous);
+    return PyBool_FromLong(fits);
+}
+
 static PyObject *py_lane_length(PyObject *self, PyObject *unused) { return PyLong_FromSsize_t(lane.length); }
 
 static PyObject *py_lane_bytes(PyObject *self, PyObject *unused) { return PyLong_FromSize_t(lane.bytes); }
@@ -1007,6 +1230,14 @@ PyMethodDef lane_methods[] = {
     {"lane_direct_calls", py_lane_direct_calls, METH_NOARGS, "lane_direct_calls() -> synchronous calls completed in C"},
     {"lane_doorbell", py_lane_doorbell, METH_O, "lane_doorbell(callable or None): rung by a start while the engine dozes"},
     {"lane_length", py_lane_length, METH_NOARGS, "lane_length() -> int: entries queued"},
+    {"lane_configure_torch", py_lane_configure_torch, METH_VARARGS,
+     "lane_configure_torch(tensor_type, slow_call, sync_slow_call, from_numpy): ringtrain.torch's lane calls"},
+    {"lane_learn_source", py_lane_learn_source, METH_VARARGS,
+     "lane_learn_source(name, tensor, array) -> bool: the name's next call with this tensor may skip numpy()"},
+    {"lane_torch_allreduce_async", (PyCFunction)(void (*)(void))py_lane_torch_allreduce_async, METH_FASTCALL,
+     "lane_torch_allreduce_async(tensor, op, name, prescale_factor, postscale_factor, process_set, in_place) -> Handle"},
+    {"lane_torch_allreduce", (PyCFunction)(void (*)(void))py_lane_torch_allreduce, METH_FASTCALL,
+     "lane_torch_allreduce(tensor, op, name, prescale_factor, postscale_factor, process_set, in_place) -> tensor"},
     {"lane_bytes", py_lane_bytes, METH_NOARGS, "lane_bytes() -> int: their bytes"},
     {NULL, NULL, 0, NULL}};
 

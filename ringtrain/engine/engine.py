@@ -658,6 +658,8 @@ class Engine:
             request = Request("allreduce", entry.name, entry.set_id, [entry.tensor], [entry.output], entry.code,
                               entry.op, -1, entry.prescale, entry.postscale)
             request.handle, request.origin = entry.handle, entry
+            if entry.result is not None:  # a torch call's tensor: what its Handle returns
+                request.handle.finish = lambda _, result=entry.result: result
             requests.append(request)
         return requests
 

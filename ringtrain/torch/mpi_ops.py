@@ -70,6 +70,9 @@ def poll(handle):
 
 def synchronize(handle):
     """Wait for `handle` and return its output (torch tensors), or raise its error."""
+    if handle.__class__ is Handle and handle.done and handle.deferred is None and handle.error is None:
+        finish = handle.finish  # (most handles of a step: a round completed them)
+        return handle.result if finish is None else finish(handle.result)
     return _handle(handle, "synchronize").wait()
 
 
@@ -110,45 +113,85 @@ _ALLREDUCE_SUBMIT = {(False, False): core.allreduce_async, (False, True): core.a
 
 
 def _allreduce_async(kind, tensors, in_place, name, op, prescale_factor, postscale_factor, process_set):
-    grouped = kind.startswith("grouped")
+    if kind == "allreduce":
+        return _allreduce_async_call(tensors, op, name, prescale_factor, postscale_factor, process_set, in_place)
     name = _claim(name, process_set, kind)
-    items = list(tensors) if grouped else [tensors]
+    items = list(tensors)
     if not in_place:
         items = [contiguous(t) for t in items]
-    arrays = [to_numpy(t, f"tensors[{i}]" if grouped else "tensor") for i, t in enumerate(items)]
-    handle = _ALLREDUCE_SUBMIT[grouped, in_place](arrays if grouped else arrays[0], op=op, name=name, prescale_factor=prescale_factor,
-                    postscale_factor=postscale_factor, process_set=process_set)
-    return _track(handle, (lambda _: tensors) if in_place else _tensor_list if grouped else from_numpy)
+    arrays = [to_numpy(t, f"tensors[{i}]") for i, t in enumerate(items)]
+    handle = _ALLREDUCE_SUBMIT[True, in_place](arrays, op=op, name=name, prescale_factor=prescale_factor,
+                                               postscale_factor=postscale_factor, process_set=process_set)
+    return _track(handle, (lambda _: tensors) if in_place else _tensor_list)
 
 
 def _allreduce_now(tensor, in_place, name, op, prescale_factor, postscale_factor, process_set):
     """A synchronous allreduce of one tensor through the core's synchronous call, so that a
     cached tensor takes the engine's steady path (one C call, no handle) as the numpy API does."""
+    return _allreduce_now_call(tensor, op, name, prescale_factor, postscale_factor, process_set, in_place)
+
+
+def _allreduce_async_one(tensor, op, name, prescale_factor, postscale_factor, process_set, in_place):
+    """allreduce_async(_) of one tensor in Python: the numpy view (tensors.py) submitted through
+    the core's call. What lane_torch_allreduce_async does not take goes here, with its name."""
+    op = _op(op, None)
     name = _claim(name, process_set, "allreduce")
-    if in_place:
-        core.allreduce_(to_numpy(tensor), op=op, name=name, prescale_factor=prescale_factor,
-                        postscale_factor=postscale_factor, process_set=process_set)
-        return tensor
-    return from_numpy(core.allreduce(to_numpy(contiguous(tensor)), op=op, name=name, prescale_factor=prescale_factor,
-                                     postscale_factor=postscale_factor, process_set=process_set))
+    array = to_numpy(tensor if in_place else contiguous(tensor))
+    handle = _ALLREDUCE_SUBMIT[False, in_place](array, op=op, name=name, prescale_factor=prescale_factor,
+                                                postscale_factor=postscale_factor, process_set=process_set)
+    _learn(name, tensor, array, process_set)
+    return _track(handle, (lambda _: tensor) if in_place else from_numpy)
+
+
+def _allreduce_now_one(tensor, op, name, prescale_factor, postscale_factor, process_set, in_place):
+    """allreduce(_) of one tensor in Python (what lane_torch_allreduce does not take)."""
+    op = _op(op, None)
+    name = _claim(name, process_set, "allreduce")
+    array = to_numpy(tensor if in_place else contiguous(tensor))
+    call = core.allreduce_ if in_place else core.allreduce
+    result = call(array, op=op, name=name, prescale_factor=prescale_factor, postscale_factor=postscale_factor,
+                  process_set=process_set)
+    _learn(name, tensor, array, process_set)
+    return tensor if in_place else from_numpy(result)
+
+
+# What allreduce(_) and allreduce_async(_) of one tensor call: the Python paths above until the
+# core's lane has an entry for a call, then the lane's C calls (csrc/persistent_lane.c), which
+# take a tensor that the name's last call reduced (the same tensor object over the same memory)
+# without numpy(), Python frames or a closure, and hand anything else to the Python paths.
+_allreduce_async_call = _allreduce_async_one
+_allreduce_now_call = _allreduce_now_one
+
+
+def _learn(name, tensor, array, process_set):
+    """The lane's entry for `name` remembers that `array` views `tensor` (set 0's calls only)."""
+    global _allreduce_async_call, _allreduce_now_call
+    if process_set is not global_process_set or not array.nbytes:
+        return
+    c_calls = runtime.current("allreduce").core
+    if _allreduce_async_call is not c_calls.lane_torch_allreduce_async:
+        c_calls.lane_configure_torch(torch.Tensor, _allreduce_async_one, _allreduce_now_one, from_numpy)
+    if c_calls.lane_learn_source(name, tensor, array):
+        _allreduce_async_call, _allreduce_now_call = c_calls.lane_torch_allreduce_async, c_calls.lane_torch_allreduce
 
 
 def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
                     process_set=global_process_set):
-    return _allreduce_async("allreduce", tensor, False, name, _op(op, average), prescale_factor, postscale_factor,
-                            process_set)
+    return _allreduce_async_call(tensor, (Average if op is None else op) if average is None else _op(op, average), name,
+                                 prescale_factor, postscale_factor, process_set, False)
 
 
 def allreduce_async_(tensor, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
                      process_set=global_process_set):
-    return _allreduce_async("allreduce", tensor, True, name, _op(op, average), prescale_factor, postscale_factor,
-                            process_set)
+    return _allreduce_async_call(tensor, (Average if op is None else op) if average is None else _op(op, average), name,
+                                 prescale_factor, postscale_factor, process_set, True)
 
 
 def allreduce_(tensor, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,
                process_set=global_process_set):
     """In-place allreduce: `tensor` holds the result and is returned."""
-    return _allreduce_now(tensor, True, name, _op(op, average), prescale_factor, postscale_factor, process_set)
+    return _allreduce_now_call(tensor, (Average if op is None else op) if average is None else _op(op, average), name,
+                               prescale_factor, postscale_factor, process_set, True)
 
 
 def grouped_allreduce_async(tensors, average=None, name=None, op=None, prescale_factor=1.0, postscale_factor=1.0,

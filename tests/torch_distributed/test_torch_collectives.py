@@ -455,3 +455,91 @@ def test_synchronize_and_poll_take_only_handles():
             hvd.synchronize(bad)
         with pytest.raises(TypeError, match=r"poll\(\) takes the handle"):
             hvd.poll(bad)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_a_tensor_called_again_takes_the_lane_and_what_changed_in_it_is_seen(dtype):
+    """A training loop's calls: the same tensor objects every step. They
+    take the C lane once the engine has taught their names' cache bits (lane_torch_allreduce(_async):
+    no numpy(), no Python path), named and unnamed,
+    in place and out of place, and give the reference's results. A tensor whose memory, dtype or
+    size changed in between goes back through the Python path, and is reduced as it now is."""
+    from ringtrain.torch import mpi_ops
+    op = hvd.Max if dtype == torch.bool else hvd.Sum
+    core = runtime.current("test").core
+    python_path = []
+    for _ in range(2):  # a tensor negotiated, so that the binding calls the lane (and the lane these Python paths)
+        hvd.synchronize(hvd.allreduce_async_(torch.zeros(1), name="lane.first"))
+    assert mpi_ops._allreduce_async_call is core.lane_torch_allreduce_async
+
+    def counted(real):
+        return lambda *args: python_path.append(args[2]) or real(*args)
+
+    core.lane_configure_torch(torch.Tensor, counted(mpi_ops._allreduce_async_one),
+                              counted(mpi_ops._allreduce_now_one), mpi_ops.from_numpy)
+    try:
+        inputs = all_inputs((5, 7), dtype, seed=11)
+        tensors = {key: inputs[hvd.rank()].clone() for key in ("async_", "async", "sync_", "sync")}
+        for step in range(4):
+            del python_path[:]
+            for named in (True, False):
+                for key, t in tensors.items():
+                    t.copy_(inputs[hvd.rank()])
+                    name = f"lane.{dtype}.{key}" if named else None
+                    if key == "async_":
+                        assert hvd.synchronize(hvd.allreduce_async_(t, op=op, name=name)) is t
+                        result = t
+                    elif key == "async":
+                        result = hvd.synchronize(hvd.allreduce_async(t, op=op, name=name))
+                    elif key == "sync_":
+                        assert hvd.allreduce_(t, op=op, name=name) is t
+                        result = t
+                    else:
+                        result = hvd.allreduce(t, op=op, name=name)
+                    assert result.dtype == dtype and result.shape == (5, 7)
+                    assert_close(result, reference(op, inputs, dtype), dtype, f"step {step} {key} named={named}")
+            # step 0 negotiates the names, step 1 is the first cache hit: it teaches the bits (unnamed
+            # calls have other names each step until their names come round again: UNNAMED_WINDOW)
+            # (on one rank a synchronous call needs no negotiation: it is not taught, and stays in Python)
+            named_python_path = [name for name in python_path if name.startswith("lane.") and
+                                 (hvd.size() > 1 or "async" in name)]
+            if step >= 2:
+                assert named_python_path == [], f"step {step}: took the Python path: {named_python_path}"
+        # what changes a tensor under the lane's feet: the Python path sees it, the results follow
+        t = tensors["async_"]
+        changes = [("new memory", lambda: setattr(t, "data", inputs[hvd.rank()].clone()), (5, 7), dtype),
+                   ("smaller", lambda: t.resize_(4, 7), (4, 7), dtype)]
+        if dtype.itemsize == 4 and dtype.is_floating_point:
+            changes.append(("same bytes, another dtype", lambda: setattr(t, "data", t.view(torch.int32)), (4, 7),
+                            torch.int32))
+        for what, change, shape, now in changes:
+            change()
+            expected_inputs = [x.view(now)[:shape[0]].clone() if now != dtype else x[:shape[0]].clone() for x in inputs]
+            t.copy_(expected_inputs[hvd.rank()])
+            del python_path[:]
+            assert hvd.synchronize(hvd.allreduce_async_(t, op=op, name=f"lane.{dtype}.async_")) is t
+            assert python_path == [f"lane.{dtype}.async_"], what
+            assert t.shape == shape and t.dtype == now
+            assert_close(t, reference(op, expected_inputs, now), now, what)
+        # calls queued in the lane when it closes (a timeline starts on rank 0) go on in Python
+        for _ in range(2):  # its new signature taught (as at steps 0 and 1)
+            hvd.synchronize(hvd.allreduce_async_(t, op=op, name=f"lane.{dtype}.async_"))
+        out_of_place = tensors["async"]
+        out_of_place.copy_(inputs[hvd.rank()])
+        t.copy_(expected_inputs[hvd.rank()])
+        engine = runtime.current("test").engine
+        del python_path[:]
+        with engine._round_lock, tempfile.TemporaryDirectory() as directory:
+            handles = [hvd.allreduce_async_(t, op=op, name=f"lane.{dtype}.async_"),
+                       hvd.allreduce_async(out_of_place, op=op, name=f"lane.{dtype}.async")]
+            assert python_path == [] and core.lane_length() == 2
+            engine.start_timeline(os.path.join(directory, "timeline.json"))  # (hvd.start_timeline, its lock held)
+        try:
+            assert hvd.synchronize(handles[0]) is t
+            assert_close(t, reference(op, expected_inputs, now), now, "queued, in place")
+            assert_close(hvd.synchronize(handles[1]), reference(op, inputs, dtype), dtype, "queued, out of place")
+        finally:
+            hvd.stop_timeline()
+    finally:
+        core.lane_configure_torch(torch.Tensor, mpi_ops._allreduce_async_one, mpi_ops._allreduce_now_one,
+                                  mpi_ops.from_numpy)
