@@ -1,4 +1,4 @@
-/* What the Python binding's files (module.c, persistent_lane.c) share: binding.c. */
+/* What the Python binding's files (module.c, persistent_lane.c, lane_calls.c) share: binding.c. */
 #ifndef RINGTRAIN_BINDING_H
 #define RINGTRAIN_BINDING_H
 #include <Python.h>
@@ -17,7 +17,7 @@ int round_and_allreduce(MPI_Comm ctrl, uint64_t *words, size_t nwords, MPI_Comm 
                         size_t *bytes, size_t n, size_t total, char *fused, int dtype, int op, double prescale,
                         double postscale, size_t bound, const rt_tuning *tuning, int *agreed, int *in_data);
 
-/* persistent_lane.c */
+/* persistent_lane.c, lane_calls.c */
 int lane_add_to_module(PyObject *module);
-extern PyMethodDef lane_methods[];
+extern PyMethodDef lane_methods[], lane_call_methods[];
 #endif

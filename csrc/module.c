@@ -606,7 +606,9 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_core", "ringtrain's
 PyMODINIT_FUNC PyInit__core(void) {
     import_array();
     PyObject *m = PyModule_Create(&module);
-    if (!m || PyModule_AddFunctions(m, lane_methods) < 0 || lane_add_to_module(m) < 0) return NULL;
+    if (!m || PyModule_AddFunctions(m, lane_methods) < 0 || PyModule_AddFunctions(m, lane_call_methods) < 0 ||
+        lane_add_to_module(m) < 0)
+        return NULL;
     MPIError = PyErr_NewException("ringtrain._core.MPIError", PyExc_RuntimeError, NULL);
     Py_INCREF(MPIError);
     PyModule_AddObject(m, "MPIError", MPIError);
