@@ -22,33 +22,45 @@ void rt_finish_reduction(void *buf, size_t count, rt_dtype dtype, rt_op op, doub
     }
 }
 
+/* The algorithm for `bytes` on `size` ranks (shm: the set's shared memory, or NULL). Small
+ * messages stay with recursive doubling even inside a host: the pairing a negotiation round
+ * carries them with, so a call's result is bitwise the same on either path. */
+static rt_algorithm algorithm_for(int size, size_t bytes, const rt_shm *shm, const rt_tuning *tuning) {
+    if (size == 1 || bytes == 0) return RT_ALGO_NONE;
+    if (shm && bytes > tuning->small_message_bytes &&
+        bytes >= (shm->cross != MPI_COMM_NULL ? tuning->hierarchical_min_bytes : tuning->shm_min_bytes))
+        return shm->cross != MPI_COMM_NULL ? RT_ALGO_HIERARCHICAL : RT_ALGO_SHARED_MEMORY;
+    if (bytes <= tuning->small_message_bytes && bytes <= RT_MAX_MESSAGE_BYTES) return RT_ALGO_RECURSIVE_DOUBLING;
+    return RT_ALGO_RING;
+}
+
 int rt_allreduce(const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,
                  double prescale, double postscale, const rt_tuning *tuning, MPI_Comm comm,
                  rt_algorithm *used) {
     int size, err = RT_OK;
     MPI_Comm_size(comm, &size);
     const size_t bytes = count * rt_dtype_size(dtype);
-    *used = RT_ALGO_NONE;
     if (prescale != 1.0) { /* scale into the output, then reduce it in place: the input stays untouched */
         rt_scale(dst, src, count, dtype, prescale);
         src = dst;
     }
     rt_shm *shm = size > 1 && count ? rt_shm_find(comm) : NULL;
-    if (size == 1 || count == 0) {
+    *used = algorithm_for(size, bytes, shm, tuning);
+    switch (*used) {
+    case RT_ALGO_NONE:
         if (src != dst && bytes) memcpy(dst, src, bytes);
-    } else if (shm && bytes > tuning->small_message_bytes &&
-               bytes >= (shm->cross != MPI_COMM_NULL ? tuning->hierarchical_min_bytes : tuning->shm_min_bytes)) {
-        /* (small messages stay with recursive doubling, the pairing a negotiation round carries
-         * them with: a call's result is bitwise the same on either path) */
-        *used = shm->cross != MPI_COMM_NULL ? RT_ALGO_HIERARCHICAL : RT_ALGO_SHARED_MEMORY;
-        err = shm->cross != MPI_COMM_NULL ? rt_hierarchical_allreduce(shm, src, dst, count, dtype, op, tuning)
-                                          : rt_shm_allreduce(shm, src, dst, count, dtype, op);
-    } else if (bytes <= tuning->small_message_bytes && bytes <= RT_MAX_MESSAGE_BYTES) {
-        *used = RT_ALGO_RECURSIVE_DOUBLING;
+        break;
+    case RT_ALGO_HIERARCHICAL:
+        err = rt_hierarchical_allreduce(shm, src, dst, count, dtype, op, tuning);
+        break;
+    case RT_ALGO_SHARED_MEMORY:
+        err = rt_shm_allreduce(shm, src, dst, count, dtype, op);
+        break;
+    case RT_ALGO_RECURSIVE_DOUBLING:
         err = rt_recursive_doubling_allreduce(src, dst, count, dtype, op, comm);
-    } else {
-        *used = RT_ALGO_RING;
-        err = rt_ring_allreduce(src, dst, count, dtype, op, tuning->segment_bytes, comm);
+        break;
+    default:
+        err = rt_ring_allreduce(src, dst, count, dtype, op, tuning->segment_bytes, comm, NULL);
     }
     if (!err) rt_finish_reduction(dst, count, dtype, op, postscale, size);
     return err;
@@ -65,6 +77,11 @@ int rt_allreduce_fused(char *const *srcs, char *const *dsts, const size_t *bytes
     rt_shm *shm = size > 1 && total ? rt_shm_find(comm) : NULL;
     /* exactly rt_allreduce's choice for the packed buffer: shared memory inside one host */
     if (!shm || shm->cross != MPI_COMM_NULL || total <= tuning->small_message_bytes || total < tuning->shm_min_bytes) {
+        if (algorithm_for(size, total, shm, tuning) == RT_ALGO_RING) {  /* packed and unpacked as the ring goes */
+            const rt_span_io io = {{srcs, bytes, n}, {dsts, bytes, n}, dtype, op, prescale, postscale, size};
+            *used = RT_ALGO_RING;
+            return rt_ring_allreduce(fused, fused, total / esize, dtype, op, tuning->segment_bytes, comm, &io);
+        }
         rt_pack(fused, srcs, bytes, n);
         int err = rt_allreduce(fused, fused, total / esize, dtype, op, prescale, postscale, tuning, comm, used);
         if (!err) rt_unpack(fused, dsts, bytes, n);
@@ -102,7 +119,7 @@ int rt_reduce_scatter(const void *src, void *dst, const size_t *counts, rt_dtype
         for (int b = 0; b < size; b++) regions[b] = (rt_region){displs[b] * esize, counts[b] * esize};
         err = rt_shm_reduce_regions(shm, src, dst, regions, dtype, op);
     } else {
-        err = rt_ring_reduce_scatter(src, dst, counts, displs, dtype, op, segment_bytes, comm);
+        err = rt_ring_reduce_scatter(src, dst, counts, displs, dtype, op, segment_bytes, comm, NULL);
     }
     if (!err) rt_finish_reduction(dst, counts[rank], dtype, op, postscale, size);
     return err;

@@ -7,7 +7,7 @@ int rt_allgatherv(void *buf, const size_t *bytes, const size_t *displs, size_t s
     int size;
     MPI_Comm_size(comm, &size);
     rt_shm *shm = size > 1 ? rt_shm_find(comm) : NULL;
-    if (!shm || shm->cross != MPI_COMM_NULL) return rt_ring_allgatherv(buf, bytes, displs, segment_bytes, comm);
+    if (!shm || shm->cross != MPI_COMM_NULL) return rt_ring_allgatherv(buf, bytes, displs, segment_bytes, comm, NULL);
     rt_region regions[RT_SHM_MAX_LOCAL];  /* one host: local rank r is rank r */
     for (int b = 0; b < size; b++) regions[b] = (rt_region){displs[b], bytes[b]};
     return rt_shm_share_regions(shm, buf, regions);

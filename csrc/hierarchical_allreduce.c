@@ -28,7 +28,7 @@ int rt_hierarchical_allreduce(rt_shm *shm, const void *src, void *dst, size_t co
         if (regions[me].bytes <= tuning->small_message_bytes)
             err = rt_recursive_doubling_allreduce(mine, mine, mine_count, dtype, op, shm->cross);
         else
-            err = rt_ring_allreduce(mine, mine, mine_count, dtype, op, tuning->segment_bytes, shm->cross);
+            err = rt_ring_allreduce(mine, mine, mine_count, dtype, op, tuning->segment_bytes, shm->cross, NULL);
     }
     return err ? err : rt_shm_share_regions(shm, dst, regions);
 }

@@ -9,11 +9,15 @@
 
 #define TAG_ALLGATHER 12
 
-int rt_ring_allgatherv(void *buf, const size_t *bytes, const size_t *displs, size_t segment_bytes, MPI_Comm comm) {
+int rt_ring_allgatherv(void *buf, const size_t *bytes, const size_t *displs, size_t segment_bytes, MPI_Comm comm,
+                       const rt_span_io *io) {
     int rank, size, err = RT_OK;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &size);
-    if (size == 1) return RT_OK;
+    if (size == 1) {
+        if (io && bytes[0]) rt_span_unpack(io, buf, displs[0], bytes[0]);
+        return RT_OK;
+    }
     if (segment_bytes > RT_MAX_MESSAGE_BYTES) segment_bytes = RT_MAX_MESSAGE_BYTES;
     const int right = (rank + 1) % size, left = (rank - 1 + size) % size;
     char *base = (char *)buf;
@@ -41,6 +45,7 @@ int rt_ring_allgatherv(void *buf, const size_t *bytes, const size_t *displs, siz
             size_t len = rt_segment_length(bytes[rank], segment_bytes, 1, k, &off);
             err = rt_isend_bytes(&sends, base + displs[rank] + off, len, right, TAG_ALLGATHER, comm);
         }
+        if (io && !err && bytes[rank]) rt_span_unpack(io, base, displs[rank], bytes[rank]);  /* while it is sent */
     }
     for (int s = 0; s < size - 1 && !err; s++) {
         size_t b = (size_t)(((rank - 1 - s) % size + size) % size), off;
@@ -50,6 +55,7 @@ int rt_ring_allgatherv(void *buf, const size_t *bytes, const size_t *displs, siz
             err = rt_wait_slot(&recvs, first_req[s] + k);
             if (!err && s + 1 < size - 1) /* forward: it is what the right neighbour needs next */
                 err = rt_isend_bytes(&sends, base + displs[b] + off, len, right, TAG_ALLGATHER, comm);
+            if (!err && io) rt_span_unpack(io, base, displs[b] + off, len);
         }
     }
     if (!err) err = rt_wait_all(&sends);

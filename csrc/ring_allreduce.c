@@ -6,11 +6,13 @@
 #include "ringtrain.h"
 
 int rt_ring_allreduce(const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,
-                      size_t segment_bytes, MPI_Comm comm) {
+                      size_t segment_bytes, MPI_Comm comm, const rt_span_io *io) {
     int rank, size;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &size);
     const size_t esize = rt_dtype_size(dtype);
+    /* whole elements per segment in both halves: a segment unpacked (io) is finished element-wise */
+    segment_bytes = segment_bytes < esize ? esize : segment_bytes - segment_bytes % esize;
     size_t *table = malloc(4 * (size_t)size * sizeof(size_t));
     if (!table) return MPI_ERR_NO_MEM;
     size_t *counts = table, *displs = table + size, *bytes = table + 2 * size, *byte_displs = table + 3 * size;
@@ -23,8 +25,8 @@ int rt_ring_allreduce(const void *src, void *dst, size_t count, rt_dtype dtype, 
         offset += counts[b];
     }
     char *own = (char *)dst + displs[rank] * esize;
-    int err = rt_ring_reduce_scatter(src, own, counts, displs, dtype, op, segment_bytes, comm);
-    if (!err) err = rt_ring_allgatherv(dst, bytes, byte_displs, segment_bytes, comm);
+    int err = rt_ring_reduce_scatter(src, own, counts, displs, dtype, op, segment_bytes, comm, io);
+    if (!err) err = rt_ring_allgatherv(dst, bytes, byte_displs, segment_bytes, comm, io);
     free(table);
     return err;
 }

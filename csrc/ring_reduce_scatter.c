@@ -21,13 +21,14 @@
 #define TAG_REDUCE_SCATTER 11
 
 int rt_ring_reduce_scatter(const void *src, void *own_out, const size_t *counts, const size_t *displs,
-                           rt_dtype dtype, rt_op op, size_t segment_bytes, MPI_Comm comm) {
+                           rt_dtype dtype, rt_op op, size_t segment_bytes, MPI_Comm comm, const rt_span_io *io) {
     int rank, size, err = RT_OK;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &size);
     const size_t esize = rt_dtype_size(dtype);
     const char *in = (const char *)src;
     if (size == 1) {
+        if (io && counts[0]) rt_span_pack(io, (char *)in, displs[0] * esize, counts[0] * esize);
         if (own_out != src && counts[0]) memmove(own_out, in + displs[0] * esize, counts[0] * esize);
         return RT_OK;
     }
@@ -68,6 +69,7 @@ int rt_ring_reduce_scatter(const void *src, void *own_out, const size_t *counts,
         size_t n = rt_segment_count(bytes, segment_bytes, esize);
         for (size_t k = 0; k < n && !err; k++) {
             size_t len = rt_segment_length(bytes, segment_bytes, esize, k, &off);
+            if (io) rt_span_pack(io, (char *)in, displs[b] * esize + off, len);  /* each range is read once */
             err = rt_isend_bytes(&sends[0], in + displs[b] * esize + off, len, right, TAG_REDUCE_SCATTER, comm);
         }
     }
@@ -82,6 +84,7 @@ int rt_ring_reduce_scatter(const void *src, void *own_out, const size_t *counts,
         const int last = (s == steps - 1);
         for (size_t k = 0; k < n && !err; k++) {
             size_t off, len = rt_segment_length(bytes, segment_bytes, esize, k, &off);
+            if (io) rt_span_pack(io, (char *)in, displs[b] * esize + off, len);  /* while the segment travels */
             err = rt_wait_slot(&recvs, (s % 3) * max_segments + k);
             if (err) break;
             const char *mine = in + displs[b] * esize + off;

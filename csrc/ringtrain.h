@@ -163,17 +163,41 @@ const rt_stall *rt_stall_report(void);
 size_t rt_segment_count(size_t bytes, size_t segment_bytes, size_t align);
 size_t rt_segment_length(size_t bytes, size_t segment_bytes, size_t align, size_t index, size_t *offset);
 
+/* Several arrays taken as one, back to back (a fusion group without its packing copy). */
+typedef struct {
+    char *const *data;
+    const size_t *bytes;
+    size_t count;
+} rt_spans;
+
+/* A fusion group's tensors around its packed buffer, for the ring (fusion_buffer.c). The ring
+ * packs each range of the buffer from the tensors (prescaled) just before it first reads it, and
+ * unpacks each range of the result into the outputs (finished: Average's division, postscale) as
+ * soon as it is complete: the copies overlap the transfers instead of preceding and following
+ * them. The buffer itself is left unfinished. */
+typedef struct {
+    rt_spans src, dst;
+    rt_dtype dtype;
+    rt_op op;
+    double prescale, postscale;
+    int size;  /* the ranks reducing (Average divides by it) */
+} rt_span_io;
+
 /* --- algorithms, one per file ---------------------------------------------- */
 /* ring_reduce_scatter.c: block b (counts[b] elements at displs[b]) of the reduction of every
- * rank's `src` ends in `own_out` on rank b. No other output memory is written. */
+ * rank's `src` ends in `own_out` on rank b. No other output memory is written. With io (or
+ * NULL), src is a fusion buffer packed range by range as it is read. */
 int rt_ring_reduce_scatter(const void *src, void *own_out, const size_t *counts, const size_t *displs,
-                           rt_dtype dtype, rt_op op, size_t segment_bytes, MPI_Comm comm);
+                           rt_dtype dtype, rt_op op, size_t segment_bytes, MPI_Comm comm, const rt_span_io *io);
 /* ring_allgatherv.c: rank b's block (bytes[b] at displs[b] of buf) is already in place on rank b;
- * afterwards every rank has every block. */
-int rt_ring_allgatherv(void *buf, const size_t *bytes, const size_t *displs, size_t segment_bytes, MPI_Comm comm);
-/* ring_allreduce.c: reduce-scatter then allgather, segmented and pipelined. */
+ * afterwards every rank has every block. With io (or NULL), each segment is unpacked as it is
+ * complete (its blocks and segment_bytes then hold whole elements: rt_ring_allreduce's). */
+int rt_ring_allgatherv(void *buf, const size_t *bytes, const size_t *displs, size_t segment_bytes, MPI_Comm comm,
+                       const rt_span_io *io);
+/* ring_allreduce.c: reduce-scatter then allgather, segmented and pipelined (with io: of a
+ * fusion group, packed and unpacked as the ring goes). */
 int rt_ring_allreduce(const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op,
-                      size_t segment_bytes, MPI_Comm comm);
+                      size_t segment_bytes, MPI_Comm comm, const rt_span_io *io);
 /* recursive_doubling_allreduce.c: the recursive-doubling schedule, shared by every algorithm that
  * uses its pairing (so their results agree bitwise). The first 2*rem ranks (rem = p - 2^k) fold
  * pairwise, then a butterfly, then the folded ranks get the result. `transfer(ctx, to, from,
@@ -264,13 +288,6 @@ int rt_shm_reduce_regions(rt_shm *shm, const void *src, void *own_out, const rt_
                           rt_op op);
 int rt_shm_share_regions(rt_shm *shm, void *buf, const rt_region *regions);
 
-/* Several arrays taken as one, back to back (a fusion group without its packing copy). */
-typedef struct {
-    char *const *data;
-    const size_t *bytes;
-    size_t count;
-} rt_spans;
-
 /* shm_allreduce.c: allreduce among one host's ranks (all of comm's) through the segment. */
 int rt_shm_allreduce(rt_shm *shm, const void *src, void *dst, size_t count, rt_dtype dtype, rt_op op);
 int rt_shm_allreduce_spans(rt_shm *shm, const rt_spans *src, const rt_spans *dst, size_t count, rt_dtype dtype,
@@ -279,6 +296,10 @@ int rt_shm_allreduce_spans(rt_shm *shm, const rt_spans *src, const rt_spans *dst
 /* fusion_buffer.c: Tensor Fusion's pack / unpack copies (tensors laid out back to back). */
 void rt_pack(char *buffer, char *const *tensors, const size_t *bytes, size_t count);
 void rt_unpack(const char *buffer, char *const *tensors, const size_t *bytes, size_t count);
+/* bytes [offset, offset + len) of io's packed buffer: packed from its tensors, or unpacked into
+ * its outputs (element-aligned ranges). */
+void rt_span_pack(const rt_span_io *io, char *buffer, size_t offset, size_t len);
+void rt_span_unpack(const rt_span_io *io, const char *buffer, size_t offset, size_t len);
 
 /* allreduce.c: scaling, averaging and the choice of algorithm by message size (and shared memory). */
 typedef struct {

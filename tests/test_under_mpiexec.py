@@ -18,10 +18,13 @@ def failing_ranks(output):
 
 
 @pytest.mark.parametrize("suite,ranks", [(suite, ranks) for suite in ("collectives", "engine", "training")
-                                         for ranks in (2, 3, 4)] + [("collectives without shared memory", 3)])
+                                         for ranks in (2, 3, 4)] + [("collectives without shared memory", 3),
+                                                                    ("collectives without shared memory, odd segments", 3)])
 def test_suite_under_mpiexec(suite, ranks):
     """The ranks share this host, so the collectives go through shared memory; the collectives
-    run once more with it off, for the ring, the tree and recursive doubling over MPI."""
+    run once more with it off, for the ring, the tree and recursive doubling over MPI, and once
+    with ring segments of an odd number of bytes (a fusion group's ring packs and unpacks its
+    tensors segment by segment, and segments then cut across tensors and elements)."""
     find_mpiexec()  # a missing MPI is an error that says what to install, not a skip
     run = run_mpiexec(
         ranks,
@@ -29,7 +32,8 @@ def test_suite_under_mpiexec(suite, ranks):
          os.path.join(HERE, "distributed", suite.split()[0])],
         timeout=DEADLINE_SECONDS,
         env=dict(os.environ, PYTHONUNBUFFERED="1",
-                 **({"RINGTRAIN_SHARED_MEMORY": "0"} if "without" in suite else {})),
+                 **({"RINGTRAIN_SHARED_MEMORY": "0"} if "without" in suite else {}),
+                 **({"RINGTRAIN_SEGMENT_BYTES": "1003"} if "odd segments" in suite else {})),
     )
     if run.timed_out:
         pytest.fail(f"mpiexec -n {ranks} did not finish within {DEADLINE_SECONDS}s and was killed; "
