@@ -1,5 +1,6 @@
 """One rank of the cross-host allreduce check: every dtype x op at lengths that do not divide by
-the number of ranks (and span several shared-memory pieces), against numpy, bitwise the same on
+the number of ranks (and span several shared-memory pieces), one call at a time and as one
+fusion group, against numpy, bitwise the same on
 every rank; on the global set, on a set spanning hosts, and on a set inside one host. Prints
 `ALLREDUCE {json}`: the path each set took ("hierarchical", "one host" or "off") and the
 failures."""
@@ -36,6 +37,19 @@ def check(process_set, members, label, failures):
                 rows = rt.allgather(result.view(np.uint8).reshape(1, -1), process_set=process_set)
                 if not all(np.array_equal(row, rows[0]) for row in rows):
                     failures.append(f"{what}: ranks differ")
+            # the same lengths submitted together: one fusion group, packed and unpacked by the
+            # ring range by range (csrc/fusion_buffer.c), its pieces cut across tensor boundaries
+            shapes = [(n,) for n in LENGTHS + (len(members) + 1, 0)]
+            inputs = [[rank_input(dtype, shape, q, seed=13 + i) for q in members] for i, shape in enumerate(shapes)]
+            handles = [rt.allreduce_async(tensors[me], op=op, name=f"{label}.fused.{i}", process_set=process_set)
+                       for i, tensors in enumerate(inputs)]
+            for i, (handle, tensors) in enumerate(zip(handles, inputs)):
+                result = rt.synchronize(handle)
+                try:
+                    assert_matches(result, reference_reduce(op, tensors, dtype), dtype, len(members),
+                                   f"{label} fused {np.dtype(dtype).name} {op.name} n={shapes[i][0]}")
+                except AssertionError as exc:
+                    failures.append(str(exc)[:300])
 
 
 def main():
