@@ -79,6 +79,8 @@ int bit_current(const LaneEntry *entry);
 PyObject *new_handle(PyObject *name, PyObject *engine);
 int handle_done(PyObject *handle);
 int enqueue(LaneEntry *entry);
+/* A numpy array over data, shaped and typed as the entry's tensor, kept alive by base. */
+PyObject *lane_view(LaneEntry *entry, void *data, PyObject *base);
 
 /* lane_calls.c: its interned names made (lane_add_to_module): 0, or -1 with an error */
 int lane_calls_ready(void);

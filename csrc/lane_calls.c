@@ -53,30 +53,39 @@ static LaneEntry *call_entry(PyObject *const *args, PyObject *name, int in_place
     return call_entry_of((LaneEntry *)found, args, in_place);
 }
 
-/* call_entry, its name's entry found. */
-static LaneEntry *call_entry_of(LaneEntry *entry, PyObject *const *args, int in_place) {
+/* The entry takes this call, its tensor apart (call_entry_of checks an array, torch_entry a torch
+ * tensor): the lane open on set 0, the op and scale factors it was negotiated with, its bit
+ * current, and nothing of its name in flight. 0 (an error set only if one happened) or 1. */
+static int entry_takes(LaneEntry *entry, PyObject *const *args) {
     PyObject *op = args[1];
-    if (!lane.open || !handle_slots.fresh || args[5] != lane.global_set || !PyArray_CheckExact(args[0])) return NULL;
+    if (!lane.open || !handle_slots.fresh || args[5] != lane.global_set) return 0;
     int code = -1;
     for (int i = 0; i < RT_NUM_OPS; i++)
         if (op == lane.ops[i]) code = i;
     double prescale, postscale;
-    if (code < 0 || !plain_number(args[3], &prescale) || !plain_number(args[4], &postscale)) return NULL;
-    PyArrayObject *array = (PyArrayObject *)args[0];
+    if (code < 0 || !plain_number(args[3], &prescale) || !plain_number(args[4], &postscale)) return 0;
     if (!entry->call || !bit_current(entry) || entry->op != code || entry->prescale != prescale ||
-        entry->postscale != postscale || !PyArray_IS_C_CONTIGUOUS(array) || (in_place && !PyArray_ISWRITEABLE(array)) ||
-        PyArray_NDIM(array) != entry->ndim ||
+        entry->postscale != postscale)
+        return 0;
+    /* in flight: the Python path says so */
+    if (entry->handle && handle_done(entry->handle) != 1) return 0;
+    if (entry->adopted) {
+        PyObject *last = PyWeakref_GetObject(entry->adopted);  /* borrowed; None once freed */
+        if (!last || (last != Py_None && handle_done(last) != 1)) return 0;
+    }
+    return 1;
+}
+
+/* call_entry, its name's entry found. */
+static LaneEntry *call_entry_of(LaneEntry *entry, PyObject *const *args, int in_place) {
+    if (!PyArray_CheckExact(args[0])) return NULL;
+    PyArrayObject *array = (PyArrayObject *)args[0];
+    if (!PyArray_IS_C_CONTIGUOUS(array) || (in_place && !PyArray_ISWRITEABLE(array)) || PyArray_NDIM(array) != entry->ndim ||
         memcmp(PyArray_DIMS(array), entry->shape, (size_t)entry->ndim * sizeof(npy_intp)))
         return NULL;
     PyArray_Descr *descr = PyArray_DESCR(array);
     if ((PyObject *)descr != entry->descr && !PyArray_EquivTypes(descr, (PyArray_Descr *)entry->descr)) return NULL;
-    /* in flight: the Python path says so */
-    if (entry->handle && handle_done(entry->handle) != 1) return NULL;
-    if (entry->adopted) {
-        PyObject *last = PyWeakref_GetObject(entry->adopted);  /* borrowed; None once freed */
-        if (!last || (last != Py_None && handle_done(last) != 1)) return NULL;
-    }
-    return entry;
+    return entry_takes(entry, args) ? entry : NULL;
 }
 
 /* lane_allreduce_async(tensor, op, name, prescale_factor, postscale_factor, process_set, in_place)
@@ -111,30 +120,38 @@ static PyObject *slow_path(PyObject *slow, PyObject *const *args, Py_ssize_t nar
     return PyObject_Vectorcall(slow, with_name, (size_t)nargs, NULL);
 }
 
-/* The call queued on its entry with a new Handle: tensor (an array) reduced into a new array,
- * or into itself in place. result: what the Handle completes with instead (a torch call's
- * tensor), or NULL; finish: the Handle's finish (torch: the output array as a tensor), or NULL. */
-static PyObject *queue_call(LaneEntry *entry, PyObject *tensor, int in_place, PyObject *result, PyObject *finish) {
-    PyObject *output = tensor;
-    if (in_place) Py_INCREF(output);
-    else if (!(output = PyArray_NewLikeArray((PyArrayObject *)tensor, NPY_CORDER, NULL, 0))) return NULL;
+/* The call queued on its entry with a new Handle: src reduced into dst. tensor and output keep
+ * them alive while queued (the same object in place); result: what the Handle completes with
+ * instead of output (a torch call's tensor), or NULL; finish: the Handle's finish (torch: the
+ * output array as a tensor), or NULL. */
+static PyObject *queue_entry(LaneEntry *entry, PyObject *tensor, PyObject *output, char *src, char *dst,
+                             PyObject *result, PyObject *finish) {
     PyObject *handle = new_handle(entry->name, entry->engine);
-    if (!handle) {
-        Py_DECREF(output);
-        return NULL;
-    }
+    if (!handle) return NULL;
     if (finish) set_slot(handle, handle_slots.finish, finish);
     Py_INCREF(tensor);
     Py_XSETREF(entry->tensor, tensor);
+    Py_INCREF(output);
     Py_XSETREF(entry->output, output);
     Py_XSETREF(entry->handle, handle);
     Py_XINCREF(result);
     Py_XSETREF(entry->result, result);
     Py_CLEAR(entry->adopted);
-    entry->src = PyArray_BYTES((PyArrayObject *)tensor);
-    entry->dst = PyArray_BYTES((PyArrayObject *)output);
+    entry->src = src;
+    entry->dst = dst;
     if (enqueue(entry)) return NULL;
     Py_INCREF(handle);
+    return handle;
+}
+
+/* queue_entry for an array, reduced into a new array or into itself in place. */
+static PyObject *queue_call(LaneEntry *entry, PyObject *tensor, int in_place, PyObject *result, PyObject *finish) {
+    PyObject *output = tensor;
+    if (in_place) Py_INCREF(output);
+    else if (!(output = PyArray_NewLikeArray((PyArrayObject *)tensor, NPY_CORDER, NULL, 0))) return NULL;
+    PyObject *handle = queue_entry(entry, tensor, output, PyArray_BYTES((PyArrayObject *)tensor),
+                                   PyArray_BYTES((PyArrayObject *)output), result, finish);
+    Py_DECREF(output);
     return handle;
 }
 
@@ -179,7 +196,7 @@ static PyObject *ask(PyObject *tensor, int what) {
  * the same size, a contiguous tensor keeps its elements in the same order, and the call reduces
  * them as before into the tensor itself. An out-of-place call's output takes the shape, so there
  * it must not have changed. */
-static PyObject *torch_view(PyObject *tensor, PyObject *name, int in_place, LaneEntry **found_entry) {
+static LaneEntry *torch_entry(PyObject *tensor, PyObject *name, int in_place) {
     if (!lane.torch_type || Py_TYPE(tensor) != lane.torch_type || !lane.calls || !PyUnicode_Check(name)) return NULL;
     PyObject *found = PyDict_GetItemWithError(lane.calls, name);  /* borrowed */
     if (!found || !PyObject_TypeCheck(found, &LaneEntryType)) {
@@ -197,18 +214,13 @@ static PyObject *torch_view(PyObject *tensor, PyObject *name, int in_place, Lane
                              PyObject_RichCompareBool(shape, entry->source_shape, Py_EQ) == 1));
     Py_XDECREF(data); Py_XDECREF(dtype); Py_XDECREF(nbytes); Py_XDECREF(contiguous); Py_XDECREF(shape);
     PyErr_Clear();
-    if (!same) return NULL;
-    *found_entry = entry;
-    PyArray_Descr *descr = (PyArray_Descr *)entry->descr;
-    Py_INCREF(descr);  /* stolen */
-    PyObject *view = PyArray_NewFromDescr(&PyArray_Type, descr, entry->ndim, entry->shape, NULL, entry->source_data,
-                                          NPY_ARRAY_CARRAY, NULL);
-    if (!view) return NULL;
-    Py_INCREF(tensor);  /* stolen: the view keeps the tensor's memory alive, as numpy() does */
-    if (PyArray_SetBaseObject((PyArrayObject *)view, tensor) < 0) {
-        Py_DECREF(view);
-        return NULL;
-    }
+    return same ? entry : NULL;
+}
+
+static PyObject *torch_view(PyObject *tensor, PyObject *name, int in_place, LaneEntry **found_entry) {
+    LaneEntry *entry = torch_entry(tensor, name, in_place);
+    PyObject *view = entry ? lane_view(entry, entry->source_data, tensor) : NULL;
+    if (view) *found_entry = entry;
     return view;
 }
 
@@ -229,14 +241,17 @@ static PyObject *py_lane_torch_allreduce_async(PyObject *self, PyObject *const *
     PyObject *name = call_name(args);
     if (!name) return NULL;
     LaneEntry *entry = NULL;
-    PyObject *view = torch_view(args[0], name, in_place, &entry), *viewed[7];
-    if (view) {
+    PyObject *view = NULL, *viewed[7], *result = NULL;
+    if (in_place) {  /* queued over the tensor's own memory, no view: the lane's entries() make one if asked */
+        entry = torch_entry(args[0], name, 1);
+        if (entry && !entry_takes(entry, args)) entry = NULL;
+        if (entry) result = queue_entry(entry, args[0], args[0], entry->source_data, entry->source_data, args[0], NULL);
+    } else if ((view = torch_view(args[0], name, 0, &entry))) {
         with_view(viewed, args, nargs, view);
-        entry = call_entry_of(entry, viewed, in_place);
+        entry = call_entry_of(entry, viewed, 0);
+        if (entry) result = queue_call(entry, view, 0, NULL, lane.torch_from_numpy);
     }
-    PyObject *result;
     if (!entry) result = PyErr_Occurred() ? NULL : slow_path(lane.torch_slow_call, args, nargs, name);
-    else result = queue_call(entry, view, in_place, in_place ? args[0] : NULL, in_place ? NULL : lane.torch_from_numpy);
     Py_XDECREF(view);
     Py_DECREF(name);
     return result;

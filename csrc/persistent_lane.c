@@ -216,7 +216,37 @@ static PyObject *entry_adopt(LaneEntry *self, PyObject *handle) {
     Py_RETURN_NONE;
 }
 
+/* A numpy array over data (entry's dtype and shape) whose base is `base` (which keeps the memory
+ * alive, as tensor.numpy() does), or NULL with an error. */
+PyObject *lane_view(LaneEntry *entry, void *data, PyObject *base) {
+    PyArray_Descr *descr = (PyArray_Descr *)entry->descr;
+    Py_INCREF(descr);  /* stolen */
+    PyObject *view = PyArray_NewFromDescr(&PyArray_Type, descr, entry->ndim, entry->shape, NULL, data,
+                                          NPY_ARRAY_CARRAY, NULL);
+    if (!view) return NULL;
+    Py_INCREF(base);  /* stolen */
+    if (PyArray_SetBaseObject((PyArrayObject *)view, base) < 0) {
+        Py_DECREF(view);
+        return NULL;
+    }
+    return view;
+}
+
+/* arrays() -> (tensor, output): the queued call's arrays. A torch tensor queued in place
+ * (lane_torch_allreduce_async) is queued over its own memory, without an array: this makes its
+ * view, the same one for both, for the general path (Engine._lane_requests). */
+static PyObject *entry_arrays(LaneEntry *self, PyObject *Py_UNUSED(ignored)) {
+    PyObject *tensor = self->tensor ? self->tensor : Py_None, *output = self->output ? self->output : Py_None;
+    if (tensor == Py_None || PyArray_Check(tensor)) return PyTuple_Pack(2, tensor, output);
+    PyObject *view = lane_view(self, self->src, tensor);
+    if (!view) return NULL;
+    PyObject *pair = PyTuple_Pack(2, view, view);
+    Py_DECREF(view);
+    return pair;
+}
+
 static PyMethodDef entry_methods[] = {
+    {"arrays", (PyCFunction)entry_arrays, METH_NOARGS, "arrays() -> (tensor, output): the queued call's arrays"},
     {"start", (PyCFunction)entry_start, METH_NOARGS, "start() -> Handle: run the allreduce on the arrays' contents now"},
     {"adopt", (PyCFunction)entry_adopt, METH_O, "adopt(handle): the Handle of a call that took the Python path"},
     {NULL, NULL, 0, NULL}};

@@ -655,7 +655,8 @@ class Engine:
         """The lane's entries as the requests their slow start would have made."""
         requests = []
         for entry in entries:
-            request = Request("allreduce", entry.name, entry.set_id, [entry.tensor], [entry.output], entry.code,
+            tensor, output = entry.arrays()  # (a torch tensor queued in place: a view of it)
+            request = Request("allreduce", entry.name, entry.set_id, [tensor], [output], entry.code,
                               entry.op, -1, entry.prescale, entry.postscale)
             request.handle, request.origin = entry.handle, entry
             if entry.result is not None:  # a torch call's tensor: what its Handle returns
