@@ -74,7 +74,13 @@ int rt_allreduce_fused(char *const *srcs, char *const *dsts, const size_t *bytes
     for (size_t i = 0; i < n; i++) total += bytes[i];
     int size;
     MPI_Comm_size(comm, &size);
-    rt_shm *shm = size > 1 && total ? rt_shm_find(comm) : NULL;
+    if (size == 1 || !total) {  /* nothing to send: each tensor scaled (or copied) where it is, no packing */
+        for (size_t i = 0; i < n; i++)
+            rt_allreduce(srcs[i], dsts[i], bytes[i] / esize, dtype, op, prescale, postscale, tuning, comm, used);
+        *used = RT_ALGO_NONE;
+        return RT_OK;
+    }
+    rt_shm *shm = rt_shm_find(comm);
     /* exactly rt_allreduce's choice for the packed buffer: shared memory inside one host */
     if (!shm || shm->cross != MPI_COMM_NULL || total <= tuning->small_message_bytes || total < tuning->shm_min_bytes) {
         if (algorithm_for(size, total, shm, tuning) == RT_ALGO_RING) {  /* packed and unpacked as the ring goes */
