@@ -10,16 +10,21 @@ static int is_integer(rt_dtype dtype) {
     return dtype == RT_INT8 || dtype == RT_INT16 || dtype == RT_INT32 || dtype == RT_INT64 || dtype == RT_UINT8;
 }
 
-void rt_finish_reduction(void *buf, size_t count, rt_dtype dtype, rt_op op, double postscale, int size) {
+void rt_finish_into(void *dst, const void *src, size_t count, rt_dtype dtype, rt_op op, double postscale, int size) {
     if (count == 0) return;
     if (op == RT_AVERAGE && is_integer(dtype)) {
-        rt_divide_integers(buf, count, dtype, size);
-        if (postscale != 1.0) rt_scale(buf, buf, count, dtype, postscale);
-    } else if (op == RT_AVERAGE) {
-        if (postscale / size != 1.0) rt_scale(buf, buf, count, dtype, postscale / size);  /* 1 rank: no pass */
-    } else if (postscale != 1.0) {
-        rt_scale(buf, buf, count, dtype, postscale);
+        if (dst != src) memcpy(dst, src, count * rt_dtype_size(dtype));
+        rt_divide_integers(dst, count, dtype, size);
+        if (postscale != 1.0) rt_scale(dst, dst, count, dtype, postscale);
+        return;
     }
+    const double factor = op == RT_AVERAGE ? postscale / size : postscale;  /* 1 rank's average: no pass */
+    if (factor != 1.0) rt_scale(dst, src, count, dtype, factor);  /* the copy and the scaling in one pass */
+    else if (dst != src) memcpy(dst, src, count * rt_dtype_size(dtype));
+}
+
+void rt_finish_reduction(void *buf, size_t count, rt_dtype dtype, rt_op op, double postscale, int size) {
+    rt_finish_into(buf, buf, count, dtype, op, postscale, size);
 }
 
 /* The algorithm for `bytes` on `size` ranks (shm: the set's shared memory, or NULL). Small

@@ -2,7 +2,7 @@
  * and unpacked again. Plain memcpy per tensor, but done here with the GIL released and without a
  * Python-level loop per tensor, which dominates for gradients of a few KB. The ring packs and
  * unpacks range by range as it goes (rt_span_pack, rt_span_unpack), overlapping the copies with
- * its transfers. */
+ * its transfers, and reduces what it receives with the tensors where they are (rt_span_reduce). */
 #include <string.h>
 #include "ringtrain.h"
 
@@ -41,9 +41,20 @@ void rt_span_unpack(const rt_span_io *io, const char *buffer, size_t offset, siz
     for (; i < io->dst.count && start < end; start += io->dst.bytes[i++]) {
         const size_t from = offset > start ? offset : start, to = end < start + io->dst.bytes[i] ? end : start + io->dst.bytes[i];
         if (to <= from) continue;
-        char *out = io->dst.data[i] + (from - start);
-        memcpy(out, buffer + from, to - from);
-        rt_finish_reduction(out, (to - from) / esize, io->dtype, io->op, io->postscale, io->size);
+        rt_finish_into(io->dst.data[i] + (from - start), buffer + from, (to - from) / esize, io->dtype, io->op,
+                       io->postscale, io->size);
+    }
+}
+
+void rt_span_reduce(const rt_span_io *io, char *into, char *received, size_t offset, size_t len) {
+    const size_t esize = rt_dtype_size(io->dtype), end = offset + len;
+    size_t start, i = span_at(&io->src, offset, &start);
+    for (; i < io->src.count && start < end; start += io->src.bytes[i++]) {
+        const size_t from = offset > start ? offset : start, to = end < start + io->src.bytes[i] ? end : start + io->src.bytes[i];
+        if (to <= from) continue;
+        const char *own = io->src.data[i] + (from - start);
+        if (into) rt_reduce_into(into + (from - offset), own, received + (from - offset), (to - from) / esize, io->dtype, io->op);
+        else rt_reduce_inplace(received + (from - offset), own, (to - from) / esize, io->dtype, io->op);
     }
 }
 

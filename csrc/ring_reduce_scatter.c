@@ -63,6 +63,9 @@ int rt_ring_reduce_scatter(const void *src, void *own_out, const size_t *counts,
     } while (0)
 
     const int steps = size - 1;
+    /* a fusion group's own contributions to the blocks it receives are read where they are, not
+     * packed first (unless prescaled: the packing scales them) */
+    const int direct = io && io->prescale == 1.0;
     if (!err) POST_RECVS(0);
     {   /* step 0 sends the rank's own, unreduced copy of block r-1 straight from the input */
         size_t b = SEND_BLOCK(0), bytes = counts[b] * esize, off;
@@ -84,16 +87,18 @@ int rt_ring_reduce_scatter(const void *src, void *own_out, const size_t *counts,
         const int last = (s == steps - 1);
         for (size_t k = 0; k < n && !err; k++) {
             size_t off, len = rt_segment_length(bytes, segment_bytes, esize, k, &off);
-            if (io) rt_span_pack(io, (char *)in, displs[b] * esize + off, len);  /* while the segment travels */
+            if (io && !direct) rt_span_pack(io, (char *)in, displs[b] * esize + off, len);  /* while the segment travels */
             err = rt_wait_slot(&recvs, (s % 3) * max_segments + k);
             if (err) break;
             const char *mine = in + displs[b] * esize + off;
             if (last) {
                 char *out = (char *)own_out + off;
-                if (out == mine) rt_reduce_inplace(out, buf + off, len / esize, dtype, op);
+                if (direct) rt_span_reduce(io, out, buf + off, displs[b] * esize + off, len);
+                else if (out == mine) rt_reduce_inplace(out, buf + off, len / esize, dtype, op);
                 else rt_reduce_into(out, mine, buf + off, len / esize, dtype, op);
             } else {
-                rt_reduce_inplace(buf + off, mine, len / esize, dtype, op);
+                if (direct) rt_span_reduce(io, NULL, buf + off, displs[b] * esize + off, len);
+                else rt_reduce_inplace(buf + off, mine, len / esize, dtype, op);
                 err = rt_isend_bytes(&sends[(s + 1) % 2], buf + off, len, right, TAG_REDUCE_SCATTER, comm);
             }
         }

@@ -300,6 +300,12 @@ void rt_unpack(const char *buffer, char *const *tensors, const size_t *bytes, si
  * its outputs (element-aligned ranges). */
 void rt_span_pack(const rt_span_io *io, char *buffer, size_t offset, size_t len);
 void rt_span_unpack(const rt_span_io *io, const char *buffer, size_t offset, size_t len);
+/* The rank's own contribution to bytes [offset, offset + len) of the packed buffer reduced with
+ * what it received, read from io's tensors where they are instead of packed first (io->prescale
+ * must be 1): into[] = own (op) received[] if into, else received[] = received[] (op) own, the
+ * operands in the order the packed buffer's reduction takes them. into and received point at
+ * byte `offset`'s place. */
+void rt_span_reduce(const rt_span_io *io, char *into, char *received, size_t offset, size_t len);
 
 /* allreduce.c: scaling, averaging and the choice of algorithm by message size (and shared memory). */
 typedef struct {
@@ -325,5 +331,7 @@ int rt_reduce_scatter(const void *src, void *dst, const size_t *counts, rt_dtype
                       double prescale, double postscale, size_t segment_bytes, MPI_Comm comm);
 /* Average and postscale applied after a Sum-reduction over `size` ranks. */
 void rt_finish_reduction(void *buf, size_t count, rt_dtype dtype, rt_op op, double postscale, int size);
+/* The same, from src into dst (which may be src): the bits rt_finish_reduction gives in place. */
+void rt_finish_into(void *dst, const void *src, size_t count, rt_dtype dtype, rt_op op, double postscale, int size);
 
 #endif
