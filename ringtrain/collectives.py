@@ -506,11 +506,11 @@ def poll(handle):
 def synchronize(handle):
     """Wait for `handle` and return its output (alltoall: (output, received_splits); grouped
     ops: a list), or raise the operation's error."""
-    runtime.current("synchronize")
     if handle.__class__ is Handle and handle.done and handle.deferred is None and handle.finish is None:
-        if handle.error is not None:  # (most handles of a step: a round completed them)
+        if handle.error is not None:  # (most handles of a step: a round completed them; nothing to wait for)
             raise handle.error
         return handle.result
+    runtime.current("synchronize")
     return _handle(handle, "synchronize").wait()
 
 
