@@ -14,45 +14,55 @@ void rt_pack(char *buffer, char *const *tensors, const size_t *bytes, size_t cou
     }
 }
 
-/* The span holding byte `offset` of the spans taken as one, and where it starts. */
-static size_t span_at(const rt_spans *spans, size_t offset, size_t *start) {
-    size_t i = 0, at = 0;
-    while (i < spans->count && at + spans->bytes[i] <= offset) at += spans->bytes[i++];
-    *start = at;
-    return i;
+/* The pieces of bytes [offset, end) of the spans taken as one, span by span: next_piece gives the
+ * next one's address in its span and its range [from, to) of the whole, or NULL after the last. */
+typedef struct {
+    const rt_spans *spans;
+    size_t i, start, offset, end;  /* span i begins at byte `start` of the whole */
+} piece_walk;
+
+static piece_walk walk_pieces(const rt_spans *spans, size_t offset, size_t len) {
+    piece_walk walk = {spans, 0, 0, offset, offset + len};
+    while (walk.i < spans->count && walk.start + spans->bytes[walk.i] <= offset) walk.start += spans->bytes[walk.i++];
+    return walk;
+}
+
+static char *next_piece(piece_walk *walk, size_t *from, size_t *to) {
+    while (walk->i < walk->spans->count && walk->start < walk->end) {
+        const size_t start = walk->start, bytes = walk->spans->bytes[walk->i];
+        char *data = walk->spans->data[walk->i];
+        walk->start += bytes;
+        walk->i++;
+        *from = walk->offset > start ? walk->offset : start;
+        *to = walk->end < start + bytes ? walk->end : start + bytes;
+        if (*to > *from) return data + (*from - start);
+    }
+    return NULL;
 }
 
 void rt_span_pack(const rt_span_io *io, char *buffer, size_t offset, size_t len) {
-    const size_t esize = rt_dtype_size(io->dtype), end = offset + len;
-    size_t start, i = span_at(&io->src, offset, &start);
-    for (; i < io->src.count && start < end; start += io->src.bytes[i++]) {
-        const size_t from = offset > start ? offset : start, to = end < start + io->src.bytes[i] ? end : start + io->src.bytes[i];
-        if (to <= from) continue;
-        if (io->prescale != 1.0)
-            rt_scale(buffer + from, io->src.data[i] + (from - start), (to - from) / esize, io->dtype, io->prescale);
-        else
-            memcpy(buffer + from, io->src.data[i] + (from - start), to - from);
+    const size_t esize = rt_dtype_size(io->dtype);
+    piece_walk walk = walk_pieces(&io->src, offset, len);
+    size_t from, to;
+    for (const char *own; (own = next_piece(&walk, &from, &to));) {
+        if (io->prescale != 1.0) rt_scale(buffer + from, own, (to - from) / esize, io->dtype, io->prescale);
+        else memcpy(buffer + from, own, to - from);
     }
 }
 
 void rt_span_unpack(const rt_span_io *io, const char *buffer, size_t offset, size_t len) {
-    const size_t esize = rt_dtype_size(io->dtype), end = offset + len;
-    size_t start, i = span_at(&io->dst, offset, &start);
-    for (; i < io->dst.count && start < end; start += io->dst.bytes[i++]) {
-        const size_t from = offset > start ? offset : start, to = end < start + io->dst.bytes[i] ? end : start + io->dst.bytes[i];
-        if (to <= from) continue;
-        rt_finish_into(io->dst.data[i] + (from - start), buffer + from, (to - from) / esize, io->dtype, io->op,
-                       io->postscale, io->size);
-    }
+    const size_t esize = rt_dtype_size(io->dtype);
+    piece_walk walk = walk_pieces(&io->dst, offset, len);
+    size_t from, to;
+    for (char *out; (out = next_piece(&walk, &from, &to));)
+        rt_finish_into(out, buffer + from, (to - from) / esize, io->dtype, io->op, io->postscale, io->size);
 }
 
 void rt_span_reduce(const rt_span_io *io, char *into, char *received, size_t offset, size_t len) {
-    const size_t esize = rt_dtype_size(io->dtype), end = offset + len;
-    size_t start, i = span_at(&io->src, offset, &start);
-    for (; i < io->src.count && start < end; start += io->src.bytes[i++]) {
-        const size_t from = offset > start ? offset : start, to = end < start + io->src.bytes[i] ? end : start + io->src.bytes[i];
-        if (to <= from) continue;
-        const char *own = io->src.data[i] + (from - start);
+    const size_t esize = rt_dtype_size(io->dtype);
+    piece_walk walk = walk_pieces(&io->src, offset, len);
+    size_t from, to;
+    for (const char *own; (own = next_piece(&walk, &from, &to));) {
         if (into) rt_reduce_into(into + (from - offset), own, received + (from - offset), (to - from) / esize, io->dtype, io->op);
         else rt_reduce_inplace(received + (from - offset), own, (to - from) / esize, io->dtype, io->op);
     }
